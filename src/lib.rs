@@ -1,0 +1,2 @@
+//! coremq: a thread-per-core MQTT broker on io_uring.
+pub mod codec;

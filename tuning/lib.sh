@@ -1,4 +1,5 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034,SC2153
+# (SC2034/SC2153: variables are set or used by the scripts that source this file)
 # Shared by check.sh, apply.sh and revert.sh: sourced, never executed.
 #
 # One evaluation (evaluate_all) feeds both the check table and the apply plan, so
@@ -182,17 +183,17 @@ expand_cpulist() {
 
 # compress_cpulist "0 1 2 5" -> "0-2,5"
 compress_cpulist() {
-	local out="" start="" prev="" c
+	local res="" start="" prev="" c
 	for c in $1; do
 		if [[ -n $prev && $c -eq $((prev + 1)) ]]; then
 			prev=$c
 			continue
 		fi
-		[[ -n $start ]] && out+="${out:+,}$start$([[ $prev != "$start" ]] && echo "-$prev")"
+		[[ -n $start ]] && res+="${res:+,}$start$([[ $prev != "$start" ]] && echo "-$prev")"
 		start=$c prev=$c
 	done
-	[[ -n $start ]] && out+="${out:+,}$start$([[ $prev != "$start" ]] && echo "-$prev")"
-	echo "$out"
+	[[ -n $start ]] && res+="${res:+,}$start$([[ $prev != "$start" ]] && echo "-$prev")"
+	echo "$res"
 }
 
 online_cpus() {
@@ -791,4 +792,34 @@ evaluate_all() {
 	row_governor
 	row_irq
 	row_latency
+}
+
+# --- writing (apply.sh and revert.sh) ----------------------------------------
+
+# kernel_write PATH VALUE: write a sysctl/sysfs value. In a fake root, "select" files
+# such as THP's "always [madvise] never" are emulated the way sysfs shows them, so a
+# fake-root round trip behaves like the kernel.
+kernel_write() {
+	local path=$1 value=$2 cur
+	if ! is_kernel_path "$path" && cur=$(<"$path") && [[ $cur =~ \[[^]]+\] ]]; then
+		local words=${cur//[\[\]]/} w out=() found=0
+		for w in $words; do
+			if [[ $w == "$value" ]]; then out+=("[$w]") found=1; else out+=("$w"); fi
+		done
+		((found)) || return 1
+		printf '%s\n' "${out[*]}" >"$path"
+		return
+	fi
+	printf '%s\n' "$value" >"$path"
+}
+
+state_dir_default() { printf '%s/var/lib/coremq-tuning\n' "$ROOT"; }
+
+# Paths apply/revert may write: inside the fake root, or the live kernel and /etc.
+allowed_target() {
+	local p=$1
+	[[ $p != *..* ]] || return 1
+	if [[ -n $ROOT && $p == "$ROOT"/* ]]; then return 0; fi
+	[[ $p == "$PROC_SYS"/* ]] && return 0
+	[[ -z $ROOT && ($p == /proc/sys/* || $p == /sys/* || $p == /proc/irq/* || $p == /etc/*) ]]
 }

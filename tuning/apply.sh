@@ -85,16 +85,6 @@ for i in "${!R_NAME[@]}"; do
 		fi
 		;;
 	systemd)
-		# A unit apply.sh is about to install may already be generous enough.
-		if ! unit_file >/dev/null && shipped=$(ini_value Service "$target" "$HERE/coremq.service"); then
-			kind_of=count need=$FD_NEED half=hard
-			[[ $target == LimitMEMLOCK ]] && kind_of=bytes need=$MEMLOCK_NEED half=soft
-			if lim=$(parse_limit "$shipped" "$kind_of"); then
-				have=${lim#* }
-				[[ $half == soft ]] && have=${lim% *}
-				((have >= need)) && continue
-			fi
-		fi
 		DROPIN_LINES+=("$target=$value")
 		;;
 	pam)
@@ -109,24 +99,20 @@ for i in "${!R_NAME[@]}"; do
 	esac
 done
 
-FILE_SHOW=()
-add_file() { FILE_PATH+=("$1") FILE_BODY+=("$2") FILE_SHOW+=("${3:-}"); }
+add_file() { FILE_PATH+=("$1") FILE_BODY+=("$2"); }
 
 if ((${#SYSCTL_LINES[@]})); then
 	add_file "$ETC/sysctl.d/90-coremq.conf" "$(header)
 $(printf '%s\n' "${SYSCTL_LINES[@]}")"
 fi
 if ((${#DROPIN_LINES[@]})); then
-	if ! unit_file >/dev/null; then
-		add_file "$ETC/systemd/system/$UNIT.service" "$(<"$HERE/coremq.service")" "copy of tuning/coremq.service"
-	fi
 	add_file "$ETC/systemd/system/$UNIT.service.d/90-coremq-limits.conf" "$(header)
 [Service]
 $(printf '%s\n' "${DROPIN_LINES[@]}")"
 fi
 if ((${#PAM_LINES[@]})); then
 	add_file "$ETC/security/limits.d/90-coremq.conf" "$(header)
-# For brokers started from a login shell; systemd units use LimitNOFILE=/LimitMEMLOCK=.
+# For brokers started from a login shell; a systemd unit sets its own limits.
 $(printf '%s\n' "${PAM_LINES[@]}")"
 fi
 if ((${#TMPFILES_LINES[@]})); then
@@ -159,10 +145,6 @@ if ((${#FILE_PATH[@]})); then
 		state=new
 		[[ -e ${FILE_PATH[j]} ]] && state="replace, previous copy kept"
 		printf '  file   %s (%s)\n' "$(shown "${FILE_PATH[j]}")" "$state"
-		if [[ -n ${FILE_SHOW[j]} ]]; then
-			printf '         | (%s)\n' "${FILE_SHOW[j]}"
-			continue
-		fi
 		while IFS= read -r line; do printf '         | %s\n' "$line"; done <<<"${FILE_BODY[j]}"
 	done
 fi

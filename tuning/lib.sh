@@ -358,7 +358,7 @@ compute_targets() {
 	MEMLOCK_REC=$(round_up $((MEMLOCK_NEED * 2)) $((1024 * 1024)))
 
 	local kb
-	kb=$(awk '$1 == "MemTotal:" { print $2; exit }' "$PROC/meminfo" 2>/dev/null)
+	kb=$(awk '$1 == "MemTotal:" { print $2; exit }' "$PROC/meminfo" 2>/dev/null) || kb=""
 	if is_uint "$kb"; then MEM_TOTAL=$((kb * 1024)); else MEM_TOTAL=""; fi
 	SLAB_BYTES=$((SOCKETS * KERNEL_SOCK_BYTES))
 	USER_BYTES=$((CONNECTIONS * USER_CONN_BYTES * BROKER_SIDE))
@@ -477,7 +477,9 @@ row_process_limits() {
 	fi
 	# With systemd the unit's limits are what the broker gets; the shell's are advisory.
 	level=required
-	[[ $SYSTEMD_ON == 1 && -z $PID_ARG && $ROLE != loadgen && $who != running* ]] && level=recommended
+	if [[ $SYSTEMD_ON == 1 && -z $PID_ARG && $ROLE != loadgen && $who != running* ]] && unit_file >/dev/null; then
+		level=recommended
+	fi
 	if cur=$(proc_limits "$file" "open files"); then
 		soft=${cur% *} hard=${cur#* }
 		local st=fail
@@ -508,15 +510,17 @@ row_systemd_limits() {
 		add_row "systemd.$UNIT.LimitMEMLOCK" required skip "-" ">= $MEMLOCK_NEED" "$MEMLOCK_REC" "systemd is not running (or --no-systemd)"
 		return
 	fi
-	local installed=1 v lim st where
-	unit_file >/dev/null || installed=0
-	where="unit $UNIT.service + drop-ins"
-	((installed)) || where="$UNIT.service not installed: apply.sh installs tuning/coremq.service"
-
+	local v lim st where="unit $UNIT.service + drop-ins"
+	if ! unit_file >/dev/null; then
+		local why="$UNIT.service is not installed (install tuning/coremq.service, or the shell's limits apply)"
+		add_row "systemd.$UNIT.LimitNOFILE" required skip "-" ">= $FD_NEED (hard)" "$FD_REC" "$why"
+		add_row "systemd.$UNIT.LimitMEMLOCK" required skip "-" ">= $MEMLOCK_NEED (soft)" "$MEMLOCK_REC" "$why"
+		return
+	fi
 	v=$(systemd_limit LimitNOFILE 1024:524288)
 	st=fail
 	if lim=$(parse_limit "$v" count); then
-		((installed && ${lim#* } >= FD_NEED)) && st=pass
+		((${lim#* } >= FD_NEED)) && st=pass
 	fi
 	add_row "systemd.$UNIT.LimitNOFILE" required "$st" "$v" ">= $FD_NEED (hard)" "$FD_REC" "$where"
 	set_action systemd LimitNOFILE "$FD_REC"
@@ -524,7 +528,7 @@ row_systemd_limits() {
 	v=$(systemd_limit LimitMEMLOCK 8M)
 	st=fail
 	if lim=$(parse_limit "$v" bytes); then
-		((installed && ${lim% *} >= MEMLOCK_NEED)) && st=pass
+		((${lim% *} >= MEMLOCK_NEED)) && st=pass
 	fi
 	add_row "systemd.$UNIT.LimitMEMLOCK" required "$st" "$v" ">= $MEMLOCK_NEED (soft)" "$MEMLOCK_REC" \
 		"$where; io_uring charges registered buffers to the user's locked memory"
@@ -645,7 +649,9 @@ row_tcp() {
 }
 
 row_vm_and_conntrack() {
-	sysctl_row vm.max_map_count "$(level_for "$BROKER_SIDE" required)" ge "$MAP_COUNT_REC" "$MAP_COUNT_REC" \
+	local map_level=recommended
+	((CONNECTIONS >= BIG_TARGET)) && map_level=required
+	sysctl_row vm.max_map_count "$(level_for "$BROKER_SIDE" "$map_level")" ge "$MAP_COUNT_REC" "$MAP_COUNT_REC" \
 		"mappings per process: mmap log segments (up to 8192 per shard), allocator arenas, thread stacks"
 	if [[ -e $(sysctl_file net.netfilter.nf_conntrack_max) ]]; then
 		sysctl_row net.netfilter.nf_conntrack_max required ge "$CONNTRACK_NEED" "$CONNTRACK_REC" \
@@ -753,7 +759,7 @@ row_irq() {
 	[[ -f $ETC/default/irqbalance ]] && files+=("$ETC/default/irqbalance")
 	for f in "$d"/*.conf; do [[ -f $f ]] && files+=("$f"); done
 	if ((${#files[@]})); then
-		banned=$(grep -h -o 'IRQBALANCE_BANNED_CPULIST=[0-9,-]*' "${files[@]}" 2>/dev/null | tail -n 1)
+		banned=$(grep -h -o 'IRQBALANCE_BANNED_CPULIST=[0-9,-]*' "${files[@]}" 2>/dev/null | tail -n 1) || banned=""
 		banned=${banned#*=}
 	fi
 	local st=fail

@@ -70,7 +70,7 @@ for i in "${!R_NAME[@]}"; do
 		;;
 	sysctl)
 		LIVE_PATH+=("$(sysctl_file "$target")") LIVE_VALUE+=("$value")
-		LIVE_DESC+=("$(printf 'sysctl %-32s %s -> %s' "$target" "${R_CUR[i]}" "$value")")
+		LIVE_DESC+=("$(printf 'sysctl %-36s %s -> %s' "$target" "${R_CUR[i]}" "$value")")
 		SYSCTL_LINES+=("$target = $value")
 		;;
 	sysfs)

@@ -582,7 +582,7 @@ row_tcp() {
 	local b_level cur
 	b_level=$(level_for "$BROKER_SIDE" required)
 	sysctl_row net.core.somaxconn "$b_level" ge "$BACKLOG_REC" "$BACKLOG_REC" \
-		"accept queue cap per listener (one per shard, SO_REUSEPORT): absorbs reconnect storms"
+		"accept queue cap per listener (one per shard, SO_REUSEPORT): absorbs reconnect storms; the listen() backlog must be as large"
 	local syn_level=recommended
 	((CONNECTIONS >= BIG_TARGET)) && syn_level=required
 	sysctl_row net.ipv4.tcp_max_syn_backlog "$(level_for "$BROKER_SIDE" "$syn_level")" ge "$BACKLOG_REC" "$BACKLOG_REC" \

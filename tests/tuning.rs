@@ -819,6 +819,8 @@ bash "$APPLY" --root "$W/root" --proc-sys /proc/sys --only net.core.somaxconn,ne
 snap during
 bash "$REVERT" --root "$W/root" --proc-sys /proc/sys --yes > "$W/revert.log"
 snap after
+# Global sysctls are read-only in a child namespace: reported, never attempted.
+bash "$APPLY" --only net.netfilter. > "$W/conntrack.log"
 "#;
     let out = Command::new("unshare")
         .args(["-n", "bash", "-c", body])
@@ -852,6 +854,17 @@ snap after
         std::fs::read_to_string(work.path().join("during/net_core_somaxconn")).unwrap();
     assert_eq!(during_somaxconn, "65535\n");
     assert!(changed >= 5, "apply changed only {changed} sysctls");
+    if Path::new("/proc/sys/net/netfilter/nf_conntrack_max").exists() {
+        let log = std::fs::read_to_string(work.path().join("conntrack.log")).unwrap();
+        assert!(
+            log.contains("nf_conntrack_max") && log.contains("read-only here"),
+            "{log}"
+        );
+        assert!(
+            !log.contains("sysctl net.netfilter"),
+            "planned a read-only write: {log}"
+        );
+    }
     // The files written next to the live values are gone again.
     let left: Vec<_> = std::fs::read_dir(work.path().join("root"))
         .unwrap()

@@ -131,7 +131,11 @@ fi
 printf 'coremq tuning plan: %s connections, %s cores, role %s, root %s\n' \
 	"$CONNECTIONS" "$CORES" "$ROLE" "${ROOT:-/}"
 if ((${#LIVE_PATH[@]} + ${#FILE_PATH[@]} == 0)); then
-	echo "Nothing to change: every applicable setting already meets the target."
+	if ((${#UNFIXED[@]})); then
+		echo "Nothing this script can change."
+	else
+		echo "Nothing to change: every applicable setting already meets the target."
+	fi
 	for u in "${UNFIXED[@]}"; do echo "  not fixable by this script: $u"; done
 	exit 0
 fi

@@ -433,6 +433,11 @@ add_row() {
 set_action() {
 	((LAST_ADDED)) || return 0
 	local i=$((${#R_NAME[@]} - 1))
+	# A read-only sysctl (e.g. conntrack limits in a child network namespace) cannot be applied.
+	if [[ $1 == sysctl && ! -w $(sysctl_file "$2") ]]; then
+		R_NOTE[i]+="; read-only here"
+		return 0
+	fi
 	R_KIND[i]=$1 R_TARGET[i]=$2 R_VALUE[i]=$3 R_PERSIST[i]=${4:-}
 }
 

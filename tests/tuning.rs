@@ -458,6 +458,13 @@ fn check_reads_systemd_drop_ins_in_systemd_order() {
         "1500000:2000000"
     );
     assert_eq!(rc, 0, "{json}");
+    // A section does not carry over into the next file.
+    root.write(
+        "etc/systemd/system/coremq.service.d/55-headerless.conf",
+        "LimitNOFILE=10\n",
+    );
+    let (rc, _) = check_json(&root, &["--cores", "4"]);
+    assert_eq!(rc, 0);
     // Keys outside [Service] do not count.
     root.write(
         "etc/systemd/system/coremq.service.d/60-wrong.conf",

@@ -303,6 +303,7 @@ ini_value() {
 	local section=$1 key=$2
 	shift 2
 	awk -v sec="[$section]" -v key="$key" '
+		FNR == 1 { cur = "" }
 		/^[ \t]*\[/ { cur = $0; gsub(/[ \t]/, "", cur); next }
 		cur == sec {
 			line = $0; sub(/^[ \t]+/, "", line)

@@ -230,7 +230,8 @@ fn connack(r: &mut Reader<'_>, version: ProtocolVersion) -> Result<ConnAck, Deco
     if ack_flags & 0xFE != 0 {
         return Err(DecodeError::Malformed("CONNACK reserved flags set"));
     }
-    let session_present = ack_flags & 0x01 != 0;
+    // 3.1 has no session present flag: the byte is "reserved, not used".
+    let session_present = ack_flags & 0x01 != 0 && version != ProtocolVersion::V3_1;
     let code = r.u8()?;
     let reason = if version.is_v5() {
         if !reason::allowed(ReasonCtx::ConnAck, code) {

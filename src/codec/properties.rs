@@ -306,6 +306,11 @@ pub fn decode(r: &mut Reader<'_>, ctx: PropCtx) -> Result<Props, DecodeError> {
             _ => return Err(DecodeError::Malformed("unknown property identifier")),
         }
     }
+    if p.authentication_data.is_some() && p.authentication_method.is_none() {
+        return Err(DecodeError::Protocol(
+            "authentication data without authentication method",
+        ));
+    }
     Ok(Some(p))
 }
 

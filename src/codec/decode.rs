@@ -149,8 +149,13 @@ fn packet_id(r: &mut Reader<'_>) -> Result<u16, DecodeError> {
     Ok(id)
 }
 
+#[inline]
 fn props(r: &mut Reader<'_>, v5: bool, ctx: PropCtx) -> Result<Props, DecodeError> {
     if v5 {
+        // Most packets carry no properties: skip the call for the one zero byte.
+        if r.skip_zero_byte() {
+            return Ok(None);
+        }
         properties::decode(r, ctx)
     } else {
         Ok(None)

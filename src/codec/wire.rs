@@ -235,6 +235,16 @@ impl<'a> Reader<'a> {
         Ok(s)
     }
 
+    /// Consume the next byte if it is 0 (an empty property block); false otherwise, consuming nothing.
+    #[inline]
+    pub fn skip_zero_byte(&mut self) -> bool {
+        if self.pos < self.end && self.frame[self.pos] == 0 {
+            self.pos += 1;
+            return true;
+        }
+        false
+    }
+
     /// Offset of the next unread byte in the frame.
     #[inline]
     pub fn position(&self) -> usize {

@@ -149,7 +149,7 @@ impl<'a> Reader<'a> {
         self.pos == self.end
     }
 
-    #[inline]
+    #[inline(always)]
     fn need(&self, n: usize) -> Result<(), DecodeError> {
         if self.remaining() < n {
             return Err(DecodeError::Malformed(
@@ -167,7 +167,7 @@ impl<'a> Reader<'a> {
         Ok(b)
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn u16(&mut self) -> Result<u16, DecodeError> {
         self.need(2)?;
         let v = u16::from_be_bytes([self.frame[self.pos], self.frame[self.pos + 1]]);
@@ -198,7 +198,7 @@ impl<'a> Reader<'a> {
     }
 
     /// The next `n` bytes as a slice of the frame (no copy).
-    #[inline]
+    #[inline(always)]
     pub fn take(&mut self, n: usize) -> Result<Bytes, DecodeError> {
         self.need(n)?;
         let b = self.frame.slice(self.pos..self.pos + n);
@@ -219,7 +219,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Two-byte length prefixed binary data.
-    #[inline]
+    #[inline(always)]
     pub fn binary(&mut self) -> Result<Bytes, DecodeError> {
         let n = usize::from(self.u16()?);
         self.take(n)
@@ -253,7 +253,7 @@ impl<'a> Reader<'a> {
 
     /// A PUBLISH topic name: the string rules plus no wildcards, checked in one pass over the bytes (hot path).
     /// An empty name is returned as is: whether it is allowed depends on a topic alias the caller checks.
-    #[inline]
+    #[inline(always)]
     pub fn topic_name(&mut self) -> Result<ByteString, DecodeError> {
         let raw = self.binary()?;
         let (ascii, bad) = scan_topic(&raw);

@@ -233,14 +233,74 @@ fn bench_encode<M: Measurement>(c: &mut Criterion<M>, prefix: &str) {
     }
 }
 
+/// The same 64-byte QoS 1 PUBLISH through rumqttc 0.24's own codec (mqttbytes), measured in the same run: a
+/// ratio against a widely used Rust MQTT codec that is independent of machine load.
+fn bench_peer<M: Measurement>(c: &mut Criterion<M>, prefix: &str) {
+    let mut g = c.benchmark_group(format!("{prefix}peer_rumqttc"));
+    for v in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
+        let frame = bytes_of(&publish(QoS::AtLeastOnce, 64), v);
+        let mut batch = BytesMut::with_capacity(frame.len() * BATCH);
+        for _ in 0..BATCH {
+            batch.extend_from_slice(&frame);
+        }
+        g.throughput(Throughput::Bytes((frame.len() * BATCH) as u64));
+        let name = if v.is_v5() {
+            "decode_publish_qos1_64B_v5"
+        } else {
+            "decode_publish_qos1_64B_v311"
+        };
+        g.bench_function(name, |b| {
+            b.iter_batched_ref(
+                || BytesMut::from(&batch[..]),
+                |buf| {
+                    for _ in 0..BATCH {
+                        if v.is_v5() {
+                            black_box(
+                                rumqttc::v5::mqttbytes::v5::Packet::read(buf, Some(1 << 20))
+                                    .unwrap(),
+                            );
+                        } else {
+                            black_box(rumqttc::mqttbytes::v4::read(buf, 1 << 20).unwrap());
+                        }
+                    }
+                },
+                BatchSize::LargeInput,
+            );
+        });
+    }
+    let v4 = rumqttc::mqttbytes::v4::Publish::from_bytes(
+        "sensors/building-7/floor-3/room-12/temperature",
+        rumqttc::mqttbytes::QoS::AtLeastOnce,
+        Bytes::from(vec![0x5A; 64]),
+    );
+    let mut v4 = v4;
+    v4.pkid = 4242;
+    let mut buf = BytesMut::with_capacity(120 * BATCH);
+    g.throughput(Throughput::Bytes(
+        (encoded_len(&publish(QoS::AtLeastOnce, 64), ProtocolVersion::V3_1_1) * BATCH) as u64,
+    ));
+    g.bench_function("encode_publish_qos1_64B_v311", |b| {
+        b.iter(|| {
+            buf.clear();
+            for _ in 0..BATCH {
+                black_box(&v4).write(&mut buf).unwrap();
+            }
+            black_box(buf.len());
+        });
+    });
+    g.finish();
+}
+
 fn wall(c: &mut Criterion) {
     bench_decode(c, "");
     bench_encode(c, "");
+    bench_peer(c, "");
 }
 
 fn cpu(c: &mut Criterion<ThreadCpuTime>) {
     bench_decode(c, "cpu_");
     bench_encode(c, "cpu_");
+    bench_peer(c, "cpu_");
 }
 
 criterion_group!(wall_benches, wall);

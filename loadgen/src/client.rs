@@ -136,6 +136,8 @@ struct Conn {
     decoder: Decoder,
     version: mqtt::ProtocolVersion,
     idle: bool,
+    /// The server's Receive Maximum from CONNACK (MQTT 5).
+    receive_maximum: Option<u16>,
 }
 
 impl Conn {
@@ -260,12 +262,16 @@ async fn open(cfg: &ClientConfig, spec: &ClientSpec, idle: bool) -> Result<Conn,
         decoder: Decoder::new_client(cfg.connect.version, cfg.max_packet),
         version: cfg.connect.version,
         idle,
+        receive_maximum: None,
     };
     conn.queue(&mqtt::connect_packet(&cfg.connect, &spec.client_id))?;
     let handshake = async {
         conn.flush().await?;
         match conn.recv().await? {
-            Packet::ConnAck(ack) if !ack.reason.is_error() => Ok(()),
+            Packet::ConnAck(ack) if !ack.reason.is_error() => {
+                // MQTT 5: never have more QoS 1/2 messages in flight than the server accepts.
+                Ok(ack.properties.as_ref().and_then(|p| p.receive_maximum))
+            }
             Packet::ConnAck(ack) => Err(format!("connack:{:?}", ack.reason)),
             other => Err(format!(
                 "protocol:expected CONNACK, got {:?}",
@@ -275,7 +281,10 @@ async fn open(cfg: &ClientConfig, spec: &ClientSpec, idle: bool) -> Result<Conn,
     };
     match timeout(cfg.connect_timeout, handshake).await {
         Err(_) => Err("connack_timeout".into()),
-        Ok(r) => r.map(|_| conn),
+        Ok(r) => r.map(|receive_maximum| {
+            conn.receive_maximum = receive_maximum;
+            conn
+        }),
     }
 }
 

@@ -94,10 +94,40 @@ impl Decoder {
                         _ => ReasonCode::NotAuthorized,
                     }
                 };
+                let mut properties = None;
+                if v5 && pkt.has_remaining() {
+                    // Only Receive Maximum (0x21) is needed by the load generator; other properties are skipped.
+                    let mut props = pkt.clone();
+                    skip_props(&mut pkt)?;
+                    let _len = props.get_u8();
+                    while props.remaining() > pkt.remaining() {
+                        let id = props.get_u8();
+                        let skip = match id {
+                            0x21 => {
+                                let v = props.get_u16();
+                                properties = Some(Box::new(Properties {
+                                    receive_maximum: Some(v),
+                                    ..Default::default()
+                                }));
+                                0
+                            }
+                            0x11 | 0x27 => 4,
+                            0x13 | 0x22 => 2,
+                            0x24 | 0x25 | 0x28 | 0x29 | 0x2A => 1,
+                            0x26 => {
+                                let a = props.get_u16() as usize;
+                                props.advance(a);
+                                props.get_u16() as usize
+                            }
+                            _ => props.get_u16() as usize,
+                        };
+                        props.advance(skip);
+                    }
+                }
                 Packet::ConnAck(ConnAck {
                     session_present: sp,
                     reason,
-                    properties: None,
+                    properties,
                 })
             }
             3 => {
@@ -183,6 +213,10 @@ fn reason(x: u8) -> ReasonCode {
         0x89 => ReasonCode::ServerBusy,
         0x8F => ReasonCode::TopicFilterInvalid,
         0x9E => ReasonCode::SharedSubscriptionsNotSupported,
+        0x93 => ReasonCode::ReceiveMaximumExceeded,
+        0x97 => ReasonCode::QuotaExceeded,
+        0x93 => ReasonCode::ReceiveMaximumExceeded,
+        0x97 => ReasonCode::QuotaExceeded,
         _ => ReasonCode::UnspecifiedError,
     }
 }

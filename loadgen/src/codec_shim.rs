@@ -215,8 +215,6 @@ fn reason(x: u8) -> ReasonCode {
         0x9E => ReasonCode::SharedSubscriptionsNotSupported,
         0x93 => ReasonCode::ReceiveMaximumExceeded,
         0x97 => ReasonCode::QuotaExceeded,
-        0x93 => ReasonCode::ReceiveMaximumExceeded,
-        0x97 => ReasonCode::QuotaExceeded,
         _ => ReasonCode::UnspecifiedError,
     }
 }

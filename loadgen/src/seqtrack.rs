@@ -161,8 +161,12 @@ mod tests {
     fn merge_counts_overlap_as_duplicates() {
         let mut a = SeqTracker::new();
         let mut b = SeqTracker::new();
-        (0..5).for_each(|s| drop(a.record(s)));
-        (4..8).for_each(|s| drop(b.record(s)));
+        (0..5).for_each(|s| {
+            a.record(s);
+        });
+        (4..8).for_each(|s| {
+            b.record(s);
+        });
         a.merge(&b);
         assert_eq!(a.unique, 8);
         assert_eq!(a.duplicates, 1);

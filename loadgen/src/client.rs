@@ -631,9 +631,14 @@ async fn publish_loop(
         }
         if *phase.borrow_and_update() == Phase::Close {
             if !done {
-                stats
-                    .borrow_mut()
-                    .error(format!("publisher:unacked_at_close:{}", inflight.ids.len()));
+                // Cut off by the grace period: say what was still owed.
+                let mut st = stats.borrow_mut();
+                st.error("publisher:unfinished_at_close");
+                if !inflight.ids.is_empty() {
+                    *st.errors
+                        .entry("publisher:unacked_at_close".into())
+                        .or_default() += inflight.ids.len() as u64;
+                }
             }
             return Ok(());
         }

@@ -6,7 +6,6 @@ pub mod addrs;
 pub mod capacity;
 pub mod client;
 pub mod clock;
-mod codec_shim;
 pub mod cpu;
 pub mod mqtt;
 pub mod opts;

@@ -5,7 +5,7 @@
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 
-pub use crate::codec_shim::{encode, encode_publish, Decoder};
+pub use coremq::codec::{encode, encode_publish, Decoder};
 pub use coremq::codec::{
     ConnAck, Connect, Disconnect, Packet, Properties, ProtocolVersion, PubResp, Publish, QoS,
     ReasonCode, SubAck, Subscribe, SubscribeFilter, SubscriptionOptions,

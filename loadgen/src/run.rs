@@ -587,8 +587,11 @@ pub fn run_pubsub(s: &Settings, plan: &Plan) -> Report {
     let grace_end = Instant::now() + Duration::from_secs_f64(s.common.grace.max(0.0));
     let qos0 = s.client.qos == QoS::AtMostOnce;
     while Instant::now() < grace_end && n_pubs > 0 {
+        // Publishers may still owe a few due messages (timer granularity): wait for them to finish first,
+        // or the last messages would be cut off and show up as loss.
+        let pubs_done = shared.pubs_done.load(Relaxed) >= n_pubs;
         let acked_all = qos0 || shared.acked.load(Relaxed) >= shared.sent.load(Relaxed);
-        if acked_all && shared.received.load(Relaxed) >= expected_now() {
+        if pubs_done && acked_all && shared.received.load(Relaxed) >= expected_now() {
             break;
         }
         progress.tick(&shared, "grace", &mut prev);
@@ -704,6 +707,32 @@ fn account(r: &mut Report, s: &Settings, plan: &Plan, all: &WorkerStats, start_n
         };
         r.expected += expected;
         r.lost += expected.saturating_sub(unique);
+        if in_process_pubs && expected > unique {
+            // Say where the loss is, so a user can tell a dropped tail from holes in the middle.
+            let mut shown = 0;
+            for (index, topic_name) in plan.pub_topics.iter().enumerate() {
+                if shown >= 5 || !topic::matches(filter, topic_name) {
+                    continue;
+                }
+                let id = s.common.id_offset.wrapping_add(index as u32);
+                let empty = SeqTracker::new();
+                let gaps = merged
+                    .get(&id)
+                    .unwrap_or(&empty)
+                    .missing(sent_by_pub[index], 4);
+                if !gaps.is_empty() {
+                    shown += 1;
+                    r.warnings.push(format!(
+                        "{filter:?} missing from publisher {id} (sent {}): {}",
+                        sent_by_pub[index],
+                        gaps.iter()
+                            .map(|(a, b)| format!("{a}..{b}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                }
+            }
+        }
     }
     if !in_process_pubs {
         if let Some(e) = s.common.expected {

@@ -38,6 +38,25 @@ impl SeqTracker {
         self.ranges.last().map_or(0, |r| r.1)
     }
 
+    /// Up to `max` missing half-open ranges below `upto` (what the publisher sent): where loss happened.
+    pub fn missing(&self, upto: u64, max: usize) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        let mut next = 0;
+        for &(a, b) in &self.ranges {
+            if out.len() >= max || a >= upto {
+                break;
+            }
+            if a > next {
+                out.push((next, a));
+            }
+            next = b;
+        }
+        if next < upto && out.len() < max {
+            out.push((next, upto));
+        }
+        out
+    }
+
     pub fn ranges(&self) -> usize {
         self.ranges.len()
     }
@@ -155,6 +174,18 @@ mod tests {
         assert_eq!(t.out_of_order, 2);
         assert_eq!(t.high_water() - t.unique, 2);
         assert_eq!(t.ranges(), 2);
+    }
+
+    #[test]
+    fn missing_ranges() {
+        let mut t = SeqTracker::new();
+        for s in [0, 1, 4, 5, 9] {
+            t.record(s);
+        }
+        assert_eq!(t.missing(12, 10), vec![(2, 4), (6, 9), (10, 12)]);
+        assert_eq!(t.missing(12, 1), vec![(2, 4)]);
+        assert_eq!(SeqTracker::new().missing(3, 5), vec![(0, 3)]);
+        assert!(t.missing(10, 5).len() == 2);
     }
 
     #[test]

@@ -298,7 +298,8 @@ pub async fn run_client(
 ) {
     let t0 = now_ns();
     let idle = matches!(spec.role, Role::Idle);
-    let opened = open(&cfg, &spec, idle).await;
+    // Boxed so the long-lived task keeps only the state of the stage it is in, not the largest one.
+    let opened = Box::pin(open(&cfg, &spec, idle)).await;
     drop(permit);
     let conn = match opened {
         Ok(c) => {
@@ -317,16 +318,21 @@ pub async fn run_client(
     let result = match &spec.role {
         Role::Idle => {
             shared.ready.fetch_add(1, Relaxed);
-            idle_loop(conn, &cfg, &shared).await
+            Box::pin(idle_loop(conn, &cfg, &shared)).await
         }
         Role::Publisher {
             index,
             pub_id,
             topic,
             limit,
-        } => publisher(conn, &cfg, &shared, &stats, *index, *pub_id, topic, *limit).await,
+        } => {
+            Box::pin(publisher(
+                conn, &cfg, &shared, &stats, *index, *pub_id, topic, *limit,
+            ))
+            .await
+        }
         Role::Subscriber { index, filter } => {
-            subscriber(conn, &cfg, &shared, &stats, *index, filter).await
+            Box::pin(subscriber(conn, &cfg, &shared, &stats, *index, filter)).await
         }
     };
     shared.open.fetch_sub(1, Relaxed);

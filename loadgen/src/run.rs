@@ -470,6 +470,7 @@ pub fn run_conn(s: &Settings, plan: &Plan) -> Report {
     let shared = Arc::new(Shared::new(0, 0));
     let mut progress = Progress::new(&s.common);
     let rss_before = s.common.broker_pid.and_then(rss_kib);
+    let self_before = rss_kib(std::process::id());
     let t_start = Instant::now();
     let cpu0 = process_cpu_ns();
     let handles = start_workers(s, plan, &shared);
@@ -489,6 +490,7 @@ pub fn run_conn(s: &Settings, plan: &Plan) -> Report {
     }
     let held = shared.open.load(Relaxed) as u64;
     let rss_after = s.common.broker_pid.and_then(rss_kib);
+    let self_after = rss_kib(std::process::id());
     let wall = t_start.elapsed().as_secs_f64();
     let cpu = process_cpu_ns() - cpu0;
     shared.phase.send_replace(Phase::Close);
@@ -517,6 +519,10 @@ pub fn run_conn(s: &Settings, plan: &Plan) -> Report {
         broker_rss_kib_before: rss_before,
         broker_rss_kib_after: rss_after,
         broker_rss_bytes_per_conn: per_conn,
+        loadgen_rss_bytes_per_conn: match (self_before, self_after) {
+            (Some(b), Some(a)) if held > 0 => Some((a as f64 - b as f64) * 1024.0 / held as f64),
+            _ => None,
+        },
     });
     if !complete {
         r.warnings

@@ -178,6 +178,8 @@ pub struct ConnectReport {
     pub broker_rss_kib_before: Option<u64>,
     pub broker_rss_kib_after: Option<u64>,
     pub broker_rss_bytes_per_conn: Option<f64>,
+    /// The load generator's own memory per held connection (RSS delta / connected).
+    pub loadgen_rss_bytes_per_conn: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -298,6 +300,9 @@ impl Report {
                     s,
                     "  broker RSS: {b} KiB -> {a} KiB = {per:.0} B per connection"
                 );
+            }
+            if let Some(per) = c.loadgen_rss_bytes_per_conn {
+                let _ = writeln!(s, "  loadgen RSS: {per:.0} B per connection");
             }
         }
         if self.scenario != "conn" {

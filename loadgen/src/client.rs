@@ -29,6 +29,8 @@ const BATCH: u64 = 256;
 /// Bytes reserved per read for busy connections; idle ones reserve only what a PINGRESP needs.
 const READ_CHUNK: usize = 64 * 1024;
 const IDLE_READ_CHUNK: usize = 64;
+/// Publishers start 20 ms after the start signal; anything stamped a second before it is from another run.
+const STALE_SLACK_NS: u64 = 1_000_000_000;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Phase {
@@ -86,6 +88,8 @@ pub struct ClientConfig {
     pub max_packet: u32,
     pub total_rate: f64,
     pub publishers: usize,
+    /// Ignore (and count) messages stamped before this run: true when the publishers are in this process.
+    pub stale_filter: bool,
     /// Fault injection: (subscriber index, seconds into the run).
     pub drop_subscriber: Option<(usize, f64)>,
 }
@@ -771,10 +775,15 @@ async fn receive_loop(
     let ping = ping_interval(cfg);
     let mut last_write = now_ns();
     let mut drop_at: Option<u64> = None;
+    // Stamps older than this are leftovers of an earlier run still queued in the broker: not ours to count.
+    let mut oldest_ns = if cfg.stale_filter { u64::MAX } else { 0 };
     loop {
         match *phase.borrow_and_update() {
             Phase::Close => return Ok(true),
             Phase::Run { start_ns, .. } => {
+                if cfg.stale_filter {
+                    oldest_ns = start_ns.saturating_sub(STALE_SLACK_NS);
+                }
                 if let Some((i, secs)) = cfg.drop_subscriber {
                     if i == index && drop_at.is_none() {
                         drop_at = Some(start_ns + (secs * 1e9) as u64);
@@ -793,10 +802,10 @@ async fn receive_loop(
                 r.map_err(|e| io_reason(&e))?;
                 let mut got = 0u64;
                 while conn.try_fill()? {
-                    got += drain_publishes(conn, stats, result)?;
+                    got += drain_publishes(conn, stats, result, oldest_ns)?;
                     if conn.rbuf.len() > READ_CHUNK * 4 { break; }
                 }
-                got += drain_publishes(conn, stats, result)?;
+                got += drain_publishes(conn, stats, result, oldest_ns)?;
                 if got > 0 {
                     shared.received.fetch_add(got, Relaxed);
                 }
@@ -820,7 +829,12 @@ async fn receive_loop(
 }
 
 /// Decodes every complete packet, records each PUBLISH and queues its ack. Returns new unique messages.
-fn drain_publishes(conn: &mut Conn, stats: &Stats, result: &mut SubResult) -> Result<u64, String> {
+fn drain_publishes(
+    conn: &mut Conn,
+    stats: &Stats,
+    result: &mut SubResult,
+    oldest_ns: u64,
+) -> Result<u64, String> {
     let mut unique = 0;
     let mut st = stats.borrow_mut();
     let mut now = 0;
@@ -841,6 +855,10 @@ fn drain_publishes(conn: &mut Conn, stats: &Stats, result: &mut SubResult) -> Re
             st.foreign += 1;
             continue;
         };
+        if stamp.sent_ns < oldest_ns {
+            st.stale += 1;
+            continue;
+        }
         if now == 0 {
             now = now_ns();
         }

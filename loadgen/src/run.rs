@@ -87,13 +87,27 @@ impl Plan {
                 "$share/lg/lg/shared/+",
             ),
         };
-        let topic_pattern = c.topic.clone().unwrap_or_else(|| topic.to_string());
+        // Default topics of in-process scenarios carry a per-run tag, so a backlog an overloaded broker still
+        // holds from an earlier run never reaches this run's subscribers. `pub`/`sub` keep fixed defaults so
+        // separate processes meet without configuration.
+        let tag = run_tag();
+        let tagged = |t: &str| -> String {
+            if matches!(scenario, Scenario::Pub | Scenario::Sub | Scenario::Conn) {
+                return t.to_string();
+            }
+            let (share, rest) = match t.strip_prefix("$share/lg/") {
+                Some(rest) => ("$share/lg/", rest),
+                None => ("", t),
+            };
+            format!("{share}{}", rest.replacen("lg/", &format!("lg/{tag}/"), 1))
+        };
+        let topic_pattern = c.topic.clone().unwrap_or_else(|| tagged(topic));
         let pub_topics = expand_all(&topic_pattern, pubs);
         let sub_filters = if scenario == Scenario::Pairs {
             // Subscriber i listens to exactly publisher i's topic.
             pub_topics.clone()
         } else {
-            expand_all(c.filter.as_deref().unwrap_or(filter), subs)
+            expand_all(&c.filter.clone().unwrap_or_else(|| tagged(filter)), subs)
         };
         let idle = if scenario == Scenario::Conn {
             c.connections.unwrap_or(1000)
@@ -126,6 +140,13 @@ impl Plan {
             idle,
         })
     }
+}
+
+/// A short tag unique to this run (pid and clock), e.g. `r1a2b3c`.
+fn run_tag() -> String {
+    let mix =
+        (std::process::id() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ crate::clock::now_ns();
+    format!("r{:06x}", mix & 0xFF_FFFF)
 }
 
 pub fn parse_version(s: &str) -> Result<ProtocolVersion, String> {
@@ -206,6 +227,7 @@ impl Settings {
             max_packet: (c.size as u64 + 64 * 1024).min(268_435_455) as u32,
             total_rate,
             publishers,
+            stale_filter: publishers > 0,
             drop_subscriber: c.inject_sub_disconnect.map(|s| (0, s)),
         };
         let label = c.label.clone().unwrap_or_else(|| c.broker.clone());
@@ -746,6 +768,13 @@ fn account(r: &mut Report, s: &Settings, plan: &Plan, all: &WorkerStats, start_n
             r.lost = e.saturating_sub(r.received);
         }
     }
+    if all.stale > 0 {
+        r.warnings.push(format!(
+            "{} messages from an earlier run (stamped before this one started) ignored: the broker was still \
+             delivering an old backlog",
+            all.stale
+        ));
+    }
     if all.foreign > 0 {
         r.warnings.push(format!(
             "{} messages without a loadgen stamp (or from untracked publishers) ignored",
@@ -793,5 +822,73 @@ fn account(r: &mut Report, s: &Settings, plan: &Plan, all: &WorkerStats, start_n
             r.lost,
             r.lost as f64 * 100.0 / r.expected.max(1) as f64
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn plan(args: &[&str]) -> Plan {
+        let cli = crate::opts::Cli::try_parse_from(args).unwrap();
+        let (sc, c) = match cli.cmd {
+            crate::opts::Cmd::Fanin(c) => (Scenario::Fanin, c),
+            crate::opts::Cmd::Shared(c) => (Scenario::Shared, c),
+            crate::opts::Cmd::Pairs(c) => (Scenario::Pairs, c),
+            crate::opts::Cmd::Pub(c) => (Scenario::Pub, c),
+            crate::opts::Cmd::Sub(c) => (Scenario::Sub, c),
+            other => panic!("{other:?}"),
+        };
+        Plan::new(sc, &c).unwrap()
+    }
+
+    #[test]
+    fn default_topics_are_tagged_and_match() {
+        let p = plan(&["x", "fanin", "--publishers", "3"]);
+        assert_eq!(p.pub_topics.len(), 3);
+        assert_ne!(p.pub_topics[0], "lg/fanin/0", "run tag missing");
+        assert!(
+            p.pub_topics
+                .iter()
+                .all(|t| topic::matches(&p.sub_filters[0], t)),
+            "{p:?}"
+        );
+        let s = plan(&["x", "shared", "--subscribers", "2"]);
+        assert_eq!(topic::share_group(&s.sub_filters[0]), Some("lg"));
+        assert!(
+            s.pub_topics
+                .iter()
+                .all(|t| topic::matches(&s.sub_filters[1], t)),
+            "{s:?}"
+        );
+        let pairs = plan(&["x", "pairs", "--pairs", "4"]);
+        assert_eq!(pairs.pub_topics, pairs.sub_filters);
+        assert!(!topic::matches(&pairs.sub_filters[0], &pairs.pub_topics[1]));
+        // Separate processes meet on fixed defaults.
+        let pb = plan(&["x", "pub"]);
+        let sb = plan(&["x", "sub"]);
+        assert!(topic::matches(&sb.sub_filters[0], &pb.pub_topics[0]));
+        // A user's topic is used as given.
+        let u = plan(&[
+            "x",
+            "fanin",
+            "--topic",
+            "a/%i",
+            "--filter",
+            "a/#",
+            "--publishers",
+            "2",
+        ]);
+        assert_eq!(u.pub_topics, vec!["a/0", "a/1"]);
+    }
+
+    #[test]
+    fn empty_plans_are_errors() {
+        let cli = crate::opts::Cli::try_parse_from(["x", "fanin", "--subscribers", "0"]).unwrap();
+        let crate::opts::Cmd::Fanin(c) = cli.cmd else {
+            unreachable!()
+        };
+        assert!(Plan::new(Scenario::Fanin, &c).is_err());
     }
 }

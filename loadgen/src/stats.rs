@@ -44,6 +44,8 @@ pub struct WorkerStats {
     pub last_send_ns: u64,
     /// Messages without our stamp, or from too many publishers to track.
     pub foreign: u64,
+    /// Messages stamped before this run started (an earlier run's backlog still in the broker).
+    pub stale: u64,
 }
 
 impl Default for WorkerStats {
@@ -57,6 +59,7 @@ impl Default for WorkerStats {
             last_recv_ns: 0,
             last_send_ns: 0,
             foreign: 0,
+            stale: 0,
         }
     }
 }
@@ -78,6 +81,7 @@ impl WorkerStats {
         self.last_recv_ns = self.last_recv_ns.max(other.last_recv_ns);
         self.last_send_ns = self.last_send_ns.max(other.last_send_ns);
         self.foreign += other.foreign;
+        self.stale += other.stale;
     }
 }
 

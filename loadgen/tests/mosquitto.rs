@@ -204,6 +204,25 @@ fn pairs_qos2_exact_counts_mqtt5() {
 }
 
 #[test]
+fn shared_subscription_delivers_each_message_once() {
+    let Some(b) = start_mosquitto() else { return };
+    let v = loadgen(&[
+        "shared",
+        "--broker",
+        &b.addr(),
+        "--qos",
+        "1",
+        "--publishers",
+        "2",
+        "--subscribers",
+        "3",
+        "--count",
+        "900",
+    ]);
+    assert_exact(&v, 900, 900);
+}
+
+#[test]
 fn fixed_rate_pairs_qos0() {
     let Some(b) = start_mosquitto() else { return };
     let v = loadgen(&[

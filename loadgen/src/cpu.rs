@@ -32,3 +32,34 @@ pub fn raise_nofile() -> u64 {
         rl.rlim_cur
     }
 }
+
+/// CPU time (user + system) of another process, from /proc/PID/stat, in nanoseconds.
+pub fn pid_cpu_ns(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15 (1-based).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Some(ticks * 1_000_000_000 / hz)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_own_cpu_and_rss() {
+        let pid = std::process::id();
+        let mut x = 0u64;
+        for i in 0..20_000_000u64 {
+            x = x.wrapping_add(i * i);
+        }
+        assert!(x > 0);
+        assert!(pid_cpu_ns(pid).is_some());
+        assert!(rss_kib(pid).unwrap() > 0);
+        assert!(process_cpu_ns() > 0);
+        assert!(pid_cpu_ns(u32::MAX).is_none());
+    }
+}

@@ -591,6 +591,7 @@ pub fn run_pubsub(s: &Settings, plan: &Plan) -> Report {
     };
 
     let cpu0 = process_cpu_ns();
+    let broker_cpu0 = s.common.broker_pid.and_then(crate::cpu::pid_cpu_ns);
     let wall0 = Instant::now();
     let start_ns = now_ns() + 20_000_000;
     let end_ns = start_ns + (s.common.duration * 1e9) as u64;
@@ -627,6 +628,7 @@ pub fn run_pubsub(s: &Settings, plan: &Plan) -> Report {
     }
     let wall = wall0.elapsed().as_secs_f64();
     let cpu = process_cpu_ns() - cpu0;
+    let broker_cpu1 = s.common.broker_pid.and_then(crate::cpu::pid_cpu_ns);
     let rss_after = s.common.broker_pid.and_then(rss_kib);
     shared.phase.send_replace(Phase::Close);
     let all = join(handles);
@@ -635,15 +637,18 @@ pub fn run_pubsub(s: &Settings, plan: &Plan) -> Report {
     let mut r = base_report(s, plan);
     r.loadgen_cpu_pct = cpu as f64 / 1e9 / wall.max(1e-9) * 100.0;
     account(&mut r, s, plan, &all, start_ns);
+    if let (Some(a), Some(b)) = (broker_cpu0, broker_cpu1) {
+        r.broker_cpu_pct = Some(b.saturating_sub(a) as f64 / 1e9 / wall.max(1e-9) * 100.0);
+    }
+    if let Some(b) = rss_before {
+        r.broker_rss_kib = rss_after.map(|a| (b, a));
+    }
     if !complete {
         r.warnings.push(format!(
             "setup timed out: only {} of {} clients ready when publishing started",
             shared.ready.load(Relaxed),
             clients
         ));
-    }
-    if let (Some(b), Some(a)) = (rss_before, rss_after) {
-        r.warnings.push(format!("broker RSS {b} KiB -> {a} KiB"));
     }
     cpu_warning(&mut r);
     r
@@ -784,7 +789,14 @@ fn account(r: &mut Report, s: &Settings, plan: &Plan, all: &WorkerStats, start_n
     r.latency_us = percentiles(&all.latency, 1000.0);
     r.hgrm = crate::stats::hgrm(&all.latency);
     r.latency_curve = latency_curve(&all.latency);
-    let send_secs = (all.last_send_ns.saturating_sub(start_ns) as f64 / 1e9).max(1e-3);
+    // A time-bounded run offers load for its whole duration even when the socket buffers swallowed a
+    // max-rate burst at the start; a count-bounded one until its last message went out.
+    let last_send = (all.last_send_ns.saturating_sub(start_ns) as f64 / 1e9).max(1e-3);
+    let send_secs = if s.common.count == 0 {
+        last_send.max(s.common.duration)
+    } else {
+        last_send
+    };
     let recv_secs = (all.last_recv_ns.saturating_sub(start_ns) as f64 / 1e9).max(1e-3);
     r.duration_s = if in_process_pubs {
         send_secs

@@ -235,6 +235,12 @@ pub struct Report {
     /// Load generator CPU, 100 = one core busy.
     pub loadgen_cpu_pct: f64,
     pub loadgen_threads: usize,
+    /// CPU of the broker process during the run (with --broker-pid), 100 = one core busy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker_cpu_pct: Option<f64>,
+    /// Broker RSS (KiB) before and after the run (with --broker-pid).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker_rss_kib: Option<(u64, u64)>,
     pub errors: u64,
     pub errors_by_reason: BTreeMap<String, u64>,
     pub warnings: Vec<String>,
@@ -355,6 +361,12 @@ impl Report {
             "  loadgen CPU {:.0}% ({} threads)  errors {}",
             self.loadgen_cpu_pct, self.loadgen_threads, self.errors
         );
+        if let Some(b) = self.broker_cpu_pct {
+            let _ = writeln!(s, "  broker CPU {b:.0}%");
+        }
+        if let Some((b, a)) = self.broker_rss_kib {
+            let _ = writeln!(s, "  broker RSS {b} KiB -> {a} KiB");
+        }
         for (k, v) in &self.errors_by_reason {
             let _ = writeln!(s, "    {k}: {v}");
         }

@@ -45,7 +45,7 @@ pub fn render(reports: &[Report]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<34} {:<12} {:>11} {:>11} {:>9} {:>5} {:>9} {:>9} {:>9} {:>9} {:>6}",
+        "{:<34} {:<12} {:>11} {:>11} {:>9} {:>5} {:>9} {:>9} {:>9} {:>9} {:>6} {:>7}",
         "workload",
         "broker",
         "send/s",
@@ -56,7 +56,8 @@ pub fn render(reports: &[Report]) -> String {
         "p99 µs",
         "p99.9 µs",
         "max µs",
-        "cpu%"
+        "lg cpu%",
+        "brk cpu%"
     );
     let mut keys: Vec<String> = Vec::new();
     for r in reports {
@@ -81,8 +82,19 @@ pub fn render(reports: &[Report]) -> String {
             let l = &r.latency_us;
             let _ = writeln!(
                 s,
-                "{:<34} {:<12} {:>11.0} {:>11.0} {:>9} {:>5} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>6.0}",
-                k, r.broker, r.send_rate, r.recv_rate, r.lost, r.duplicates, l.p50, l.p99, l.p999, l.max, r.loadgen_cpu_pct
+                "{:<34} {:<12} {:>11.0} {:>11.0} {:>9} {:>5} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>6.0} {:>7}",
+                k,
+                r.broker,
+                r.send_rate,
+                r.recv_rate,
+                r.lost,
+                r.duplicates,
+                l.p50,
+                l.p99,
+                l.p999,
+                l.max,
+                r.loadgen_cpu_pct,
+                r.broker_cpu_pct.map_or("-".to_string(), |c| format!("{c:.0}"))
             );
             if let Some(c) = &r.capacity {
                 let _ = writeln!(

@@ -675,7 +675,7 @@ async fn publish_loop(
             r = phase.changed() => if r.is_err() { return Ok(()) },
             r = conn.stream.readable() => r.map_err(|e| io_reason(&e))?,
             r = conn.stream.writable(), if !conn.out.is_empty() => r.map_err(|e| io_reason(&e))?,
-            _ = sleep_until(instant_at(wake.unwrap_or(u64::MAX / 4))), if wake.is_some() => {
+            _ = crate::timer::sleep_until_ns(wake.unwrap_or(u64::MAX / 4)), if wake.is_some() => {
                 if next_ping.is_some_and(|p| p <= now_ns()) && conn.out.is_empty() {
                     conn.queue(&Packet::PingReq)?;
                     last_write = now_ns();

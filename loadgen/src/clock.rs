@@ -10,6 +10,10 @@ pub fn use_realtime(on: bool) {
     REALTIME.store(on, Ordering::Relaxed);
 }
 
+pub fn uses_realtime() -> bool {
+    REALTIME.load(Ordering::Relaxed)
+}
+
 pub fn now_ns() -> u64 {
     let clock = if REALTIME.load(Ordering::Relaxed) {
         libc::CLOCK_REALTIME

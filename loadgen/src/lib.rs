@@ -16,4 +16,5 @@ pub mod run;
 pub mod seqtrack;
 pub mod stats;
 pub mod table;
+pub mod timer;
 pub mod topic;

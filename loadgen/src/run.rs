@@ -383,6 +383,7 @@ fn worker(
     let cfg = Rc::new(cfg);
     let st = stats.clone();
     local.block_on(&rt, async move {
+        tokio::task::spawn_local(crate::timer::drive());
         let sem = Arc::new(tokio::sync::Semaphore::new(concurrency));
         let start = tokio::time::Instant::now();
         let mut handles = Vec::with_capacity(specs.len());

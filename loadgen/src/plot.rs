@@ -54,7 +54,10 @@ pub fn plot(reports: &[Report], out: &Path, title: &str) -> Result<(), String> {
         .max(0.1)
         * 0.7;
     let mut chart = ChartBuilder::on(&left)
-        .caption("latency by percentile (µs, log)", ("sans-serif", 20))
+        .caption(
+            "publish-to-deliver latency by percentile (log)",
+            ("sans-serif", 20),
+        )
         .margin(15)
         .x_label_area_size(40)
         .y_label_area_size(70)
@@ -63,14 +66,26 @@ pub fn plot(reports: &[Report], out: &Path, title: &str) -> Result<(), String> {
     chart
         .configure_mesh()
         .x_desc("percentile")
-        .y_desc("latency µs")
+        .y_desc("latency")
+        .y_label_formatter(&|v| {
+            if *v >= 1e6 {
+                format!("{:.0} s", v / 1e6)
+            } else if *v >= 1e3 {
+                format!("{:.0} ms", v / 1e3)
+            } else {
+                format!("{v:.0} µs")
+            }
+        })
         .x_labels(7)
         .x_label_formatter(&|x| {
             let p = 100.0 * (1.0 - 10f64.powf(-*x));
             if p < 99.0 {
                 format!("{p:.0}")
             } else {
-                format!("{p:.4}").trim_end_matches('0').to_string()
+                format!("{p:.4}")
+                    .trim_end_matches('0')
+                    .trim_end_matches('.')
+                    .to_string()
             }
         })
         .draw()

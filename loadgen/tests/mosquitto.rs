@@ -302,6 +302,49 @@ fn conn_holds_idle_connections() {
 }
 
 #[test]
+fn keep_alive_pings_hold_idle_connections() {
+    // mosquitto drops a client silent for 1.5 x keep-alive: with a 1 s keep-alive held over 3 s, only pings
+    // keep these connections open.
+    let Some(b) = start_mosquitto() else { return };
+    let v = loadgen(&[
+        "conn",
+        "--broker",
+        &b.addr(),
+        "--connections",
+        "50",
+        "--keep-alive",
+        "1",
+        "--duration",
+        "3",
+    ]);
+    assert_eq!(v["connect"]["connected"], 50, "{v}");
+    assert_eq!(v["connect"]["held_at_end"], 50, "{v}");
+    assert_eq!(n(&v, "errors"), 0, "{v}");
+}
+
+#[test]
+fn persistent_mqtt5_sessions_exact_counts() {
+    let Some(b) = start_mosquitto() else { return };
+    let v = loadgen(&[
+        "fanin",
+        "--broker",
+        &b.addr(),
+        "--qos",
+        "1",
+        "--persistent",
+        "--mqtt",
+        "5",
+        "--publishers",
+        "3",
+        "--count",
+        "900",
+        "--duration",
+        "20",
+    ]);
+    assert_exact(&v, 900, 900);
+}
+
+#[test]
 fn conn_failures_are_counted_by_reason() {
     // Nothing listens on this port: every attempt is refused, and the report says so.
     let port = TcpListener::bind("127.0.0.1:0")

@@ -52,13 +52,14 @@ if [[ ${#TARGETS[@]} -eq 0 && ${#START[@]} -eq 0 ]]; then usage >&2; exit 2; fi
 D=5; C=5000
 if [[ $QUICK -eq 1 ]]; then D=1; C=500; fi
 default_scenarios() {
+  # conn first: the broker's RSS per connection is only meaningful on a freshly started broker.
   cat <<S
+conn   --connections $C --connect-rate 5000 --duration 2
 fanin  --publishers 10 --qos 0 --duration $D
 fanin  --publishers 10 --qos 1 --duration $D
 fanout --subscribers 10 --qos 0 --duration $D
 pairs  --pairs 10 --qos 1 --duration $D
 pairs  --pairs 10 --qos 0 --rate 10000 --duration $D
-conn   --connections $C --connect-rate 5000 --duration 2
 S
 }
 

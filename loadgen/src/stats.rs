@@ -266,24 +266,33 @@ fn rate(v: f64) -> String {
 impl Report {
     pub fn summary(&self) -> String {
         let mut s = String::new();
+        if let Some(c) = &self.connect {
+            let _ = writeln!(
+                s,
+                "conn against {} (MQTT {}, {} connections, held {:.1} s)",
+                self.broker, self.mqtt, c.attempted, self.duration_s
+            );
+        }
         let offered = if self.offered_rate > 0.0 {
             format!("{}/s", rate(self.offered_rate))
         } else {
             "max".into()
         };
-        let _ = writeln!(
-            s,
-            "{} against {} (MQTT {}, QoS {}, {} B, offered {}, {} pub / {} sub, {:.1} s)",
-            self.scenario,
-            self.broker,
-            self.mqtt,
-            self.qos,
-            self.size,
-            offered,
-            self.publishers,
-            self.subscribers,
-            self.duration_s
-        );
+        if self.connect.is_none() {
+            let _ = writeln!(
+                s,
+                "{} against {} (MQTT {}, QoS {}, {} B, offered {}, {} pub / {} sub, {:.1} s)",
+                self.scenario,
+                self.broker,
+                self.mqtt,
+                self.qos,
+                self.size,
+                offered,
+                self.publishers,
+                self.subscribers,
+                self.duration_s
+            );
+        }
         if let Some(c) = &self.connect {
             let _ = writeln!(
                 s,

@@ -649,6 +649,22 @@ async fn publish_loop(
                         .entry("publisher:unacked_at_close".into())
                         .or_default() += inflight.ids.len() as u64;
                 }
+                // Messages still in our own buffer never reached the broker: they are not "sent" (and so
+                // not counted as lost). A partly written QoS 0 message counts as unsent too.
+                let unflushed = if qos == QoS::AtMostOnce {
+                    conn.out.len().div_ceil(template.len())
+                } else {
+                    conn.out.len() / template.len()
+                } as u64;
+                if unflushed > 0 {
+                    let unflushed = unflushed.min(result.sent);
+                    result.sent -= unflushed;
+                    shared.sent.fetch_sub(unflushed, Relaxed);
+                    shared.pub_sent[index].fetch_sub(unflushed, Relaxed);
+                    *st.errors
+                        .entry("publisher:unflushed_at_close".into())
+                        .or_default() += unflushed;
+                }
             }
             return Ok(());
         }

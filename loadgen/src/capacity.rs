@@ -57,6 +57,9 @@ pub fn find_max(s: &mut Settings, plan: &Plan) -> Report {
     let mut bisections = s.common.bisect_steps;
     // Bounded: doubling from start to limit plus the bisections.
     for _ in 0..64 {
+        if crate::cpu::interrupted() {
+            break;
+        }
         let Some(rate) = next_rate(
             pass,
             fail,

@@ -516,7 +516,7 @@ async fn publish_loop(
     let ping = ping_interval(cfg);
     let mut last_write = now_ns();
     // Wait for the start signal (all subscribers have their SUBACK), answering pings meanwhile.
-    let schedule = loop {
+    let mut schedule = loop {
         match *phase.borrow_and_update() {
             Phase::Close => return Ok(()),
             Phase::Run { start_ns, end_ns } => {
@@ -639,7 +639,12 @@ async fn publish_loop(
             result.finished = true;
             shared.pubs_done.fetch_add(1, Relaxed);
         }
-        if *phase.borrow_and_update() == Phase::Close {
+        let current = *phase.borrow_and_update();
+        if let Phase::Run { end_ns, .. } = current {
+            // The run was cut short (Ctrl-C): stop offering load at the new end, then finish normally.
+            schedule.shorten(end_ns);
+        }
+        if current == Phase::Close {
             if !done {
                 // Cut off by the grace period: say what was still owed.
                 let mut st = stats.borrow_mut();

@@ -42,6 +42,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Cmd::Shared(c) => (Scenario::Shared, c),
     };
     let nofile = cpu::raise_nofile();
+    cpu::catch_sigint();
     let plan = Plan::new(scenario, &common)?;
     let mut settings = Settings::new(&common, &plan)?;
     let clients = plan.pub_topics.len() + plan.sub_filters.len() + plan.idle;

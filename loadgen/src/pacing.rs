@@ -39,6 +39,11 @@ impl Schedule {
         }
     }
 
+    /// Moves the end earlier (never later).
+    pub fn shorten(&mut self, end_ns: u64) {
+        self.end_ns = self.end_ns.min(end_ns);
+    }
+
     pub fn is_max_rate(&self) -> bool {
         self.interval_ns == 0.0
     }
@@ -97,6 +102,15 @@ mod tests {
         assert_eq!(s1.due_count(u64::MAX / 2), 500);
         assert!(s0.finished(500, 1_000 + 1_000_000_000));
         assert!(!s0.finished(499, 1_000 + 1_000_000_000));
+    }
+
+    #[test]
+    fn shortened_schedule_stops_early() {
+        let mut s = Schedule::new(0, 1_000_000_000, 1000.0, 1, 0, u64::MAX);
+        s.shorten(10_000_000);
+        assert_eq!(s.due_count(u64::MAX / 2), 10);
+        s.shorten(u64::MAX);
+        assert_eq!(s.due_count(u64::MAX / 2), 10);
     }
 
     #[test]

@@ -432,7 +432,7 @@ fn join(handles: Vec<std::thread::JoinHandle<WorkerStats>>) -> WorkerStats {
 /// Waits (bounded) until every client is connected/subscribed or has failed.
 fn wait_setup(shared: &Shared, total: usize, deadline: Instant, progress: &mut Progress) -> bool {
     let mut prev = (0, 0);
-    while Instant::now() < deadline {
+    while Instant::now() < deadline && !crate::cpu::interrupted() {
         if shared.ready.load(Relaxed) + shared.failed.load(Relaxed) >= total {
             return true;
         }
@@ -507,7 +507,7 @@ pub fn run_conn(s: &Settings, plan: &Plan) -> Report {
     let connected = shared.ready.load(Relaxed) as u64;
     let hold_end = Instant::now() + Duration::from_secs_f64(s.common.duration);
     let mut prev = (0, 0);
-    while Instant::now() < hold_end {
+    while Instant::now() < hold_end && !crate::cpu::interrupted() {
         progress.tick(&shared, "hold", &mut prev);
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -558,6 +558,9 @@ pub fn run_conn(s: &Settings, plan: &Plan) -> Report {
         ));
     }
     cpu_warning(&mut r);
+    if crate::cpu::interrupted() {
+        r.warnings.push("interrupted (Ctrl-C): partial run".into());
+    }
     r
 }
 
@@ -599,7 +602,7 @@ pub fn run_pubsub(s: &Settings, plan: &Plan) -> Report {
     shared.phase.send_replace(Phase::Run { start_ns, end_ns });
     let mut prev = (0, 0);
     // Publishing phase: until the end time, or every publisher has sent its count (and had it acked).
-    while now_ns() < end_ns {
+    while now_ns() < end_ns && !crate::cpu::interrupted() {
         if n_pubs > 0 && shared.pubs_done.load(Relaxed) >= n_pubs {
             break;
         }
@@ -612,6 +615,16 @@ pub fn run_pubsub(s: &Settings, plan: &Plan) -> Report {
         }
         progress.tick(&shared, "run", &mut prev);
         std::thread::sleep(Duration::from_millis(2));
+    }
+    let publish_end_ns = now_ns().min(end_ns);
+    if crate::cpu::interrupted() {
+        // Stop offering load now, but still collect what is in flight.
+        shared.phase.send_replace(Phase::Run {
+            start_ns,
+            end_ns: publish_end_ns,
+        });
+        progress.done();
+        eprintln!("interrupted: draining in-flight messages (Ctrl-C again to quit at once)");
     }
     // Grace: in-flight messages and acks.
     let grace_end = Instant::now() + Duration::from_secs_f64(s.common.grace.max(0.0));
@@ -637,7 +650,7 @@ pub fn run_pubsub(s: &Settings, plan: &Plan) -> Report {
 
     let mut r = base_report(s, plan);
     r.loadgen_cpu_pct = cpu as f64 / 1e9 / wall.max(1e-9) * 100.0;
-    account(&mut r, s, plan, &all, start_ns);
+    account(&mut r, s, plan, &all, start_ns, publish_end_ns);
     if let (Some(a), Some(b)) = (broker_cpu0, broker_cpu1) {
         r.broker_cpu_pct = Some(b.saturating_sub(a) as f64 / 1e9 / wall.max(1e-9) * 100.0);
     }
@@ -652,6 +665,9 @@ pub fn run_pubsub(s: &Settings, plan: &Plan) -> Report {
         ));
     }
     cpu_warning(&mut r);
+    if crate::cpu::interrupted() {
+        r.warnings.push("interrupted (Ctrl-C): partial run".into());
+    }
     r
 }
 
@@ -682,7 +698,14 @@ fn receiver_groups(plan: &Plan, shared: &Shared) -> Vec<Group> {
 }
 
 /// Sent/acked from the publishers, received/lost/duplicates per receiver group, latency and rates.
-fn account(r: &mut Report, s: &Settings, plan: &Plan, all: &WorkerStats, start_ns: u64) {
+fn account(
+    r: &mut Report,
+    s: &Settings,
+    plan: &Plan,
+    all: &WorkerStats,
+    start_ns: u64,
+    publish_end_ns: u64,
+) {
     let mut sent_by_pub = vec![0u64; plan.pub_topics.len()];
     for p in &all.pubs {
         sent_by_pub[p.index] = p.sent;
@@ -794,7 +817,7 @@ fn account(r: &mut Report, s: &Settings, plan: &Plan, all: &WorkerStats, start_n
     // max-rate burst at the start; a count-bounded one until its last message went out.
     let last_send = (all.last_send_ns.saturating_sub(start_ns) as f64 / 1e9).max(1e-3);
     let send_secs = if s.common.count == 0 {
-        last_send.max(s.common.duration)
+        last_send.max(publish_end_ns.saturating_sub(start_ns) as f64 / 1e9)
     } else {
         last_send
     };

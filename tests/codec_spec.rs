@@ -810,7 +810,11 @@ fn oversized_frame_rejected_before_body_arrives() {
     // Raising the limit lets the same header through as "need more".
     d.set_max_packet_size(0);
     let mut buf = BytesMut::from(&[0x10, 0xFF, 0xFF, 0xFF, 0x7F][..]);
+    let capacity = buf.capacity();
     assert_eq!(d.decode(&mut buf), Ok(None));
+    // Waiting for a 256 MiB body reserves nothing: buffering is the caller's decision.
+    assert_eq!(buf.capacity(), capacity);
+    assert_eq!(buf.len(), 5);
 }
 
 // ---------------------------------------------------------------- Decoder state and direction

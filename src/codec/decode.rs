@@ -1,7 +1,7 @@
 //! Incremental, zero-copy decoding: fixed header first (size checked before the body is buffered), then the
 //! whole frame is split off the input and every string/payload is a slice of it.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 use super::error::DecodeError;
 use super::properties::{self, PropCtx};
@@ -100,22 +100,25 @@ pub fn decode_packet(
         return Ok(None);
     }
     let frame = buf.split_to(h.frame_len()).freeze();
-    decode_frame(&frame, h, version)
+    decode_frame(frame, h, version)
 }
 
 /// Decode one complete frame whose fixed header is `h`.
 pub fn decode_frame(
-    frame: &Bytes,
+    frame: Bytes,
     h: FixedHeader,
     version: ProtocolVersion,
 ) -> Result<Option<Packet>, DecodeError> {
-    let mut r = Reader::new(frame, h.header_len);
     let flags = h.byte1 & 0x0F;
     let v5 = version.is_v5();
+    if h.packet_type() == PacketType::Publish as u8 {
+        // The hot path takes the frame by value so the payload is the frame itself, not another slice.
+        return publish(frame, h.header_len, flags, v5).map(|p| Some(Packet::Publish(p)));
+    }
+    let mut r = Reader::new(&frame, h.header_len);
     let packet = match h.packet_type() {
         1 => Packet::Connect(Box::new(connect(&mut r)?)),
         2 => Packet::ConnAck(connack(&mut r, version)?),
-        3 => Packet::Publish(publish(&mut r, flags, v5)?),
         4 => Packet::PubAck(pub_resp(&mut r, v5, ReasonCtx::PubAck)?),
         5 => Packet::PubRec(pub_resp(&mut r, v5, ReasonCtx::PubRec)?),
         6 => Packet::PubRel(pub_resp(&mut r, v5, ReasonCtx::PubRel)?),
@@ -146,8 +149,13 @@ fn packet_id(r: &mut Reader<'_>) -> Result<u16, DecodeError> {
     Ok(id)
 }
 
+#[inline]
 fn props(r: &mut Reader<'_>, v5: bool, ctx: PropCtx) -> Result<Props, DecodeError> {
     if v5 {
+        // Most packets carry no properties: skip the call for the one zero byte.
+        if r.skip_zero_byte() {
+            return Ok(None);
+        }
         properties::decode(r, ctx)
     } else {
         Ok(None)
@@ -255,20 +263,21 @@ fn connack(r: &mut Reader<'_>, version: ProtocolVersion) -> Result<ConnAck, Deco
     })
 }
 
-fn publish(r: &mut Reader<'_>, flags: u8, v5: bool) -> Result<Publish, DecodeError> {
+fn publish(mut frame: Bytes, start: usize, flags: u8, v5: bool) -> Result<Publish, DecodeError> {
     let dup = flags & 0x08 != 0;
     let qos = QoS::from_u8((flags >> 1) & 0x03).ok_or(DecodeError::Malformed("PUBLISH QoS 3"))?;
     let retain = flags & 0x01 != 0;
     if dup && qos == QoS::AtMostOnce {
         return Err(DecodeError::Malformed("DUP set on a QoS 0 PUBLISH"));
     }
-    let topic = r.string()?;
+    let mut r = Reader::new(&frame, start);
+    let topic = r.topic_name()?;
     let packet_id = if qos == QoS::AtMostOnce {
         0
     } else {
-        packet_id(r)?
+        packet_id(&mut r)?
     };
-    let properties = props(r, v5, PropCtx::Publish)?;
+    let properties = props(&mut r, v5, PropCtx::Publish)?;
     if topic.is_empty() {
         // v5 allows an empty topic when a topic alias stands in for it [MQTT-3.3.2-8].
         let has_alias = properties.as_ref().is_some_and(|p| p.topic_alias.is_some());
@@ -279,10 +288,10 @@ fn publish(r: &mut Reader<'_>, flags: u8, v5: bool) -> Result<Publish, DecodeErr
                 DecodeError::TopicNameInvalid("empty")
             });
         }
-    } else {
-        topic::validate_topic_name(&topic)?;
     }
-    let payload = r.rest();
+    let payload_start = r.position();
+    // The rest of the frame is the payload: advance the frame instead of slicing it (one refcount less).
+    frame.advance(payload_start);
     Ok(Publish {
         dup,
         qos,
@@ -290,7 +299,7 @@ fn publish(r: &mut Reader<'_>, flags: u8, v5: bool) -> Result<Publish, DecodeErr
         topic,
         packet_id,
         properties,
-        payload,
+        payload: frame,
     })
 }
 
@@ -574,7 +583,7 @@ impl Decoder {
         let frame = buf.split_to(h.frame_len()).freeze();
         // CONNECT is decoded by its own protocol level; before it, the version is irrelevant.
         let version = self.version.unwrap_or(ProtocolVersion::V3_1_1);
-        let packet = decode_frame(&frame, h, version)?;
+        let packet = decode_frame(frame, h, version)?;
         match &packet {
             Some(Packet::Connect(c)) => self.version = Some(c.protocol),
             // Subscription identifiers flow server-to-client only [MQTT-3.3.4-6].

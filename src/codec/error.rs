@@ -5,10 +5,12 @@ use super::types::ReasonCode;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
-    /// The bytes do not form a valid packet (bad remaining length, truncated field, bad UTF-8, reserved bits...).
+    /// The bytes do not form a valid packet (bad remaining length, truncated field, bad UTF-8, reserved bits,
+    /// a property the packet type may not carry: spec 2.2.2.2 classes that one as malformed, too).
     #[error("malformed packet: {0}")]
     Malformed(&'static str),
-    /// A well-formed packet that breaks a protocol rule (duplicate property, property not allowed here, ...).
+    /// A well-formed packet that breaks a protocol rule (duplicate property, out-of-range property value, packet
+    /// identifier 0, a packet the other side may not send, ...).
     #[error("protocol error: {0}")]
     Protocol(&'static str),
     /// The fixed header announces more than the configured maximum; detected before the body is buffered.

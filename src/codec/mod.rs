@@ -4,6 +4,11 @@
 //! frames over the configured maximum before their body is buffered, then splits the whole frame off the input
 //! `BytesMut`; topic, strings and payload are slices of that frame. Encoding sizes the packet first and writes it
 //! with its exact remaining length.
+//!
+//! Left to the session layer on purpose (they need per-connection state or policy, not bytes): resolving v5
+//! topic aliases (an empty topic with a `topic_alias` property is passed through), receive-maximum accounting,
+//! checking a payload marked UTF-8 by `payload_format_indicator` (reason 0x99), client-id policy (v3.1's 23-byte
+//! limit, empty ids), and mosquitto's bridge bit (protocol level | 0x80, rejected as unsupported here).
 pub mod decode;
 pub mod encode;
 pub mod error;

@@ -136,7 +136,9 @@ pub fn hgrm(h: &Histogram<u64>) -> String {
         "{:>12} {:>14} {:>10} {:>14}\n",
         "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
     );
+    let mut total = 0u64;
     for v in h.iter_quantiles(5) {
+        total += v.count_since_last_iteration();
         let q = v.quantile_iterated_to();
         let inv = if q < 1.0 {
             format!("{:>14.2}", 1.0 / (1.0 - q))
@@ -148,7 +150,7 @@ pub fn hgrm(h: &Histogram<u64>) -> String {
             "{:>12.3} {:>14.12} {:>10} {}",
             v.value_iterated_to() as f64 / 1000.0,
             q,
-            v.count_since_last_iteration(),
+            total,
             inv
         );
     }
@@ -403,6 +405,13 @@ mod tests {
         assert_eq!(p.count, 1000);
         let text = hgrm(&h);
         assert!(text.contains("Total count    =         1000"), "{text}");
+        // TotalCount is cumulative: the last row has every value.
+        let last_row = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .last()
+            .unwrap();
+        assert_eq!(last_row.split_whitespace().nth(2), Some("1000"), "{text}");
         assert_eq!(latency_curve(&h).last().map(|x| x.0), Some(100.0));
     }
 

@@ -408,8 +408,8 @@ mod tests {
         // TotalCount is cumulative: the last row has every value.
         let last_row = text
             .lines()
-            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-            .last()
+            .rev()
+            .find(|l| !l.starts_with('#') && !l.trim().is_empty())
             .unwrap();
         assert_eq!(last_row.split_whitespace().nth(2), Some("1000"), "{text}");
         assert_eq!(latency_curve(&h).last().map(|x| x.0), Some(100.0));

@@ -166,6 +166,10 @@ pub struct Common {
     pub rate_limit: f64,
     #[arg(long, default_value_t = 4)]
     pub bisect_steps: u32,
+    /// Open-loop pacing: deadlines within this many µs of a timer wake-up are sent together (early messages
+    /// are stamped with their actual send time). 0 = wake for every message (most CPU).
+    #[arg(long, default_value_t = 50)]
+    pub pacing_slack_us: u64,
     /// Fault injection for tests: subscriber 0 drops its connection this many seconds into the run.
     #[arg(long)]
     pub inject_sub_disconnect: Option<f64>,

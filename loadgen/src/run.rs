@@ -210,6 +210,7 @@ impl Settings {
             .map(crate::addrs::parse_sources)
             .transpose()?;
         crate::clock::use_realtime(c.clock == ClockKind::Realtime);
+        crate::timer::set_slack_ns(c.pacing_slack_us.min(10_000) * 1000);
         let client = ClientConfig {
             broker,
             connect: ConnectParams {

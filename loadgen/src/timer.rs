@@ -20,6 +20,18 @@ use crate::clock::{now_ns, uses_realtime};
 /// send interval; past the bound the oldest deadlines simply fire early (a spurious wake, never a lost one).
 const MAX_PENDING: usize = 1 << 20;
 
+static SLACK_NS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(50_000);
+
+/// Deadlines closer than this to a wake-up are served by it: one wake sends for several publishers. A message
+/// sent early is stamped with its actual send time (see `client`), so slack never understates latency.
+pub fn set_slack_ns(ns: u64) {
+    SLACK_NS.store(ns, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub fn slack_ns() -> u64 {
+    SLACK_NS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 struct Entry {
     at: u64,
     waker: Waker,
@@ -123,7 +135,8 @@ impl Wheel {
     fn fire(&self) {
         let now = now_ns();
         let mut heap = self.heap.borrow_mut();
-        while heap.peek().is_some_and(|e| e.at <= now) {
+        let horizon = now + slack_ns();
+        while heap.peek().is_some_and(|e| e.at <= horizon) {
             if let Some(e) = heap.pop() {
                 e.waker.wake();
             }
@@ -162,7 +175,7 @@ pub async fn drive() {
     }
 }
 
-/// Completes at `at_ns` on the run clock, to within the kernel's wakeup latency.
+/// Completes at `at_ns` (less the slack) on the run clock, to within the kernel's wakeup latency.
 pub fn sleep_until_ns(at_ns: u64) -> PreciseSleep {
     PreciseSleep {
         at: at_ns,
@@ -178,7 +191,7 @@ pub struct PreciseSleep {
 impl Future for PreciseSleep {
     type Output = ();
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if now_ns() >= self.at {
+        if now_ns() + slack_ns() >= self.at {
             return Poll::Ready(());
         }
         if let Some(f) = self.fallback.as_mut() {
@@ -210,6 +223,7 @@ mod tests {
             .build()
             .unwrap();
         let local = tokio::task::LocalSet::new();
+        set_slack_ns(0);
         let lateness = local.block_on(&rt, async {
             tokio::task::spawn_local(drive());
             let mut worst = 0;

@@ -223,7 +223,7 @@ fn shared_subscription_delivers_each_message_once() {
 }
 
 #[test]
-fn fixed_rate_pairs_qos0() {
+fn fixed_rate_pairs_qos1() {
     let Some(b) = start_mosquitto() else { return };
     let v = loadgen(&[
         "pairs",
@@ -231,6 +231,8 @@ fn fixed_rate_pairs_qos0() {
         &b.addr(),
         "--pairs",
         "4",
+        "--qos",
+        "1",
         "--rate",
         "2000",
         "--duration",

@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# Side-by-side broker comparison with coremq-loadgen.
+#
+#   benches/compare.sh --start mosquitto --start coremq            # start each locally, one at a time
+#   benches/compare.sh emqx=10.0.0.5:1883 nanomq=10.0.0.6:1883     # brokers already running elsewhere
+#   benches/compare.sh --start rumqttd='rumqttd -c /etc/rumqttd.toml' --port rumqttd=1883
+#
+# Every broker runs the same scenario list (one `coremq-loadgen` argument list per line, see --scenarios); the
+# results go to OUT/results.jsonl, then one table (stdout, OUT/table.txt) and one plot (OUT/compare.png).
+# Brokers started here run alone, pinned with taskset to --broker-cpu while the load generator is pinned to
+# --loadgen-cpu, and are stopped afterwards (also on Ctrl-C). Commands may contain {port} and {conf}.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BROKER_CPU=0
+LOADGEN_CPU=1
+OUT="$ROOT/target/compare/$(date +%Y%m%d-%H%M%S)"
+SCENARIOS=""
+QUICK=0
+declare -a TARGETS=()      # name=host:port
+declare -a START=()        # name or name=command
+declare -A PORTS=()        # name -> port for started brokers
+
+usage() { sed -n '2,12p' "$0"; cat <<'U'
+Options:
+  --start NAME[=CMD]     start a broker locally: mosquitto and coremq are known; others need CMD ({port})
+  --port NAME=PORT       port for a started broker (default: a free one from 18830 up)
+  --broker-cpu LIST      taskset CPU list for started brokers (default 0)
+  --loadgen-cpu LIST     taskset CPU list for the load generator (default 1)
+  --scenarios FILE       one loadgen argument list per line (# comments); default: built-in list
+  --quick                1-2 s per scenario (smoke test)
+  --out DIR              where results go (default target/compare/DATE)
+U
+}
+
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --start) START+=("$2"); shift 2 ;;
+    --port) PORTS["${2%%=*}"]="${2#*=}"; shift 2 ;;
+    --broker-cpu) BROKER_CPU="$2"; shift 2 ;;
+    --loadgen-cpu) LOADGEN_CPU="$2"; shift 2 ;;
+    --scenarios) SCENARIOS="$2"; shift 2 ;;
+    --quick) QUICK=1; shift ;;
+    --out) OUT="$2"; shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    *=*) TARGETS+=("$1"); shift ;;
+    *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
+  esac
+done
+if [[ ${#TARGETS[@]} -eq 0 && ${#START[@]} -eq 0 ]]; then usage >&2; exit 2; fi
+
+D=5; C=5000
+if [[ $QUICK -eq 1 ]]; then D=1; C=500; fi
+default_scenarios() {
+  # conn first: the broker's RSS per connection is only meaningful on a freshly started broker.
+  cat <<S
+conn   --connections $C --connect-rate 5000 --duration 2
+fanin  --publishers 10 --qos 0 --duration $D
+fanin  --publishers 10 --qos 1 --duration $D
+fanout --subscribers 10 --qos 0 --duration $D
+pairs  --pairs 10 --qos 1 --duration $D
+pairs  --pairs 10 --qos 0 --rate 10000 --duration $D
+S
+}
+
+mkdir -p "$OUT"
+RESULTS="$OUT/results.jsonl"
+if [[ -n "$SCENARIOS" ]]; then grep -v '^\s*\(#\|$\)' "$SCENARIOS" > "$OUT/scenarios.txt"; else default_scenarios > "$OUT/scenarios.txt"; fi
+
+echo "building coremq-loadgen (release)..." >&2
+(cd "$ROOT" && cargo build --release -q -p coremq-loadgen)
+LOADGEN="$ROOT/target/release/coremq-loadgen"
+TASKSET=()
+if command -v taskset >/dev/null; then TASKSET=(taskset -c "$LOADGEN_CPU"); fi
+
+free_port() {
+  local p=18830
+  while (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; do p=$((p + 1)); done
+  echo "$p"
+}
+
+BROKER_PID=""
+stop_broker() {
+  if [[ -n "$BROKER_PID" ]]; then
+    kill "$BROKER_PID" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$BROKER_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$BROKER_PID" 2>/dev/null || true
+    wait "$BROKER_PID" 2>/dev/null || true
+    BROKER_PID=""
+  fi
+}
+trap stop_broker EXIT INT TERM
+
+# Starts broker $1 (name or name=command) on port $2; sets BROKER_PID.
+start_broker() {
+  local spec="$1" port="$2" name cmd conf
+  name="${spec%%=*}"
+  cmd=""; [[ "$spec" == *=* ]] && cmd="${spec#*=}"
+  conf="$OUT/$name.conf"
+  if [[ -z "$cmd" ]]; then
+    case "$name" in
+      mosquitto)
+        printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages 100000\npersistence false\n' "$port" > "$conf"
+        cmd="mosquitto -c {conf}" ;;
+      coremq)
+        (cd "$ROOT" && cargo build --release -q --bin coremq)
+        cmd="$ROOT/target/release/coremq --listen 127.0.0.1:{port}" ;;
+      *) echo "no built-in start command for $name: use --start $name='COMMAND {port}'" >&2; exit 2 ;;
+    esac
+  fi
+  cmd="${cmd//\{port\}/$port}"; cmd="${cmd//\{conf\}/$conf}"
+  echo "starting $name: taskset -c $BROKER_CPU $cmd" >&2
+  # shellcheck disable=SC2086
+  taskset -c "$BROKER_CPU" $cmd > "$OUT/$name.log" 2>&1 &
+  BROKER_PID=$!
+  for _ in $(seq 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+    kill -0 "$BROKER_PID" 2>/dev/null || { echo "$name exited; see $OUT/$name.log" >&2; exit 1; }
+    sleep 0.1
+  done
+  echo "$name did not listen on port $port within 10 s" >&2; exit 1
+}
+
+# Runs every scenario against $1 (label) at $2 (host:port), with an optional broker pid $3.
+run_all() {
+  local label="$1" addr="$2" pid="${3:-}" line
+  while IFS= read -r line; do
+    echo "== $label: $line" >&2
+    local extra=()
+    [[ -n "$pid" ]] && extra=(--broker-pid "$pid")
+    # shellcheck disable=SC2086
+    "${TASKSET[@]}" "$LOADGEN" $line --broker "$addr" --label "$label" --out "$RESULTS" --quiet "${extra[@]}" >&2 \
+      || echo "   (failed: $label $line)" >&2
+    sleep 1
+  done < "$OUT/scenarios.txt"
+}
+
+for spec in "${START[@]}"; do
+  name="${spec%%=*}"
+  port="${PORTS[$name]:-$(free_port)}"
+  start_broker "$spec" "$port"
+  run_all "$name" "127.0.0.1:$port" "$BROKER_PID"
+  stop_broker
+done
+for t in "${TARGETS[@]}"; do
+  run_all "${t%%=*}" "${t#*=}"
+done
+
+"$LOADGEN" table "$RESULTS" | tee "$OUT/table.txt"
+"$LOADGEN" plot "$RESULTS" -o "$OUT/compare.png" --title "broker comparison ($(hostname), $(date +%F))" >&2
+echo "results: $RESULTS, table: $OUT/table.txt, plot: $OUT/compare.png" >&2

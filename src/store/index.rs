@@ -198,6 +198,10 @@ impl Index {
         self.messages.get(&msg_id).and_then(|m| m.loc)
     }
 
+    pub fn session_exists(&self, client_id: &str) -> bool {
+        self.sessions.get(client_id).is_some_and(|s| s.meta.is_some())
+    }
+
     /// Queue position for the next enqueue to `client_id`.
     pub fn next_seq(&self, client_id: &str) -> u64 {
         self.sessions

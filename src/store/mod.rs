@@ -668,6 +668,7 @@ impl Store {
     pub fn check_capacity(&mut self, body_bytes: usize) -> StoreResult<()> {
         self.check_failed()?;
         let total = framed_len(body_bytes) + COMMIT_FRAME;
+        self.check_growth_room()?;
         let head = self.head_seg();
         if head.used + total <= head.size() || self.spare.is_some() {
             return Ok(());
@@ -702,6 +703,9 @@ impl Store {
             Record::Enqueue { client_id, .. } => self.index.next_seq(client_id),
             _ => 0,
         };
+        if self.is_growth(rec) {
+            self.check_growth_room()?;
+        }
         self.ensure_space(total)?;
         let off = self.head_seg().used;
         let loc = Loc {
@@ -724,6 +728,31 @@ impl Store {
             self.next_msg_id = self.next_msg_id.max(msg_id.saturating_add(1));
         }
         Ok(Lsn::at(self.head, off + total))
+    }
+
+    /// Records that add state (new bodies, queue entries, subscriptions...). Records that remove or update state
+    /// (acks, deletes, delivery states) and compaction copies are never refused for capacity: they are what frees
+    /// space again.
+    fn is_growth(&self, rec: &Record<'_>) -> bool {
+        match rec {
+            Record::Message { .. }
+            | Record::Enqueue { .. }
+            | Record::SubAdd { .. }
+            | Record::Qos2InPending { .. }
+            | Record::RetainedSet { .. } => true,
+            Record::SessionUpsert { client_id, .. } => !self.index.session_exists(client_id),
+            _ => false,
+        }
+    }
+
+    /// Growth records need the next segment ready once the head is half full, so the other half always stays
+    /// available for acks, deletes and compaction (otherwise a full disk could never be drained).
+    fn check_growth_room(&mut self) -> StoreResult<()> {
+        let head = self.head_seg();
+        if self.spare.is_some() || head.used <= head.size() / 2 {
+            return Ok(());
+        }
+        self.prepare_spare()
     }
 
     /// Makes room for a frame of `total` bytes plus the commit record that will close its group.

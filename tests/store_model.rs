@@ -730,10 +730,28 @@ fn recovery_matches_model_under_heavy_compaction() {
         1 => op(),
     ];
     let compacted = std::cell::Cell::new(0u64);
-    let mut runner = TestRunner::new(Config { cases: 16, failure_persistence: None, ..Config::default() });
+    let mut runner = TestRunner::new(Config {
+        cases: 16,
+        failure_persistence: None,
+        ..Config::default()
+    });
     let setup: Vec<Op> = (0..CLIENTS.len())
-        .map(|c| Op::Upsert { c, level: 5, expiry: 10, disconnected_at: 0 })
-        .chain([Op::Sub { c: 0, f: 1, options: 2, sub_id: 1 }, Op::Qos2In { c: 1, pid: 3 }, Op::Commit])
+        .map(|c| Op::Upsert {
+            c,
+            level: 5,
+            expiry: 10,
+            disconnected_at: 0,
+        })
+        .chain([
+            Op::Sub {
+                c: 0,
+                f: 1,
+                options: 2,
+                sub_id: 1,
+            },
+            Op::Qos2In { c: 1, pid: 3 },
+            Op::Commit,
+        ])
         .collect();
     runner
         .run(&proptest::collection::vec(heavy, 50..300), |ops| {

@@ -12,8 +12,31 @@
 //! from a superseded one.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use super::record::{DeliveryState, Record};
+
+/// Hasher for message ids: they are allocated sequentially by the store (never chosen by clients), so a
+/// multiplicative hash spreads them well without SipHash's cost. Client ids and topics keep the default
+/// randomized hasher (they come from the network).
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0 ^ v).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 
 /// Location of a record: segment id, offset of its frame, framed length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,9 +124,9 @@ struct SessionIx {
     /// Queue position -> entry.
     queue: BTreeMap<u64, EntryIx>,
     /// Message id -> queue position.
-    by_msg: HashMap<u64, u64>,
+    by_msg: IdMap<u64>,
     /// Recovery only: a delivery state replayed before its (relocated) enqueue.
-    orphan_deliveries: HashMap<u64, (Delivery, Loc)>,
+    orphan_deliveries: IdMap<(Delivery, Loc)>,
     qos2_in: BTreeMap<u16, Loc>,
     next_seq: u64,
 }
@@ -127,7 +150,7 @@ pub struct ReplayRepairs {
 #[derive(Default)]
 pub(crate) struct Index {
     sessions: HashMap<Box<str>, SessionIx>,
-    messages: HashMap<u64, MsgIx>,
+    messages: IdMap<MsgIx>,
     retained: HashMap<Box<str>, (u64, Loc)>,
     /// Live bytes per segment id.
     seg_live: HashMap<u32, i64>,
@@ -199,7 +222,9 @@ impl Index {
     }
 
     pub fn session_exists(&self, client_id: &str) -> bool {
-        self.sessions.get(client_id).is_some_and(|s| s.meta.is_some())
+        self.sessions
+            .get(client_id)
+            .is_some_and(|s| s.meta.is_some())
     }
 
     /// Queue position for the next enqueue to `client_id`.

@@ -489,9 +489,9 @@ impl Store {
                                     } else {
                                         self.segments[&p.seg].bytes()
                                     };
-                                    if let Frame::Valid { kind, body, .. } =
-                                        read_frame(&bytes[p.off..], max)
-                                    {
+                                    // Already CRC-checked when it was scanned.
+                                    let frame = &bytes[p.off..p.off + p.total];
+                                    if let Some((kind, body)) = record::frame_body(frame) {
                                         if let Ok((rec, seq)) = decode_body(kind, body) {
                                             let loc = Loc {
                                                 seg: p.seg,
@@ -1004,8 +1004,10 @@ impl Store {
     /// `commit()`: it commits its own copies (and with them anything appended since the last commit).
     pub fn compact_step(&mut self, budget: usize) -> StoreResult<CompactProgress> {
         self.check_failed()?;
-        let mut progress = CompactProgress::default();
-        progress.deleted_segments = self.delete_doomed()?;
+        let mut progress = CompactProgress {
+            deleted_segments: self.delete_doomed()?,
+            ..CompactProgress::default()
+        };
         if self.compaction.is_none() {
             match self.pick_victim() {
                 Some(seg) => {
@@ -1169,11 +1171,15 @@ impl Store {
         Ok(n)
     }
 
-    /// Drops every mapped page of sealed segments from RSS (pages touched by `read_message` or compaction).
+    /// Drops the mapped pages of all written data from RSS (pages touched by `read_message` or compaction stay
+    /// mapped otherwise). Cheap (one madvise per segment); call it periodically, e.g. once a second.
     pub fn release_cached_pages(&self) {
         for (_, s) in self.segments.range(..self.head) {
             s.release_pages(0, s.size());
         }
+        // The head: only whole pages below the write position (the writer only touches bytes at or after it).
+        let head = self.head_seg();
+        head.release_pages(0, head.used);
     }
 
     pub fn config(&self) -> &StoreConfig {

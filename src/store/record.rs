@@ -430,6 +430,13 @@ pub(crate) fn read_frame(buf: &[u8], max_len: usize) -> Frame<'_> {
     }
 }
 
+/// Type and body of a frame already validated by `read_frame` (no second CRC pass).
+pub(crate) fn frame_body(frame: &[u8]) -> Option<(u8, &[u8])> {
+    let len = u32::from_le_bytes(frame.get(0..4)?.try_into().ok()?) as usize;
+    let tb = frame.get(FRAME_HEADER..FRAME_HEADER + len)?;
+    Some((*tb.first()?, &tb[1..]))
+}
+
 struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,

@@ -31,8 +31,13 @@ impl Hasher for IdHasher {
             self.0 = (self.0.rotate_left(8) ^ b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         }
     }
+    /// Low bits stay the id itself, so consecutive ids land in consecutive buckets (recovery and fan-out touch
+    /// ids in order: cache-friendly); the top bits, which hashbrown uses as the in-group tag, are mixed.
     fn write_u64(&mut self, v: u64) {
-        self.0 = (self.0 ^ v).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 = v ^ (v.wrapping_mul(0x9E37_79B9_7F4A_7C15) & 0xFF00_0000_0000_0000);
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(v as u64);
     }
 }
 
@@ -153,7 +158,7 @@ pub(crate) struct Index {
     messages: IdMap<MsgIx>,
     retained: HashMap<Box<str>, (u64, Loc)>,
     /// Live bytes per segment id.
-    seg_live: HashMap<u32, i64>,
+    seg_live: HashMap<u32, i64, BuildHasherDefault<IdHasher>>,
     /// Messages whose reference count dropped to zero since the last `collect_garbage`.
     unreferenced: Vec<u64>,
     pub max_msg_id: Option<u64>,

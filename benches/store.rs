@@ -225,7 +225,7 @@ fn recovery(base: &Path, n: usize) {
 fn recover_existing(dir: &Path, n: usize) {
     let r2 = rss();
     let t = Instant::now();
-    let (st, rec) = Store::open(&dir, 0, StoreConfig::default()).unwrap();
+    let (st, rec) = Store::open(dir, 0, StoreConfig::default()).unwrap();
     let elapsed = t.elapsed();
     let queued: usize = rec.state.sessions.iter().map(|s| s.queue.len()).sum();
     assert_eq!(queued, n);

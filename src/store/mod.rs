@@ -1131,7 +1131,14 @@ impl Store {
             .sum::<f64>()
             .max(1.0);
         let total = self.index.total_live_bytes() as f64 / total_used;
-        (own < self.cfg.compact_live_ratio || total < self.cfg.compact_live_ratio).then_some(oldest)
+        // Copies must fit somewhere: in the head, a spare, or a segment the budget still allows. Otherwise
+        // starting would only waste work (the victim cannot be deleted before all its live records moved).
+        let head = self.head_seg();
+        let fits = self.index.live_bytes(oldest) as usize + COMMIT_FRAME <= head.size() - head.used
+            || self.spare.is_some()
+            || (self.segments.len() as u32) < self.cfg.max_segments;
+        (fits && (own < self.cfg.compact_live_ratio || total < self.cfg.compact_live_ratio))
+            .then_some(oldest)
     }
 
     /// Deletes compacted segments, oldest first, once the copies (and tombstones) they depended on are durable.

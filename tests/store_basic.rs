@@ -17,6 +17,7 @@ fn small(fsync: FsyncPolicy) -> StoreConfig {
         max_segments: 1000,
         max_group_bytes: 1 << 20,
         compact_live_ratio: 0.5,
+        sync_bytes: 256 << 10,
     }
 }
 

@@ -168,6 +168,7 @@ fn cfg() -> StoreConfig {
         max_segments: 10_000,
         max_group_bytes: 1 << 20,
         compact_live_ratio: 0.5,
+        sync_bytes: 256 << 10,
     }
 }
 

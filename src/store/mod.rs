@@ -23,7 +23,8 @@
 //!   (and CONNACK/SUBACK/UNSUBACK of persistent state, if it wants them durable) until `durable_lsn() >= lsn`
 //!   of the commit that covered the change**; it polls `durable_lsn()` each tick (an atomic load).
 //! - [`FsyncPolicy`]: `Always` syncs each commit as soon as it reaches the syncer; `Interval(d)` (default 10 ms)
-//!   syncs at most every `d`, coalescing the commits in between; `Never` reports every commit as durable at once
+//!   syncs every `d`, coalescing the commits in between, or earlier once `sync_bytes` (256 KiB) are waiting, so
+//!   a burst's acknowledgements are not held for the whole interval; `Never` reports every commit as durable at once
 //!   and never syncs: data survives a process crash (it is in the page cache) but **not a power loss or kernel
 //!   crash**. `Never` is for benchmarks; opening a store with it logs a warning.
 //! - The syncer thread (std thread, bounded crossbeam channel; the writer coalesces ranges locally when the
@@ -154,6 +155,8 @@ pub struct StoreConfig {
     pub max_group_bytes: usize,
     /// Compact the oldest segment when its live ratio, or the whole log's, is below this. Default 0.5.
     pub compact_live_ratio: f64,
+    /// Under `Interval`, sync early once this many bytes are waiting. Default 256 KiB.
+    pub sync_bytes: usize,
 }
 
 impl Default for StoreConfig {
@@ -165,6 +168,7 @@ impl Default for StoreConfig {
             max_segments: 1024,
             max_group_bytes: 64 << 20,
             compact_live_ratio: 0.5,
+            sync_bytes: 256 << 10,
         }
     }
 }
@@ -404,10 +408,11 @@ impl Store {
         store.unsynced_from = if fresh { 0 } else { store.head_seg().used };
         shared.durable.store(store.committed.0, Ordering::Release);
         let policy = store.cfg.fsync;
+        let sync_bytes = store.cfg.sync_bytes;
         store.syncer = Some(
             std::thread::Builder::new()
                 .name(format!("coremq-sync-{shard}"))
-                .spawn(move || syncer::run(policy, rx, shared))
+                .spawn(move || syncer::run(policy, sync_bytes, rx, shared))
                 .map_err(|e| StoreError::io("spawning the syncer thread", e))?,
         );
         report.elapsed = started.elapsed();

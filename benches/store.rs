@@ -1,13 +1,13 @@
 //! Storage engine measurements (not a timed test; run by hand, numbers go into the issue note).
 //!
 //! ```text
-//! cargo bench --bench store -- throughput [--messages 300000] [--dir PATH]
+//! cargo bench --bench store -- throughput [--messages 300000] [--window 4096] [--dir PATH]
 //! cargo bench --bench store -- recovery   [--messages 1000000] [--dir PATH]
 //! cargo bench --bench store -- all
 //! ```
 //! `throughput`: 100-byte QoS 1 messages, each a body record plus one enqueue, committed in groups of 64 (one
 //! shard tick), under each fsync policy. Reports the open-loop append rate, and a "windowed" rate where at most
-//! 4096 messages may wait for their durable acknowledgement (like publishers with receive maximum) so the cost
+//! `--window` messages (default 4096) may wait for their durable acknowledgement (like publishers with receive maximum) so the cost
 //! of syncing shows.
 //! `recovery`: writes N queued 100-byte messages spread over 1000 offline sessions, reports RSS (anonymous =
 //! indexes and heap, file = mapped log pages) after writing, then the time and RSS of recovering them.
@@ -51,10 +51,11 @@ fn fresh_dir(base: &Path, name: &str) -> PathBuf {
 }
 
 const TICK: usize = 64;
-const WINDOW: u64 = 4096;
 
-fn throughput(base: &Path, n: usize) {
-    println!("== append throughput: {n} x 100-byte messages (body + 1 enqueue each), commit every {TICK}");
+fn throughput(base: &Path, n: usize, window: u64) {
+    println!(
+        "== append throughput: {n} x 100-byte messages (body + 1 enqueue each), commit every {TICK}, window {window}"
+    );
     let payload = [0x5au8; 100];
     for (name, policy) in [
         ("never", FsyncPolicy::Never),
@@ -113,7 +114,7 @@ fn throughput(base: &Path, n: usize) {
                             waiting.pop_front();
                             unacked -= k;
                         }
-                        if !windowed || unacked < WINDOW {
+                        if !windowed || unacked < window {
                             break;
                         }
                         std::thread::sleep(Duration::from_micros(20));
@@ -290,7 +291,8 @@ fn main() {
     std::fs::create_dir_all(&base).unwrap();
     let messages = opt("--messages").and_then(|v| v.parse().ok());
     if mode == "throughput" || mode == "all" {
-        throughput(&base, messages.unwrap_or(300_000));
+        let window = opt("--window").and_then(|v| v.parse().ok()).unwrap_or(4096);
+        throughput(&base, messages.unwrap_or(300_000), window);
     }
     if mode == "recover-existing" {
         recover_existing(&base, messages.unwrap_or(1_000_000));

@@ -35,13 +35,18 @@
 //!   after EIO is not safe on Linux). ENOSPC/EDQUOT are `DiskFull`; the configured budget is `BudgetExceeded`;
 //!   both answer `is_capacity()` and `reason_code()` = QuotaExceeded so the broker refuses new persistent QoS>0
 //!   publishes instead of dropping them. `check_capacity(bytes)` lets the broker ask before writing a publish.
+//!   Only records that add state (bodies, enqueues, new sessions, subscriptions, inbound QoS 2 ids, retained
+//!   sets) are refused: once the head segment is half full they need the next segment preallocated, so the other
+//!   half always stays free for acks, deletes and compaction copies, and a full disk can always be drained.
 //!
 //! # Messages
 //! A `Message` record holds a body once per shard; `Enqueue { client_id, msg_id }` references it from any
 //! number of sessions (and `RetainedSet` from the retained table). A body must be referenced in the group that
 //! writes it; at commit, bodies with no references are forgotten (garbage for the compactor). Queues in RAM hold
-//! only message ids (about 100 bytes of index per queued message); `read_message` copies a body back out of the
-//! mapping. Message ids come from `alloc_msg_id()` and are never reused (segment headers carry a high-water mark).
+//! only message ids and record locations (measured: ~150-170 bytes of index per queued message, whatever the
+//! payload size); `read_message` copies a body back out of the mapping. Pages touched by reads stay mapped until
+//! `release_cached_pages()` (call it about once a second). Message ids come from `alloc_msg_id()` and are never
+//! reused (segment headers carry a high-water mark).
 //!
 //! # Compaction
 //! Every fact in the index remembers the location of the record that backs it, and live bytes are summed per
@@ -63,6 +68,14 @@
 //! no commit are deleted. Never a panic. The rebuilt state is returned as [`Recovered`] (sessions with
 //! subscriptions, ordered queues with delivery states, inbound QoS 2 ids; retained messages), from which the
 //! broker rebuilds its trie and cross-shard interest summary.
+//!
+//! # Caveats
+//! - After a process crash (kill -9) the page cache holds everything written, so only a record being copied at
+//!   that instant can be torn. After a power loss, pages written after the last sync may reach disk in any order;
+//!   damage followed by valid frames is then indistinguishable from bit rot and is reported as corruption (the
+//!   affected groups were never acknowledged, since they were not durable).
+//! - Segment creation (`fallocate`) and deletion (`unlink` + directory fsync) run on the calling thread, once per
+//!   segment; everything per message is memory work.
 
 mod error;
 mod index;

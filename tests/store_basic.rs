@@ -193,6 +193,18 @@ fn fsync_policy_parses() {
 }
 
 #[test]
+fn config_reads_from_toml() {
+    let c: StoreConfig =
+        toml::from_str("fsync = \"interval:25ms\"\nsegment_size = 1048576\n").unwrap();
+    assert_eq!(c.fsync, FsyncPolicy::Interval(Duration::from_millis(25)));
+    assert_eq!(c.segment_size, 1 << 20);
+    assert_eq!(c.max_segments, StoreConfig::default().max_segments);
+    assert_eq!(c.fsync.to_string(), "interval:25ms");
+    assert!(toml::from_str::<StoreConfig>("fsync = \"sometimes\"").is_err());
+    assert!(toml::from_str::<StoreConfig>("segment_sise = 5").is_err());
+}
+
+#[test]
 fn bad_config_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = small(FsyncPolicy::Never);
@@ -202,11 +214,22 @@ fn bad_config_is_refused() {
         Err(StoreError::Config(_))
     ));
     let mut c = small(FsyncPolicy::Never);
-    c.max_record_size = c.segment_size;
+    c.max_record_size = 0;
     assert!(matches!(
         Store::open(dir.path(), 0, c),
         Err(StoreError::Config(_))
     ));
+    let mut c = small(FsyncPolicy::Never);
+    c.compact_live_ratio = 1.5;
+    assert!(matches!(
+        Store::open(dir.path(), 0, c),
+        Err(StoreError::Config(_))
+    ));
+    // A record limit above a quarter segment follows the segment size instead of failing.
+    let mut c = small(FsyncPolicy::Never);
+    c.max_record_size = c.segment_size;
+    let (st, _) = Store::open(dir.path(), 0, c).unwrap();
+    assert_eq!(st.config().max_record_size, (64 << 10) / 4);
 }
 
 #[test]

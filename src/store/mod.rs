@@ -131,6 +131,23 @@ impl Default for FsyncPolicy {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for FsyncPolicy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl std::fmt::Display for FsyncPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FsyncPolicy::Always => write!(f, "always"),
+            FsyncPolicy::Never => write!(f, "never"),
+            FsyncPolicy::Interval(d) => write!(f, "interval:{}ms", d.as_millis()),
+        }
+    }
+}
+
 impl std::str::FromStr for FsyncPolicy {
     type Err = String;
     /// `always`, `never`, `interval` (10 ms) or `interval:<n>ms`.
@@ -154,13 +171,16 @@ impl std::str::FromStr for FsyncPolicy {
     }
 }
 
-#[derive(Debug, Clone)]
+/// Deserializable from the broker's TOML config (`[store]` table, every field optional), e.g.
+/// `fsync = "interval:10ms"`, `segment_size = 67108864`.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
     /// Bytes per segment file (64 KiB ..= 1 GiB). Default 64 MiB.
     pub segment_size: u32,
     pub fsync: FsyncPolicy,
-    /// Largest record body (an MQTT payload plus topic and properties). Default 16 MiB, at most a quarter
-    /// of the segment size.
+    /// Largest record body (an MQTT payload plus topic and properties). Default 16 MiB; lowered to a quarter
+    /// of the segment size when larger.
     pub max_record_size: u32,
     /// Disk budget in segments (including the head). Default 1024 (64 GiB at the default size).
     pub max_segments: u32,
@@ -344,6 +364,16 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed) the log of `shard` under `dir`, replays it and starts its syncer thread.
     pub fn open(dir: &Path, shard: u32, cfg: StoreConfig) -> StoreResult<(Store, Recovered)> {
+        let mut cfg = cfg;
+        if cfg.segment_size >= 64 << 10 && cfg.max_record_size > cfg.segment_size / 4 {
+            // The default record limit (16 MiB) assumes the default segment size; follow a smaller segment.
+            tracing::warn!(
+                max_record_size = cfg.max_record_size,
+                segment_size = cfg.segment_size,
+                "max_record_size lowered to a quarter of the segment size"
+            );
+            cfg.max_record_size = cfg.segment_size / 4;
+        }
         cfg.validate()?;
         let started = Instant::now();
         let shard_dir = dir.join(format!("shard-{shard}"));

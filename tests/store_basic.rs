@@ -241,6 +241,7 @@ fn oversized_and_invalid_records_are_refused_and_write_nothing() {
     let big = vec![0u8; 9 << 10];
     let err = publish(&mut st, "t", &big, &["c"]).unwrap_err();
     assert!(matches!(err, StoreError::RecordTooLarge { .. }), "{err:?}");
+    assert_eq!(st.stats().used_bytes, before);
     assert!(matches!(
         st.append(&Record::Enqueue {
             client_id: "c",
@@ -248,6 +249,38 @@ fn oversized_and_invalid_records_are_refused_and_write_nothing() {
         }),
         Err(StoreError::Invalid(_))
     ));
+    let newer = publish(&mut st, "t", b"new", &[]).unwrap();
+    let older = newer - 1;
+    st.append(&Record::Message {
+        msg_id: older + 1_000,
+        topic: "t",
+        qos: 1,
+        retain: false,
+        payload: b"x",
+        properties: &[],
+    })
+    .unwrap();
+    st.append(&Record::Enqueue {
+        client_id: "c",
+        msg_id: older + 1_000,
+    })
+    .unwrap();
+    // Queues are ordered by id: an older body cannot be queued behind a newer one.
+    assert!(matches!(
+        st.append(&Record::Enqueue {
+            client_id: "c",
+            msg_id: newer
+        }),
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        st.append(&Record::Enqueue {
+            client_id: "c",
+            msg_id: older + 1_000
+        }),
+        Err(StoreError::Invalid(_))
+    ));
+    let before = st.stats().used_bytes;
     assert!(matches!(
         st.append(&Record::SessionDelete { client_id: "zz" }),
         Err(StoreError::Invalid(_))

@@ -125,7 +125,7 @@ struct SubIx {
 
 #[derive(Debug, Clone, Copy)]
 struct EntryIx {
-    msg_id: u64,
+    /// The enqueue record.
     loc: Loc,
     delivery: Option<(Delivery, Loc)>,
 }
@@ -135,14 +135,12 @@ struct SessionIx {
     /// `None` only during recovery, for a session whose upsert has not been replayed yet.
     meta: Option<(SessionMeta, Loc)>,
     subs: HashMap<Box<str>, SubIx>,
-    /// Queue position -> entry.
+    /// Message id -> entry. Ids grow in arrival order and a session only accepts ids above its newest queued
+    /// one, so id order is enqueue order; no separate position index is needed.
     queue: BTreeMap<u64, EntryIx>,
-    /// Message id -> queue position.
-    by_msg: IdMap<u64>,
     /// Recovery only: a delivery state replayed before its (relocated) enqueue.
     orphan_deliveries: IdMap<(Delivery, Loc)>,
     qos2_in: BTreeMap<u16, Loc>,
-    next_seq: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -248,14 +246,6 @@ impl Index {
             .is_some_and(|s| s.meta.is_some())
     }
 
-    /// Queue position for the next enqueue to `client_id`.
-    pub fn next_seq(&self, client_id: &str) -> u64 {
-        self.sessions
-            .get(client_id)
-            .map(|s| s.next_seq)
-            .unwrap_or(0)
-    }
-
     fn session_mut(&mut self, client_id: &str, mode: Mode) -> Option<&mut SessionIx> {
         if mode == Mode::Replay && !self.sessions.contains_key(client_id) {
             self.sessions.insert(client_id.into(), SessionIx::default());
@@ -267,13 +257,7 @@ impl Index {
     }
 
     /// Applies one record located at `loc`. In `Append` mode nothing changes when it returns an error.
-    pub fn apply(
-        &mut self,
-        rec: &Record<'_>,
-        seq: u64,
-        loc: Loc,
-        mode: Mode,
-    ) -> Result<(), String> {
+    pub fn apply(&mut self, rec: &Record<'_>, loc: Loc, mode: Mode) -> Result<(), String> {
         match *rec {
             Record::SessionUpsert {
                 client_id,
@@ -377,57 +361,52 @@ impl Index {
                 let Some(s) = self.session_mut(client_id, mode) else {
                     return invalid(format!("enqueue for unknown session {client_id:?}"));
                 };
-                let mut new_ref = true;
-                let mut freed: Vec<Loc> = Vec::new();
-                let mut displaced = None;
-                let mut delivery = s.orphan_deliveries.remove(&msg_id);
-                if let Some(old_seq) = s.by_msg.remove(&msg_id) {
-                    if mode == Mode::Append {
-                        s.by_msg.insert(msg_id, old_seq);
+                if mode == Mode::Append {
+                    if s.queue.contains_key(&msg_id) {
                         return invalid(format!(
                             "message {msg_id} already queued for {client_id:?}"
                         ));
                     }
-                    // Replay of a relocated copy: keep the delivery state, move the record location.
-                    if let Some(old) = s.queue.remove(&old_seq) {
-                        freed.push(old.loc);
-                        if let Some((d, l)) = old.delivery {
-                            if let Some((_, orphan)) = delivery.replace((d, l)) {
-                                freed.push(orphan);
-                            }
+                    if let Some((&newest, _)) = s.queue.last_key_value() {
+                        if msg_id < newest {
+                            return invalid(format!(
+                                "message {msg_id} is older than {newest}, the newest queued for \
+                                 {client_id:?}; store a new body to queue it"
+                            ));
                         }
                     }
-                    new_ref = false;
                 }
-                let prev = s.queue.insert(
-                    seq,
-                    EntryIx {
-                        msg_id,
-                        loc,
-                        delivery,
-                    },
-                );
-                if let Some(prev) = prev {
-                    // Only after damage: another message claimed this queue position. The later record wins.
-                    s.by_msg.remove(&prev.msg_id);
-                    freed.push(prev.loc);
-                    if let Some((_, l)) = prev.delivery {
-                        freed.push(l);
+                let orphan = s.orphan_deliveries.remove(&msg_id);
+                let mut freed = None;
+                let new_ref = match s.queue.get_mut(&msg_id) {
+                    // Replay of a relocated copy: keep the delivery state, move the record location.
+                    Some(e) => {
+                        freed = Some(std::mem::replace(&mut e.loc, loc));
+                        if e.delivery.is_none() {
+                            e.delivery = orphan;
+                        } else if let Some((_, l)) = orphan {
+                            freed = freed.or(Some(l));
+                            self.repairs.ignored_records += 1;
+                        }
+                        false
                     }
-                    displaced = Some(prev.msg_id);
-                }
-                s.by_msg.insert(msg_id, seq);
-                s.next_seq = s.next_seq.max(seq + 1);
-                for l in freed {
+                    None => {
+                        s.queue.insert(
+                            msg_id,
+                            EntryIx {
+                                loc,
+                                delivery: orphan,
+                            },
+                        );
+                        true
+                    }
+                };
+                if let Some(l) = freed {
                     self.sub(l);
                 }
                 self.add(loc);
                 if new_ref {
                     self.take_ref(msg_id);
-                }
-                if let Some(m) = displaced {
-                    self.repairs.ignored_records += 1;
-                    self.unref(m);
                 }
             }
             Record::Delivery {
@@ -440,7 +419,7 @@ impl Index {
                 let Some(s) = self.session_mut(client_id, mode) else {
                     return invalid(format!("delivery for unknown session {client_id:?}"));
                 };
-                let old = match s.by_msg.get(&msg_id).and_then(|q| s.queue.get_mut(q)) {
+                let old = match s.queue.get_mut(&msg_id) {
                     Some(e) => e.delivery.replace((d, loc)).map(|(_, l)| l),
                     None if mode == Mode::Append => {
                         return invalid(format!(
@@ -458,7 +437,7 @@ impl Index {
                 let Some(s) = self.session_mut(client_id, mode) else {
                     return invalid(format!("ack for unknown session {client_id:?}"));
                 };
-                let entry = s.by_msg.remove(&msg_id).and_then(|q| s.queue.remove(&q));
+                let entry = s.queue.remove(&msg_id);
                 let orphan = s.orphan_deliveries.remove(&msg_id);
                 match entry {
                     Some(e) => {
@@ -542,12 +521,12 @@ impl Index {
         for sub in s.subs.values() {
             self.sub(sub.loc);
         }
-        for e in s.queue.values() {
+        for (&msg_id, e) in &s.queue {
             self.sub(e.loc);
             if let Some((_, l)) = e.delivery {
                 self.sub(l);
             }
-            self.unref(e.msg_id);
+            self.unref(msg_id);
         }
         for (_, l) in s.orphan_deliveries.values() {
             self.sub(*l);
@@ -604,17 +583,16 @@ impl Index {
             let gone: Vec<u64> = s
                 .queue
                 .iter()
-                .filter(|(_, e)| missing.contains(&e.msg_id))
-                .map(|(&q, _)| q)
+                .filter(|(m, _)| missing.contains(*m))
+                .map(|(&m, _)| m)
                 .collect();
-            for q in gone {
-                if let Some(e) = s.queue.remove(&q) {
-                    s.by_msg.remove(&e.msg_id);
+            for m in gone {
+                if let Some(e) = s.queue.remove(&m) {
                     freed.push(e.loc);
                     if let Some((_, l)) = e.delivery {
                         freed.push(l);
                     }
-                    unrefs.push(e.msg_id);
+                    unrefs.push(m);
                     self.repairs.entries_without_body += 1;
                 }
             }
@@ -677,16 +655,13 @@ impl Index {
             }
             Record::Enqueue { client_id, msg_id } => {
                 let s = self.sessions.get(client_id)?;
-                s.queue.get(s.by_msg.get(&msg_id)?).map(|e| e.loc)
+                s.queue.get(&msg_id).map(|e| e.loc)
             }
             Record::Delivery {
                 client_id, msg_id, ..
             } => {
                 let s = self.sessions.get(client_id)?;
-                s.queue
-                    .get(s.by_msg.get(&msg_id)?)?
-                    .delivery
-                    .map(|(_, l)| l)
+                s.queue.get(&msg_id)?.delivery.map(|(_, l)| l)
             }
             Record::Qos2InPending {
                 client_id,
@@ -719,18 +694,15 @@ impl Index {
                 .messages
                 .get_mut(&msg_id)
                 .and_then(|m| (m.loc != Loc::NONE).then_some(&mut m.loc)),
-            Record::Enqueue { client_id, msg_id } => {
-                self.sessions.get_mut(client_id).and_then(|s| {
-                    let q = *s.by_msg.get(&msg_id)?;
-                    s.queue.get_mut(&q).map(|e| &mut e.loc)
-                })
-            }
+            Record::Enqueue { client_id, msg_id } => self
+                .sessions
+                .get_mut(client_id)
+                .and_then(|s| s.queue.get_mut(&msg_id).map(|e| &mut e.loc)),
             Record::Delivery {
                 client_id, msg_id, ..
             } => self.sessions.get_mut(client_id).and_then(|s| {
-                let q = *s.by_msg.get(&msg_id)?;
                 s.queue
-                    .get_mut(&q)
+                    .get_mut(&msg_id)
                     .and_then(|e| e.delivery.as_mut().map(|(_, l)| l))
             }),
             Record::Qos2InPending {
@@ -774,9 +746,9 @@ impl Index {
                     subscriptions,
                     queue: s
                         .queue
-                        .values()
-                        .map(|e| QueuedMessage {
-                            msg: MsgRef(e.msg_id),
+                        .iter()
+                        .map(|(&m, e)| QueuedMessage {
+                            msg: MsgRef(m),
                             delivery: e.delivery.map(|(d, _)| d),
                         })
                         .collect(),

@@ -41,7 +41,9 @@
 //!
 //! # Messages
 //! A `Message` record holds a body once per shard; `Enqueue { client_id, msg_id }` references it from any
-//! number of sessions (and `RetainedSet` from the retained table). A body must be referenced in the group that
+//! number of sessions (and `RetainedSet` from the retained table). A session's queue is ordered by message id
+//! (ids are allocated in arrival order; an out-of-order enqueue is refused, so an old body such as a retained
+//! message sent on subscribe is stored again under a new id). A body must be referenced in the group that
 //! writes it; at commit, bodies with no references are forgotten (garbage for the compactor). Queues in RAM hold
 //! only message ids and record locations (measured: ~150-170 bytes of index per queued message, whatever the
 //! payload size); `read_message` copies a body back out of the mapping. Pages touched by reads stay mapped until
@@ -530,7 +532,7 @@ impl Store {
                 match read_frame(&buf[off..], max) {
                     Frame::Valid { kind, body, total } => {
                         match decode_body(kind, body) {
-                            Ok((record::Record::Commit { group }, _)) => {
+                            Ok(record::Record::Commit { group }) => {
                                 for p in pending.drain(..) {
                                     let bytes = if p.seg == id {
                                         buf
@@ -540,13 +542,13 @@ impl Store {
                                     // Already CRC-checked when it was scanned.
                                     let frame = &bytes[p.off..p.off + p.total];
                                     if let Some((kind, body)) = record::frame_body(frame) {
-                                        if let Ok((rec, seq)) = decode_body(kind, body) {
+                                        if let Ok(rec) = decode_body(kind, body) {
                                             let loc = Loc {
                                                 seg: p.seg,
                                                 off: p.off as u32,
                                                 len: p.total as u32,
                                             };
-                                            let _ = self.index.apply(&rec, seq, loc, Mode::Replay);
+                                            let _ = self.index.apply(&rec, loc, Mode::Replay);
                                             report.records += 1;
                                         }
                                     }
@@ -747,10 +749,6 @@ impl Store {
                 max: self.cfg.max_group_bytes,
             });
         }
-        let seq = match rec {
-            Record::Enqueue { client_id, .. } => self.index.next_seq(client_id),
-            _ => 0,
-        };
         if self.is_growth(rec) {
             self.check_growth_room()?;
         }
@@ -762,13 +760,13 @@ impl Store {
             len: total as u32,
         };
         self.index
-            .apply(rec, seq, loc, Mode::Append)
+            .apply(rec, loc, Mode::Append)
             .map_err(StoreError::Invalid)?;
         let seg = self
             .segments
             .get_mut(&self.head)
             .expect("head segment is present");
-        encode_frame(rec, seq, seg.frame_mut(off, total));
+        encode_frame(rec, seg.frame_mut(off, total));
         seg.used = off + total;
         self.group_bytes += total;
         self.stats.appended_records += 1;
@@ -866,7 +864,7 @@ impl Store {
             .expect("head segment is present");
         let off = seg.used;
         // `ensure_space` kept room for this frame.
-        encode_frame(&rec, 0, seg.frame_mut(off, total));
+        encode_frame(&rec, seg.frame_mut(off, total));
         seg.used = off + total;
         let range = SyncRange {
             seg_id: seg.id,
@@ -1005,17 +1003,14 @@ impl Store {
         let bytes = seg.bytes();
         match read_frame(&bytes[loc.off as usize..], self.max_body()) {
             Frame::Valid { kind, body, .. } => match decode_body(kind, body) {
-                Ok((
-                    Record::Message {
-                        msg_id,
-                        topic,
-                        qos,
-                        retain,
-                        payload,
-                        properties,
-                    },
-                    _,
-                )) if msg_id == msg.0 => Ok(StoredMessage {
+                Ok(Record::Message {
+                    msg_id,
+                    topic,
+                    qos,
+                    retain,
+                    payload,
+                    properties,
+                }) if msg_id == msg.0 => Ok(StoredMessage {
                     msg_id,
                     topic: topic.to_string(),
                     qos,
@@ -1093,7 +1088,7 @@ impl Store {
                 let buf = &self.segments[&victim].bytes()[..end];
                 match read_frame(&buf[cursor..], max) {
                     Frame::Valid { kind, body, total } => {
-                        if let Ok((rec, _)) = decode_body(kind, body) {
+                        if let Ok(rec) = decode_body(kind, body) {
                             let loc = Loc {
                                 seg: victim,
                                 off: cursor as u32,
@@ -1140,7 +1135,7 @@ impl Store {
                 // Re-decode from the copy to update the index (the scratch buffer borrows nothing).
                 let buf = &self.scratch[..];
                 if let Frame::Valid { kind, body, .. } = read_frame(buf, max) {
-                    if let Ok((rec, _)) = decode_body(kind, body) {
+                    if let Ok(rec) = decode_body(kind, body) {
                         self.index.relocate(&rec, old, new);
                     }
                 }

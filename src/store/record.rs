@@ -69,7 +69,9 @@ pub enum Record<'a> {
         /// Opaque encoded v5 PUBLISH properties (empty for v3).
         properties: &'a [u8],
     },
-    /// Append message `msg_id` to the session's queue (the store assigns its queue position).
+    /// Append message `msg_id` to the session's queue. Queues are ordered by message id, so `msg_id` must be
+    /// above the newest id already queued for the session (true for bodies stored in arrival order); to queue
+    /// an older body, e.g. a retained message sent on subscribe, store it again under a fresh id.
     Enqueue {
         client_id: &'a str,
         msg_id: u64,
@@ -184,8 +186,7 @@ impl<'a> Record<'a> {
                 properties,
                 ..
             } => 8 + s(topic) + 1 + 1 + 4 + properties.len() + 4 + payload.len(),
-            // Enqueue carries the queue sequence number assigned by the store.
-            Record::Enqueue { client_id, .. } => s(client_id) + 8 + 8,
+            Record::Enqueue { client_id, .. } => s(client_id) + 8,
             Record::Delivery { client_id, .. } => s(client_id) + 8 + 2 + 1,
             Record::Ack { client_id, .. } => s(client_id) + 8,
             Record::Qos2InPending { client_id, .. } | Record::Qos2InReleased { client_id, .. } => {
@@ -287,9 +288,9 @@ impl Writer<'_> {
 }
 
 /// Encodes `rec` as a complete frame into `out`, which must be exactly `framed_len(rec.body_len())` bytes of
-/// zeros. `seq` is the queue position for `Enqueue` (ignored otherwise). The length is written last, so a process
+/// zeros. The length is written last, so a process
 /// killed mid-copy leaves a zero length (clean end) rather than a half record with a valid-looking header.
-pub(crate) fn encode_frame(rec: &Record<'_>, seq: u64, out: &mut [u8]) {
+pub(crate) fn encode_frame(rec: &Record<'_>, out: &mut [u8]) {
     let body_len = rec.body_len();
     let mut w = Writer {
         buf: out,
@@ -344,7 +345,6 @@ pub(crate) fn encode_frame(rec: &Record<'_>, seq: u64, out: &mut [u8]) {
         Record::Enqueue { client_id, msg_id } => {
             w.str(client_id);
             w.u64(msg_id);
-            w.u64(seq);
         }
         Record::Delivery {
             client_id,
@@ -480,11 +480,10 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Decodes a body; returns the record and, for `Enqueue`, its queue sequence number (0 otherwise).
-pub(crate) fn decode_body(kind: u8, body: &[u8]) -> Result<(Record<'_>, u64), BodyError> {
+/// Decodes a body.
+pub(crate) fn decode_body(kind: u8, body: &[u8]) -> Result<Record<'_>, BodyError> {
     use kind::*;
     let mut r = Reader { buf: body, pos: 0 };
-    let mut seq = 0;
     let rec = match kind {
         SESSION_UPSERT => Record::SessionUpsert {
             client_id: r.str()?,
@@ -528,7 +527,6 @@ pub(crate) fn decode_body(kind: u8, body: &[u8]) -> Result<(Record<'_>, u64), Bo
         ENQUEUE => {
             let client_id = r.str()?;
             let msg_id = r.u64()?;
-            seq = r.u64()?;
             Record::Enqueue { client_id, msg_id }
         }
         DELIVERY => Record::Delivery {
@@ -560,26 +558,23 @@ pub(crate) fn decode_body(kind: u8, body: &[u8]) -> Result<(Record<'_>, u64), Bo
     if r.pos != body.len() {
         return Err(BodyError::TrailingBytes);
     }
-    Ok((rec, seq))
+    Ok(rec)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn roundtrip(rec: Record<'_>, seq: u64) {
+    fn roundtrip(rec: Record<'_>) {
         let mut buf = vec![0u8; framed_len(rec.body_len()) + 16];
         let n = framed_len(rec.body_len());
-        encode_frame(&rec, seq, &mut buf[..n]);
+        encode_frame(&rec, &mut buf[..n]);
         match read_frame(&buf, 1 << 20) {
             Frame::Valid { kind, body, total } => {
                 assert_eq!(total, n);
                 assert_eq!(total % ALIGN, 0);
-                let (back, s) = decode_body(kind, body).unwrap();
+                let back = decode_body(kind, body).unwrap();
                 assert_eq!(back, rec);
-                if matches!(rec, Record::Enqueue { .. }) {
-                    assert_eq!(s, seq);
-                }
             }
             other => panic!("unexpected {other:?}"),
         }
@@ -587,90 +582,60 @@ mod tests {
 
     #[test]
     fn every_kind_roundtrips() {
-        roundtrip(
-            Record::SessionUpsert {
-                client_id: "c1",
-                protocol_level: 5,
-                expiry_secs: 3600,
-                clean: false,
-                disconnected_at: 17,
-            },
-            0,
-        );
-        roundtrip(Record::SessionDelete { client_id: "c1" }, 0);
-        roundtrip(
-            Record::SubAdd {
-                client_id: "c",
-                filter: "a/+/#",
-                options: 0b10_1101,
-                subscription_id: 268_435_455,
-            },
-            0,
-        );
-        roundtrip(
-            Record::SubRemove {
-                client_id: "c",
-                filter: "a/b",
-            },
-            0,
-        );
-        roundtrip(
-            Record::Message {
-                msg_id: u64::MAX,
-                topic: "t/ü",
-                qos: 2,
-                retain: true,
-                payload: &[1, 2, 3, 0, 255],
-                properties: &[0x26, 0, 1, b'k', 0, 1, b'v'],
-            },
-            0,
-        );
-        roundtrip(
-            Record::Enqueue {
-                client_id: "c",
-                msg_id: 9,
-            },
-            42,
-        );
-        roundtrip(
-            Record::Delivery {
-                client_id: "c",
-                msg_id: 9,
-                packet_id: 65535,
-                state: DeliveryState::PubRelSent,
-            },
-            0,
-        );
-        roundtrip(
-            Record::Ack {
-                client_id: "c",
-                msg_id: 9,
-            },
-            0,
-        );
-        roundtrip(
-            Record::Qos2InPending {
-                client_id: "",
-                packet_id: 1,
-            },
-            0,
-        );
-        roundtrip(
-            Record::Qos2InReleased {
-                client_id: "x",
-                packet_id: 2,
-            },
-            0,
-        );
-        roundtrip(
-            Record::RetainedSet {
-                topic: "r",
-                msg_id: 3,
-            },
-            0,
-        );
-        roundtrip(Record::RetainedClear { topic: "r" }, 0);
-        roundtrip(Record::Commit { group: 7 }, 0);
+        roundtrip(Record::SessionUpsert {
+            client_id: "c1",
+            protocol_level: 5,
+            expiry_secs: 3600,
+            clean: false,
+            disconnected_at: 17,
+        });
+        roundtrip(Record::SessionDelete { client_id: "c1" });
+        roundtrip(Record::SubAdd {
+            client_id: "c",
+            filter: "a/+/#",
+            options: 0b10_1101,
+            subscription_id: 268_435_455,
+        });
+        roundtrip(Record::SubRemove {
+            client_id: "c",
+            filter: "a/b",
+        });
+        roundtrip(Record::Message {
+            msg_id: u64::MAX,
+            topic: "t/ü",
+            qos: 2,
+            retain: true,
+            payload: &[1, 2, 3, 0, 255],
+            properties: &[0x26, 0, 1, b'k', 0, 1, b'v'],
+        });
+        roundtrip(Record::Enqueue {
+            client_id: "c",
+            msg_id: 9,
+        });
+        roundtrip(Record::Delivery {
+            client_id: "c",
+            msg_id: 9,
+            packet_id: 65535,
+            state: DeliveryState::PubRelSent,
+        });
+        roundtrip(Record::Ack {
+            client_id: "c",
+            msg_id: 9,
+        });
+        roundtrip(Record::Qos2InPending {
+            client_id: "",
+            packet_id: 1,
+        });
+        roundtrip(Record::Qos2InReleased {
+            client_id: "x",
+            packet_id: 2,
+        });
+        roundtrip(Record::RetainedSet {
+            topic: "r",
+            msg_id: 3,
+        });
+        roundtrip(Record::RetainedClear { topic: "r" });
+        roundtrip(Record::Commit { group: 7 });
     }
 
     #[test]
@@ -681,7 +646,7 @@ mod tests {
         };
         let n = framed_len(rec.body_len());
         let mut buf = vec![0u8; n];
-        encode_frame(&rec, 0, &mut buf);
+        encode_frame(&rec, &mut buf);
         for i in 0..FRAME_HEADER + 1 + rec.body_len() {
             let mut b = buf.clone();
             b[i] ^= 0x40;

@@ -123,23 +123,18 @@ struct SubIx {
     loc: Loc,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct EntryIx {
-    /// The enqueue record.
-    loc: Loc,
-    delivery: Option<(Delivery, Loc)>,
-}
-
 #[derive(Debug, Default)]
 struct SessionIx {
     /// `None` only during recovery, for a session whose upsert has not been replayed yet.
     meta: Option<(SessionMeta, Loc)>,
     subs: HashMap<Box<str>, SubIx>,
-    /// Message id -> entry. Ids grow in arrival order and a session only accepts ids above its newest queued
-    /// one, so id order is enqueue order; no separate position index is needed.
-    queue: BTreeMap<u64, EntryIx>,
-    /// Recovery only: a delivery state replayed before its (relocated) enqueue.
-    orphan_deliveries: IdMap<(Delivery, Loc)>,
+    /// Message id -> location of its enqueue record. Ids grow in arrival order and a session only accepts ids
+    /// above its newest queued one, so id order is enqueue order; no separate position index is needed.
+    queue: BTreeMap<u64, Loc>,
+    /// Delivery states of queued messages, kept apart because only the in-flight window has one (most queued
+    /// entries are 20 bytes instead of 40). During recovery it may briefly hold a state replayed before its
+    /// relocated enqueue.
+    inflight: IdMap<(Delivery, Loc)>,
     qos2_in: BTreeMap<u16, Loc>,
 }
 
@@ -376,32 +371,10 @@ impl Index {
                         }
                     }
                 }
-                let orphan = s.orphan_deliveries.remove(&msg_id);
-                let mut freed = None;
-                let new_ref = match s.queue.get_mut(&msg_id) {
-                    // Replay of a relocated copy: keep the delivery state, move the record location.
-                    Some(e) => {
-                        freed = Some(std::mem::replace(&mut e.loc, loc));
-                        if e.delivery.is_none() {
-                            e.delivery = orphan;
-                        } else if let Some((_, l)) = orphan {
-                            freed = freed.or(Some(l));
-                            self.repairs.ignored_records += 1;
-                        }
-                        false
-                    }
-                    None => {
-                        s.queue.insert(
-                            msg_id,
-                            EntryIx {
-                                loc,
-                                delivery: orphan,
-                            },
-                        );
-                        true
-                    }
-                };
-                if let Some(l) = freed {
+                // Replay of a relocated copy moves the record location (the delivery state stays).
+                let old = s.queue.insert(msg_id, loc);
+                let new_ref = old.is_none();
+                if let Some(l) = old {
                     self.sub(l);
                 }
                 self.add(loc);
@@ -419,15 +392,12 @@ impl Index {
                 let Some(s) = self.session_mut(client_id, mode) else {
                     return invalid(format!("delivery for unknown session {client_id:?}"));
                 };
-                let old = match s.queue.get_mut(&msg_id) {
-                    Some(e) => e.delivery.replace((d, loc)).map(|(_, l)| l),
-                    None if mode == Mode::Append => {
-                        return invalid(format!(
-                            "delivery of message {msg_id} not queued for {client_id:?}"
-                        ))
-                    }
-                    None => s.orphan_deliveries.insert(msg_id, (d, loc)).map(|(_, l)| l),
-                };
+                if mode == Mode::Append && !s.queue.contains_key(&msg_id) {
+                    return invalid(format!(
+                        "delivery of message {msg_id} not queued for {client_id:?}"
+                    ));
+                }
+                let old = s.inflight.insert(msg_id, (d, loc)).map(|(_, l)| l);
                 if let Some(old) = old {
                     self.sub(old);
                 }
@@ -437,14 +407,19 @@ impl Index {
                 let Some(s) = self.session_mut(client_id, mode) else {
                     return invalid(format!("ack for unknown session {client_id:?}"));
                 };
+                if mode == Mode::Append && !s.queue.contains_key(&msg_id) {
+                    return invalid(format!(
+                        "ack of message {msg_id} not queued for {client_id:?}"
+                    ));
+                }
                 let entry = s.queue.remove(&msg_id);
-                let orphan = s.orphan_deliveries.remove(&msg_id);
+                let delivery = s.inflight.remove(&msg_id);
+                if let Some((_, l)) = delivery {
+                    self.sub(l);
+                }
                 match entry {
-                    Some(e) => {
-                        self.sub(e.loc);
-                        if let Some((_, l)) = e.delivery {
-                            self.sub(l);
-                        }
+                    Some(l) => {
+                        self.sub(l);
                         self.unref(msg_id);
                     }
                     None if mode == Mode::Append => {
@@ -453,9 +428,6 @@ impl Index {
                         ))
                     }
                     None => self.repairs.ignored_records += 1,
-                }
-                if let Some((_, l)) = orphan {
-                    self.sub(l);
                 }
             }
             Record::Qos2InPending {
@@ -521,14 +493,11 @@ impl Index {
         for sub in s.subs.values() {
             self.sub(sub.loc);
         }
-        for (&msg_id, e) in &s.queue {
-            self.sub(e.loc);
-            if let Some((_, l)) = e.delivery {
-                self.sub(l);
-            }
+        for (&msg_id, &l) in &s.queue {
+            self.sub(l);
             self.unref(msg_id);
         }
-        for (_, l) in s.orphan_deliveries.values() {
+        for (_, l) in s.inflight.values() {
             self.sub(*l);
         }
         for l in s.qos2_in.values() {
@@ -573,9 +542,19 @@ impl Index {
         let mut freed = Vec::new();
         let mut unrefs = Vec::new();
         for s in self.sessions.values_mut() {
-            for (_, (_, l)) in s.orphan_deliveries.drain() {
-                self.repairs.deliveries_without_enqueue += 1;
-                freed.push(l);
+            let orphans: Vec<u64> = s
+                .inflight
+                .keys()
+                .filter(|m| !s.queue.contains_key(*m) || missing.contains(*m))
+                .copied()
+                .collect();
+            for m in orphans {
+                if let Some((_, l)) = s.inflight.remove(&m) {
+                    if !missing.contains(&m) {
+                        self.repairs.deliveries_without_enqueue += 1;
+                    }
+                    freed.push(l);
+                }
             }
             if missing.is_empty() {
                 continue;
@@ -587,11 +566,8 @@ impl Index {
                 .map(|(&m, _)| m)
                 .collect();
             for m in gone {
-                if let Some(e) = s.queue.remove(&m) {
-                    freed.push(e.loc);
-                    if let Some((_, l)) = e.delivery {
-                        freed.push(l);
-                    }
+                if let Some(l) = s.queue.remove(&m) {
+                    freed.push(l);
                     unrefs.push(m);
                     self.repairs.entries_without_body += 1;
                 }
@@ -655,13 +631,13 @@ impl Index {
             }
             Record::Enqueue { client_id, msg_id } => {
                 let s = self.sessions.get(client_id)?;
-                s.queue.get(&msg_id).map(|e| e.loc)
+                s.queue.get(&msg_id).copied()
             }
             Record::Delivery {
                 client_id, msg_id, ..
             } => {
                 let s = self.sessions.get(client_id)?;
-                s.queue.get(&msg_id)?.delivery.map(|(_, l)| l)
+                s.inflight.get(&msg_id).map(|(_, l)| *l)
             }
             Record::Qos2InPending {
                 client_id,
@@ -697,14 +673,13 @@ impl Index {
             Record::Enqueue { client_id, msg_id } => self
                 .sessions
                 .get_mut(client_id)
-                .and_then(|s| s.queue.get_mut(&msg_id).map(|e| &mut e.loc)),
+                .and_then(|s| s.queue.get_mut(&msg_id)),
             Record::Delivery {
                 client_id, msg_id, ..
-            } => self.sessions.get_mut(client_id).and_then(|s| {
-                s.queue
-                    .get_mut(&msg_id)
-                    .and_then(|e| e.delivery.as_mut().map(|(_, l)| l))
-            }),
+            } => self
+                .sessions
+                .get_mut(client_id)
+                .and_then(|s| s.inflight.get_mut(&msg_id).map(|(_, l)| l)),
             Record::Qos2InPending {
                 client_id,
                 packet_id,
@@ -746,10 +721,10 @@ impl Index {
                     subscriptions,
                     queue: s
                         .queue
-                        .iter()
-                        .map(|(&m, e)| QueuedMessage {
+                        .keys()
+                        .map(|&m| QueuedMessage {
                             msg: MsgRef(m),
-                            delivery: e.delivery.map(|(d, _)| d),
+                            delivery: s.inflight.get(&m).map(|(d, _)| *d),
                         })
                         .collect(),
                     inbound_qos2: s.qos2_in.keys().copied().collect(),

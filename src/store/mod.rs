@@ -45,7 +45,7 @@
 //! (ids are allocated in arrival order; an out-of-order enqueue is refused, so an old body such as a retained
 //! message sent on subscribe is stored again under a new id). A body must be referenced in the group that
 //! writes it; at commit, bodies with no references are forgotten (garbage for the compactor). Queues in RAM hold
-//! only message ids and record locations (measured: ~150-170 bytes of index per queued message, whatever the
+//! only message ids and record locations (measured: ~70 bytes of index per queued message, whatever the
 //! payload size); `read_message` copies a body back out of the mapping. Pages touched by reads stay mapped until
 //! `release_cached_pages()` (call it about once a second). Message ids come from `alloc_msg_id()` and are never
 //! reused (segment headers carry a high-water mark).

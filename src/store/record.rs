@@ -1,0 +1,678 @@
+//! Record kinds and their on-disk framing.
+//!
+//! Frame: `[len u32 LE][crc32c u32 LE][type u8][body]`, padded with zeros to a multiple of 8 bytes. `len` counts
+//! `type + body`; the CRC covers the `len` bytes, the type and the body, so a damaged length is caught too. A
+//! zero `len` marks the end of written data (segments are preallocated with zeros). The 8-byte alignment lets
+//! recovery resynchronise after a damaged record by probing aligned offsets only.
+//!
+//! Body fields are little-endian; strings are `u16` length + UTF-8 bytes (MQTT's own limit), payloads and
+//! properties are `u32` length + bytes.
+
+/// Bytes before the record type: length and CRC.
+pub const FRAME_HEADER: usize = 8;
+/// Records start at offsets that are multiples of this.
+pub const ALIGN: usize = 8;
+
+/// Outbound delivery state of a queued message (MQTT 4.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DeliveryState {
+    /// PUBLISH sent, waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
+    PublishSent = 1,
+    /// PUBREC received and PUBREL sent, waiting for PUBCOMP (QoS 2).
+    PubRelSent = 2,
+}
+
+impl DeliveryState {
+    fn from_u8(v: u8) -> Option<DeliveryState> {
+        match v {
+            1 => Some(DeliveryState::PublishSent),
+            2 => Some(DeliveryState::PubRelSent),
+            _ => None,
+        }
+    }
+}
+
+/// One logical change to the persistent state of a shard. Borrowed, so appending never allocates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Record<'a> {
+    /// Create or update a persistent session. `disconnected_at` is unix seconds (0 = connected) so expiry can be
+    /// computed after a restart.
+    SessionUpsert {
+        client_id: &'a str,
+        protocol_level: u8,
+        expiry_secs: u32,
+        clean: bool,
+        disconnected_at: u64,
+    },
+    /// Remove a session with its subscriptions, queue and inbound QoS 2 state.
+    SessionDelete {
+        client_id: &'a str,
+    },
+    /// Add or replace a subscription. `subscription_id` 0 means none (v5 identifiers are >= 1).
+    SubAdd {
+        client_id: &'a str,
+        filter: &'a str,
+        options: u8,
+        subscription_id: u32,
+    },
+    SubRemove {
+        client_id: &'a str,
+        filter: &'a str,
+    },
+    /// A message body, written once per shard and referenced by id from any number of enqueues.
+    Message {
+        msg_id: u64,
+        topic: &'a str,
+        qos: u8,
+        retain: bool,
+        payload: &'a [u8],
+        /// Opaque encoded v5 PUBLISH properties (empty for v3).
+        properties: &'a [u8],
+    },
+    /// Append message `msg_id` to the session's queue. Queues are ordered by message id, so `msg_id` must be
+    /// above the newest id already queued for the session (true for bodies stored in arrival order); to queue
+    /// an older body, e.g. a retained message sent on subscribe, store it again under a fresh id.
+    Enqueue {
+        client_id: &'a str,
+        msg_id: u64,
+    },
+    /// Record the outbound delivery state of a queued message.
+    Delivery {
+        client_id: &'a str,
+        msg_id: u64,
+        packet_id: u16,
+        state: DeliveryState,
+    },
+    /// Remove the message from the session's queue (PUBACK / PUBCOMP received, or dropped by policy).
+    Ack {
+        client_id: &'a str,
+        msg_id: u64,
+    },
+    /// Inbound QoS 2 PUBLISH received (PUBREC sent); a duplicate with this packet id must not be delivered again.
+    Qos2InPending {
+        client_id: &'a str,
+        packet_id: u16,
+    },
+    /// PUBREL received for an inbound QoS 2 packet id.
+    Qos2InReleased {
+        client_id: &'a str,
+        packet_id: u16,
+    },
+    /// The retained message of `topic` is now message `msg_id`.
+    RetainedSet {
+        topic: &'a str,
+        msg_id: u64,
+    },
+    RetainedClear {
+        topic: &'a str,
+    },
+    /// Group boundary written by `Store::commit`; recovery applies only complete groups.
+    Commit {
+        group: u64,
+    },
+}
+
+pub(crate) mod kind {
+    pub const SESSION_UPSERT: u8 = 1;
+    pub const SESSION_DELETE: u8 = 2;
+    pub const SUB_ADD: u8 = 3;
+    pub const SUB_REMOVE: u8 = 4;
+    pub const MESSAGE: u8 = 5;
+    pub const ENQUEUE: u8 = 6;
+    pub const DELIVERY: u8 = 7;
+    pub const ACK: u8 = 8;
+    pub const QOS2_IN_PENDING: u8 = 9;
+    pub const QOS2_IN_RELEASED: u8 = 10;
+    pub const RETAINED_SET: u8 = 11;
+    pub const RETAINED_CLEAR: u8 = 12;
+    pub const COMMIT: u8 = 13;
+}
+
+/// Why a body failed to decode (only possible with a CRC collision or a format bug).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyError {
+    Truncated,
+    TrailingBytes,
+    BadUtf8,
+    BadValue,
+    UnknownKind(u8),
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyError::Truncated => write!(f, "body truncated"),
+            BodyError::TrailingBytes => write!(f, "trailing bytes after body"),
+            BodyError::BadUtf8 => write!(f, "string is not UTF-8"),
+            BodyError::BadValue => write!(f, "field out of range"),
+            BodyError::UnknownKind(k) => write!(f, "unknown record kind {k}"),
+        }
+    }
+}
+
+impl<'a> Record<'a> {
+    pub(crate) fn kind(&self) -> u8 {
+        use kind::*;
+        match self {
+            Record::SessionUpsert { .. } => SESSION_UPSERT,
+            Record::SessionDelete { .. } => SESSION_DELETE,
+            Record::SubAdd { .. } => SUB_ADD,
+            Record::SubRemove { .. } => SUB_REMOVE,
+            Record::Message { .. } => MESSAGE,
+            Record::Enqueue { .. } => ENQUEUE,
+            Record::Delivery { .. } => DELIVERY,
+            Record::Ack { .. } => ACK,
+            Record::Qos2InPending { .. } => QOS2_IN_PENDING,
+            Record::Qos2InReleased { .. } => QOS2_IN_RELEASED,
+            Record::RetainedSet { .. } => RETAINED_SET,
+            Record::RetainedClear { .. } => RETAINED_CLEAR,
+            Record::Commit { .. } => COMMIT,
+        }
+    }
+
+    /// Length of the body alone (without frame header and type byte).
+    pub(crate) fn body_len(&self) -> usize {
+        let s = |v: &str| 2 + v.len();
+        match self {
+            Record::SessionUpsert { client_id, .. } => s(client_id) + 1 + 4 + 1 + 8,
+            Record::SessionDelete { client_id } => s(client_id),
+            Record::SubAdd {
+                client_id, filter, ..
+            } => s(client_id) + s(filter) + 1 + 4,
+            Record::SubRemove { client_id, filter } => s(client_id) + s(filter),
+            Record::Message {
+                topic,
+                payload,
+                properties,
+                ..
+            } => 8 + s(topic) + 1 + 1 + 4 + properties.len() + 4 + payload.len(),
+            Record::Enqueue { client_id, .. } => s(client_id) + 8,
+            Record::Delivery { client_id, .. } => s(client_id) + 8 + 2 + 1,
+            Record::Ack { client_id, .. } => s(client_id) + 8,
+            Record::Qos2InPending { client_id, .. } | Record::Qos2InReleased { client_id, .. } => {
+                s(client_id) + 2
+            }
+            Record::RetainedSet { topic, .. } => s(topic) + 8,
+            Record::RetainedClear { topic } => s(topic),
+            Record::Commit { .. } => 8,
+        }
+    }
+
+    /// Checks the field limits the encoding imposes (strings up to 65535 bytes, QoS 0..=2).
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        let check = |name: &str, v: &str| {
+            if v.len() > u16::MAX as usize {
+                Err(format!("{name} longer than 65535 bytes"))
+            } else {
+                Ok(())
+            }
+        };
+        match self {
+            Record::SessionUpsert { client_id, .. }
+            | Record::SessionDelete { client_id }
+            | Record::Enqueue { client_id, .. }
+            | Record::Delivery { client_id, .. }
+            | Record::Ack { client_id, .. }
+            | Record::Qos2InPending { client_id, .. }
+            | Record::Qos2InReleased { client_id, .. } => check("client id", client_id),
+            Record::SubAdd {
+                client_id, filter, ..
+            }
+            | Record::SubRemove { client_id, filter } => {
+                check("client id", client_id)?;
+                check("topic filter", filter)
+            }
+            Record::Message {
+                topic,
+                qos,
+                payload,
+                properties,
+                ..
+            } => {
+                check("topic", topic)?;
+                if *qos > 2 {
+                    return Err(format!("qos {qos} out of range"));
+                }
+                if payload.len() > u32::MAX as usize || properties.len() > u32::MAX as usize {
+                    return Err("payload too large".into());
+                }
+                Ok(())
+            }
+            Record::RetainedSet { topic, .. } | Record::RetainedClear { topic } => {
+                check("topic", topic)
+            }
+            Record::Commit { .. } => Ok(()),
+        }
+    }
+}
+
+/// Total frame length (header + type + body + padding) for a body of `body_len` bytes.
+pub(crate) fn framed_len(body_len: usize) -> usize {
+    align_up(FRAME_HEADER + 1 + body_len)
+}
+
+pub(crate) fn align_up(n: usize) -> usize {
+    (n + ALIGN - 1) & !(ALIGN - 1)
+}
+
+struct Writer<'b> {
+    buf: &'b mut [u8],
+    pos: usize,
+}
+
+impl Writer<'_> {
+    fn put(&mut self, b: &[u8]) {
+        self.buf[self.pos..self.pos + b.len()].copy_from_slice(b);
+        self.pos += b.len();
+    }
+    fn u8(&mut self, v: u8) {
+        self.put(&[v]);
+    }
+    fn u16(&mut self, v: u16) {
+        self.put(&v.to_le_bytes());
+    }
+    fn u32(&mut self, v: u32) {
+        self.put(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.put(&v.to_le_bytes());
+    }
+    fn str(&mut self, v: &str) {
+        self.u16(v.len() as u16);
+        self.put(v.as_bytes());
+    }
+    fn bytes(&mut self, v: &[u8]) {
+        self.u32(v.len() as u32);
+        self.put(v);
+    }
+}
+
+/// Encodes `rec` as a complete frame into `out`, which must be exactly `framed_len(rec.body_len())` bytes of
+/// zeros. The length is written last, so a process
+/// killed mid-copy leaves a zero length (clean end) rather than a half record with a valid-looking header.
+pub(crate) fn encode_frame(rec: &Record<'_>, out: &mut [u8]) {
+    let body_len = rec.body_len();
+    let mut w = Writer {
+        buf: out,
+        pos: FRAME_HEADER,
+    };
+    w.u8(rec.kind());
+    match *rec {
+        Record::SessionUpsert {
+            client_id,
+            protocol_level,
+            expiry_secs,
+            clean,
+            disconnected_at,
+        } => {
+            w.str(client_id);
+            w.u8(protocol_level);
+            w.u32(expiry_secs);
+            w.u8(clean as u8);
+            w.u64(disconnected_at);
+        }
+        Record::SessionDelete { client_id } => w.str(client_id),
+        Record::SubAdd {
+            client_id,
+            filter,
+            options,
+            subscription_id,
+        } => {
+            w.str(client_id);
+            w.str(filter);
+            w.u8(options);
+            w.u32(subscription_id);
+        }
+        Record::SubRemove { client_id, filter } => {
+            w.str(client_id);
+            w.str(filter);
+        }
+        Record::Message {
+            msg_id,
+            topic,
+            qos,
+            retain,
+            payload,
+            properties,
+        } => {
+            w.u64(msg_id);
+            w.str(topic);
+            w.u8(qos);
+            w.u8(retain as u8);
+            w.bytes(properties);
+            w.bytes(payload);
+        }
+        Record::Enqueue { client_id, msg_id } => {
+            w.str(client_id);
+            w.u64(msg_id);
+        }
+        Record::Delivery {
+            client_id,
+            msg_id,
+            packet_id,
+            state,
+        } => {
+            w.str(client_id);
+            w.u64(msg_id);
+            w.u16(packet_id);
+            w.u8(state as u8);
+        }
+        Record::Ack { client_id, msg_id } => {
+            w.str(client_id);
+            w.u64(msg_id);
+        }
+        Record::Qos2InPending {
+            client_id,
+            packet_id,
+        }
+        | Record::Qos2InReleased {
+            client_id,
+            packet_id,
+        } => {
+            w.str(client_id);
+            w.u16(packet_id);
+        }
+        Record::RetainedSet { topic, msg_id } => {
+            w.str(topic);
+            w.u64(msg_id);
+        }
+        Record::RetainedClear { topic } => w.str(topic),
+        Record::Commit { group } => w.u64(group),
+    }
+    debug_assert_eq!(w.pos, FRAME_HEADER + 1 + body_len);
+    let len = (1 + body_len) as u32;
+    let crc = frame_crc(len, &out[FRAME_HEADER..FRAME_HEADER + 1 + body_len]);
+    out[4..8].copy_from_slice(&crc.to_le_bytes());
+    out[0..4].copy_from_slice(&len.to_le_bytes());
+}
+
+fn frame_crc(len: u32, type_and_body: &[u8]) -> u32 {
+    let c = crc32c::crc32c(&len.to_le_bytes());
+    crc32c::crc32c_append(c, type_and_body)
+}
+
+/// Result of looking at the bytes at one offset.
+#[derive(Debug)]
+pub(crate) enum Frame<'a> {
+    /// A frame with a valid CRC; `total` includes padding.
+    Valid {
+        kind: u8,
+        body: &'a [u8],
+        total: usize,
+    },
+    /// Zero length: end of written data (or zeroed damage; the caller checks what follows).
+    End,
+    /// Damaged: bad length or CRC mismatch.
+    Bad(&'static str),
+}
+
+/// Parses the frame at the start of `buf` (which extends to the end of the segment).
+pub(crate) fn read_frame(buf: &[u8], max_len: usize) -> Frame<'_> {
+    if buf.len() < FRAME_HEADER {
+        return Frame::End;
+    }
+    let len = u32::from_le_bytes(buf[0..4].try_into().unwrap()) as usize;
+    if len == 0 {
+        return Frame::End;
+    }
+    if len > max_len + 1 || FRAME_HEADER + len > buf.len() {
+        return Frame::Bad("length out of range");
+    }
+    let crc = u32::from_le_bytes(buf[4..8].try_into().unwrap());
+    let tb = &buf[FRAME_HEADER..FRAME_HEADER + len];
+    if frame_crc(len as u32, tb) != crc {
+        return Frame::Bad("crc mismatch");
+    }
+    Frame::Valid {
+        kind: tb[0],
+        body: &tb[1..],
+        total: align_up(FRAME_HEADER + len).min(buf.len()),
+    }
+}
+
+/// Type and body of a frame already validated by `read_frame` (no second CRC pass).
+pub(crate) fn frame_body(frame: &[u8]) -> Option<(u8, &[u8])> {
+    let len = u32::from_le_bytes(frame.get(0..4)?.try_into().ok()?) as usize;
+    let tb = frame.get(FRAME_HEADER..FRAME_HEADER + len)?;
+    Some((*tb.first()?, &tb[1..]))
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], BodyError> {
+        if self.buf.len() - self.pos < n {
+            return Err(BodyError::Truncated);
+        }
+        let s = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+    fn u8(&mut self) -> Result<u8, BodyError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, BodyError> {
+        Ok(u16::from_le_bytes(self.take(2)?.try_into().unwrap()))
+    }
+    fn u32(&mut self) -> Result<u32, BodyError> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
+    }
+    fn u64(&mut self) -> Result<u64, BodyError> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
+    }
+    fn str(&mut self) -> Result<&'a str, BodyError> {
+        let n = self.u16()? as usize;
+        std::str::from_utf8(self.take(n)?).map_err(|_| BodyError::BadUtf8)
+    }
+    fn bytes(&mut self) -> Result<&'a [u8], BodyError> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+    fn bool(&mut self) -> Result<bool, BodyError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(BodyError::BadValue),
+        }
+    }
+}
+
+/// Decodes a body.
+pub(crate) fn decode_body(kind: u8, body: &[u8]) -> Result<Record<'_>, BodyError> {
+    use kind::*;
+    let mut r = Reader { buf: body, pos: 0 };
+    let rec = match kind {
+        SESSION_UPSERT => Record::SessionUpsert {
+            client_id: r.str()?,
+            protocol_level: r.u8()?,
+            expiry_secs: r.u32()?,
+            clean: r.bool()?,
+            disconnected_at: r.u64()?,
+        },
+        SESSION_DELETE => Record::SessionDelete {
+            client_id: r.str()?,
+        },
+        SUB_ADD => Record::SubAdd {
+            client_id: r.str()?,
+            filter: r.str()?,
+            options: r.u8()?,
+            subscription_id: r.u32()?,
+        },
+        SUB_REMOVE => Record::SubRemove {
+            client_id: r.str()?,
+            filter: r.str()?,
+        },
+        MESSAGE => {
+            let msg_id = r.u64()?;
+            let topic = r.str()?;
+            let qos = r.u8()?;
+            if qos > 2 {
+                return Err(BodyError::BadValue);
+            }
+            let retain = r.bool()?;
+            let properties = r.bytes()?;
+            let payload = r.bytes()?;
+            Record::Message {
+                msg_id,
+                topic,
+                qos,
+                retain,
+                payload,
+                properties,
+            }
+        }
+        ENQUEUE => {
+            let client_id = r.str()?;
+            let msg_id = r.u64()?;
+            Record::Enqueue { client_id, msg_id }
+        }
+        DELIVERY => Record::Delivery {
+            client_id: r.str()?,
+            msg_id: r.u64()?,
+            packet_id: r.u16()?,
+            state: DeliveryState::from_u8(r.u8()?).ok_or(BodyError::BadValue)?,
+        },
+        ACK => Record::Ack {
+            client_id: r.str()?,
+            msg_id: r.u64()?,
+        },
+        QOS2_IN_PENDING => Record::Qos2InPending {
+            client_id: r.str()?,
+            packet_id: r.u16()?,
+        },
+        QOS2_IN_RELEASED => Record::Qos2InReleased {
+            client_id: r.str()?,
+            packet_id: r.u16()?,
+        },
+        RETAINED_SET => Record::RetainedSet {
+            topic: r.str()?,
+            msg_id: r.u64()?,
+        },
+        RETAINED_CLEAR => Record::RetainedClear { topic: r.str()? },
+        COMMIT => Record::Commit { group: r.u64()? },
+        k => return Err(BodyError::UnknownKind(k)),
+    };
+    if r.pos != body.len() {
+        return Err(BodyError::TrailingBytes);
+    }
+    Ok(rec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip(rec: Record<'_>) {
+        let mut buf = vec![0u8; framed_len(rec.body_len()) + 16];
+        let n = framed_len(rec.body_len());
+        encode_frame(&rec, &mut buf[..n]);
+        match read_frame(&buf, 1 << 20) {
+            Frame::Valid { kind, body, total } => {
+                assert_eq!(total, n);
+                assert_eq!(total % ALIGN, 0);
+                let back = decode_body(kind, body).unwrap();
+                assert_eq!(back, rec);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_kind_roundtrips() {
+        roundtrip(Record::SessionUpsert {
+            client_id: "c1",
+            protocol_level: 5,
+            expiry_secs: 3600,
+            clean: false,
+            disconnected_at: 17,
+        });
+        roundtrip(Record::SessionDelete { client_id: "c1" });
+        roundtrip(Record::SubAdd {
+            client_id: "c",
+            filter: "a/+/#",
+            options: 0b10_1101,
+            subscription_id: 268_435_455,
+        });
+        roundtrip(Record::SubRemove {
+            client_id: "c",
+            filter: "a/b",
+        });
+        roundtrip(Record::Message {
+            msg_id: u64::MAX,
+            topic: "t/ü",
+            qos: 2,
+            retain: true,
+            payload: &[1, 2, 3, 0, 255],
+            properties: &[0x26, 0, 1, b'k', 0, 1, b'v'],
+        });
+        roundtrip(Record::Enqueue {
+            client_id: "c",
+            msg_id: 9,
+        });
+        roundtrip(Record::Delivery {
+            client_id: "c",
+            msg_id: 9,
+            packet_id: 65535,
+            state: DeliveryState::PubRelSent,
+        });
+        roundtrip(Record::Ack {
+            client_id: "c",
+            msg_id: 9,
+        });
+        roundtrip(Record::Qos2InPending {
+            client_id: "",
+            packet_id: 1,
+        });
+        roundtrip(Record::Qos2InReleased {
+            client_id: "x",
+            packet_id: 2,
+        });
+        roundtrip(Record::RetainedSet {
+            topic: "r",
+            msg_id: 3,
+        });
+        roundtrip(Record::RetainedClear { topic: "r" });
+        roundtrip(Record::Commit { group: 7 });
+    }
+
+    #[test]
+    fn damaged_frames_are_detected() {
+        let rec = Record::Ack {
+            client_id: "client",
+            msg_id: 1,
+        };
+        let n = framed_len(rec.body_len());
+        let mut buf = vec![0u8; n];
+        encode_frame(&rec, &mut buf);
+        for i in 0..FRAME_HEADER + 1 + rec.body_len() {
+            let mut b = buf.clone();
+            b[i] ^= 0x40;
+            assert!(
+                matches!(read_frame(&b, 1 << 20), Frame::Bad(_) | Frame::End),
+                "flip at {i} not detected"
+            );
+        }
+        assert!(matches!(read_frame(&buf[..n - 8], 1 << 20), Frame::Bad(_)));
+        assert!(matches!(read_frame(&[0u8; 16], 1 << 20), Frame::End));
+    }
+
+    #[test]
+    fn bad_bodies_are_errors_not_panics() {
+        assert_eq!(decode_body(99, &[]), Err(BodyError::UnknownKind(99)));
+        assert_eq!(
+            decode_body(kind::ACK, &[5, 0, b'a']),
+            Err(BodyError::Truncated)
+        );
+        assert_eq!(
+            decode_body(kind::COMMIT, &[0; 9]),
+            Err(BodyError::TrailingBytes)
+        );
+        assert_eq!(
+            decode_body(kind::SESSION_DELETE, &[2, 0, 0xff, 0xfe]),
+            Err(BodyError::BadUtf8)
+        );
+    }
+}

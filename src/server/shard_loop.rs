@@ -1,0 +1,515 @@
+//! One shard's event loop on its glommio executor: sockets -> shard core -> sockets and mesh.
+//!
+//! One main task does all socket work in rounds: harvest epoll events, read ready connections into one shared
+//! scratch buffer, let the core decide, then write every dirty connection once (writes are batched per round).
+//! One small task per peer shard moves mesh messages into a bounded inbox. When there is nothing to do the main
+//! task sleeps until the epoll set is readable (watched from glommio's blocking pool), a mesh message arrives, or
+//! the next clock second (keep-alive sweep).
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::os::fd::RawFd;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use glommio::channels::channel_mesh::Senders;
+use glommio::channels::shared_channel::ConnectedReceiver;
+use glommio::timer::Timer;
+use glommio::GlommioError;
+
+use crate::broker::message::ConnKey;
+use crate::broker::shard::{MeshMsg, ReadOutcome, Shard};
+use crate::server::netpoll::{self, Epoll, IoResult};
+
+/// Bytes read per recv(2) into the shared scratch buffer.
+const SCRATCH: usize = 64 * 1024;
+/// recv(2) calls per connection per round, so one busy client cannot starve the others.
+const READS_PER_CONN: usize = 4;
+/// Connections read per round before writes are flushed.
+const CONNS_PER_ROUND: usize = 512;
+/// Mesh messages waiting for a full channel, per peer, before this shard stops reading its sockets.
+const OVERFLOW_PAUSE: usize = 1024;
+/// Mesh messages accepted from peers but not yet processed.
+const INBOX_CAP: usize = 4096;
+/// Connections accepted per listener event.
+const ACCEPTS_PER_ROUND: usize = 256;
+
+const F_READABLE: u8 = 1;
+const F_IN_READY: u8 = 2;
+const F_WANT_WRITE: u8 = 4;
+
+const LISTENER_IDX: u32 = u32::MAX;
+
+fn token(key: ConnKey) -> u64 {
+    key.idx as u64 | ((key.gen as u64) << 32)
+}
+
+fn key_of(token: u64) -> ConnKey {
+    ConnKey { idx: token as u32, gen: (token >> 32) as u32 }
+}
+
+/// A wake-up flag for tasks on one executor: `notify` is remembered until the next `wait`.
+#[derive(Default)]
+pub struct Notify {
+    flag: Cell<bool>,
+    wakers: RefCell<Vec<Waker>>,
+}
+
+impl Notify {
+    pub fn notify(&self) {
+        self.flag.set(true);
+        for w in self.wakers.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+
+    pub fn wait(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx: &mut Context<'_>| {
+            if self.flag.replace(false) {
+                return Poll::Ready(());
+            }
+            let mut wakers = self.wakers.borrow_mut();
+            if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                wakers.push(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+    }
+}
+
+pub struct ShardIo {
+    pub id: u16,
+    pub core: RefCell<Shard>,
+    epoll: Epoll,
+    listeners: Vec<RawFd>,
+    listeners_paused: Cell<bool>,
+    flags: RefCell<Vec<u8>>,
+    ready: RefCell<VecDeque<ConnKey>>,
+    inbox: RefCell<VecDeque<(u16, MeshMsg)>>,
+    inbox_space: Notify,
+    wake: Notify,
+    senders: Senders<MeshMsg>,
+    overflow: RefCell<Vec<VecDeque<MeshMsg>>>,
+    pumping: RefCell<Vec<bool>>,
+    shutdown: Arc<AtomicBool>,
+    max_conns: usize,
+    rejected: Cell<u64>,
+}
+
+impl ShardIo {
+    pub fn new(
+        core: Shard,
+        listeners: Vec<RawFd>,
+        senders: Senders<MeshMsg>,
+        shutdown: Arc<AtomicBool>,
+        max_conns: usize,
+    ) -> std::io::Result<Rc<Self>> {
+        let epoll = Epoll::new()?;
+        for (i, &l) in listeners.iter().enumerate() {
+            epoll.add_listener(l, token(ConnKey { idx: LISTENER_IDX, gen: i as u32 }))?;
+        }
+        let peers = senders.nr_consumers().max(1);
+        Ok(Rc::new(ShardIo {
+            id: core.id(),
+            core: RefCell::new(core),
+            epoll,
+            listeners,
+            listeners_paused: Cell::new(false),
+            flags: RefCell::new(Vec::new()),
+            ready: RefCell::new(VecDeque::new()),
+            inbox: RefCell::new(VecDeque::new()),
+            inbox_space: Notify::default(),
+            wake: Notify::default(),
+            senders,
+            overflow: RefCell::new((0..peers).map(|_| VecDeque::new()).collect()),
+            pumping: RefCell::new(vec![false; peers]),
+            shutdown,
+            max_conns,
+            rejected: Cell::new(0),
+        }))
+    }
+
+    fn set_flags(&self, key: ConnKey, f: impl FnOnce(&mut u8)) -> u8 {
+        let mut flags = self.flags.borrow_mut();
+        let i = key.idx as usize;
+        if i >= flags.len() {
+            flags.resize(i + 1, 0);
+        }
+        f(&mut flags[i]);
+        flags[i]
+    }
+
+    fn mark_readable(&self, key: ConnKey) {
+        let before = self.set_flags(key, |_| {});
+        self.set_flags(key, |f| *f |= F_READABLE | F_IN_READY);
+        if before & F_IN_READY == 0 {
+            self.ready.borrow_mut().push_back(key);
+        }
+    }
+
+    fn register(&self, fd: RawFd, key: ConnKey) {
+        self.set_flags(key, |f| *f = 0);
+        if let Err(e) = self.epoll.add_conn(fd, token(key)) {
+            tracing::warn!(error = %e, "epoll registration failed; closing connection");
+            self.core.borrow_mut().on_io_closed(key);
+            return;
+        }
+        // Edge-triggered: bytes may already be waiting, so try a read now.
+        self.mark_readable(key);
+    }
+
+    fn on_event(&self, ev: &libc::epoll_event) {
+        let key = key_of(ev.u64);
+        if key.idx == LISTENER_IDX {
+            self.accept(key.gen as usize);
+            return;
+        }
+        if ev.events & netpoll::READABLE != 0 {
+            self.mark_readable(key);
+        }
+        if ev.events & netpoll::WRITABLE != 0 {
+            self.set_flags(key, |f| *f &= !F_WANT_WRITE);
+            self.write_conn(key);
+        }
+    }
+
+    fn accept(&self, listener: usize) {
+        let lfd = self.listeners[listener];
+        for _ in 0..ACCEPTS_PER_ROUND {
+            match netpoll::accept(lfd) {
+                Ok(Some(fd)) => {
+                    if self.core.borrow().connection_count() >= self.max_conns {
+                        netpoll::close(fd);
+                        self.rejected.set(self.rejected.get() + 1);
+                        tracing::warn!(shard = self.id, limit = self.max_conns, "max_connections reached; connection refused");
+                        continue;
+                    }
+                    let key = self.core.borrow_mut().accept(fd as u64);
+                    self.register(fd, key);
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    // Out of file descriptors: stop accepting for a second instead of spinning on the listener.
+                    tracing::warn!(shard = self.id, error = %e, "accept failed; pausing accepts for 1 s (see tuning/)");
+                    for &l in &self.listeners {
+                        let _ = self.epoll.remove(l);
+                    }
+                    self.listeners_paused.set(true);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn resume_listeners(&self) {
+        if self.listeners_paused.replace(false) {
+            for (i, &l) in self.listeners.iter().enumerate() {
+                let _ = self.epoll.add_listener(l, token(ConnKey { idx: LISTENER_IDX, gen: i as u32 }));
+            }
+        }
+    }
+
+    /// Read from up to `CONNS_PER_ROUND` ready connections. Returns whether anything was read.
+    fn process_ready(&self, scratch: &mut BytesMut) -> bool {
+        let mut did = false;
+        for _ in 0..CONNS_PER_ROUND {
+            let Some(key) = self.ready.borrow_mut().pop_front() else { break };
+            self.set_flags(key, |f| *f &= !F_IN_READY);
+            did |= self.read_conn(key, scratch);
+        }
+        did
+    }
+
+    fn read_conn(&self, key: ConnKey, scratch: &mut BytesMut) -> bool {
+        let mut core = self.core.borrow_mut();
+        let Some(fd) = core.conn_io(key).map(|io| io as RawFd) else { return false };
+        let mut did = false;
+        for _ in 0..READS_PER_CONN {
+            if !core.can_read(key) {
+                // Paused (backpressure) or closing: keep the readable flag for when reading resumes.
+                return did;
+            }
+            scratch.clear();
+            match netpoll::recv_into(fd, scratch, SCRATCH) {
+                IoResult::Done(0) => continue,
+                IoResult::Done(_) => {
+                    did = true;
+                    match core.on_bytes(key, scratch) {
+                        ReadOutcome::Continue => {}
+                        ReadOutcome::Paused | ReadOutcome::Close => return did,
+                        ReadOutcome::HandedOff => {
+                            let _ = self.epoll.remove(fd);
+                            self.set_flags(key, |f| *f = 0);
+                            return did;
+                        }
+                    }
+                }
+                IoResult::WouldBlock => {
+                    self.set_flags(key, |f| *f &= !F_READABLE);
+                    return did;
+                }
+                IoResult::Closed | IoResult::Error(_) => {
+                    core.on_io_closed(key);
+                    return true;
+                }
+            }
+        }
+        drop(core);
+        // More may be waiting: go to the back of the line.
+        let f = self.set_flags(key, |_| {});
+        if f & F_READABLE != 0 && f & F_IN_READY == 0 {
+            self.set_flags(key, |f| *f |= F_IN_READY);
+            self.ready.borrow_mut().push_back(key);
+        }
+        did
+    }
+
+    fn write_conn(&self, key: ConnKey) {
+        let mut core = self.core.borrow_mut();
+        let Some(fd) = core.conn_io(key).map(|io| io as RawFd) else { return };
+        loop {
+            let Some(out) = core.out_buf(key) else { return };
+            if out.is_empty() {
+                break;
+            }
+            match netpoll::send(fd, &out[..]) {
+                IoResult::Done(n) => out.advance(n),
+                IoResult::WouldBlock => {
+                    drop(core);
+                    self.set_flags(key, |f| *f |= F_WANT_WRITE);
+                    return;
+                }
+                IoResult::Closed | IoResult::Error(_) => {
+                    core.on_io_closed(key);
+                    return;
+                }
+            }
+        }
+        // Empty: free the buffer and let the session queue refill it.
+        core.flushed(key);
+    }
+
+    fn flush(&self, keys: &mut Vec<ConnKey>) {
+        // Refilling from session queues can dirty connections again; a few passes, then the next round.
+        for _ in 0..4 {
+            keys.clear();
+            self.core.borrow_mut().take_dirty(keys);
+            if keys.is_empty() {
+                break;
+            }
+            for &key in keys.iter() {
+                let f = self.set_flags(key, |_| {});
+                if f & F_WANT_WRITE == 0 {
+                    self.write_conn(key);
+                }
+            }
+        }
+    }
+
+    fn close_finished(&self, keys: &mut Vec<ConnKey>) {
+        keys.clear();
+        self.core.borrow_mut().take_closing(keys);
+        for &key in keys.iter() {
+            let mut core = self.core.borrow_mut();
+            if let Some(fd) = core.conn_io(key).map(|io| io as RawFd) {
+                // Best effort: a CONNACK/DISCONNECT with the reason goes out before the close.
+                if let Some(out) = core.out_buf(key) {
+                    if !out.is_empty() {
+                        let _ = netpoll::send(fd, &out[..]);
+                    }
+                }
+                netpoll::close(fd);
+            }
+            core.release(key);
+            drop(core);
+            self.set_flags(key, |f| *f = 0);
+        }
+    }
+
+    fn resume_paused(&self, keys: &mut Vec<ConnKey>, scratch: &mut BytesMut) {
+        keys.clear();
+        self.core.borrow_mut().take_resumed(keys);
+        for &key in keys.iter() {
+            let mut core = self.core.borrow_mut();
+            if core.has_partial(key) {
+                scratch.clear();
+                let out = core.on_bytes(key, scratch);
+                if out != ReadOutcome::Continue {
+                    continue;
+                }
+            }
+            drop(core);
+            if self.set_flags(key, |_| {}) & F_READABLE != 0 {
+                self.mark_readable(key);
+            }
+        }
+    }
+
+    fn drain_inbox(&self) -> bool {
+        let mut did = false;
+        loop {
+            let Some((from, msg)) = self.inbox.borrow_mut().pop_front() else { break };
+            did = true;
+            match msg {
+                MeshMsg::Adopt(a) => {
+                    let fd = a.io as RawFd;
+                    let (key, _outcome) = self.core.borrow_mut().adopt(*a);
+                    self.register(fd, key);
+                }
+                other => self.core.borrow_mut().on_mesh(from, other),
+            }
+        }
+        if did {
+            self.inbox_space.notify();
+        }
+        did
+    }
+
+    fn send_mesh(self: &Rc<Self>, out: &mut Vec<(u16, MeshMsg)>) {
+        for (peer, msg) in out.drain(..) {
+            let p = peer as usize;
+            let msg = if self.overflow.borrow()[p].is_empty() {
+                match self.senders.try_send_to(p, msg) {
+                    Ok(()) => continue,
+                    Err(GlommioError::WouldBlock(glommio::ResourceType::Channel(m))) => m,
+                    Err(e) => {
+                        tracing::error!(shard = self.id, peer, error = %e, "mesh channel closed; message lost");
+                        continue;
+                    }
+                }
+            } else {
+                msg
+            };
+            self.overflow.borrow_mut()[p].push_back(msg);
+            if !self.pumping.borrow()[p] {
+                self.pumping.borrow_mut()[p] = true;
+                glommio::spawn_local(pump_overflow(self.clone(), p)).detach();
+            }
+        }
+    }
+
+    fn mesh_congested(&self) -> bool {
+        self.overflow.borrow().iter().any(|q| q.len() >= OVERFLOW_PAUSE)
+    }
+
+    /// Everything the core left behind after a batch of events.
+    fn after_work(self: &Rc<Self>, keys: &mut Vec<ConnKey>, mesh: &mut Vec<(u16, MeshMsg)>, scratch: &mut BytesMut) {
+        self.resume_paused(keys, scratch);
+        self.core.borrow_mut().take_mesh(mesh);
+        self.send_mesh(mesh);
+        self.flush(keys);
+        self.close_finished(keys);
+        // Closing can publish wills, which can produce mesh messages and writes.
+        self.core.borrow_mut().take_mesh(mesh);
+        self.send_mesh(mesh);
+        self.flush(keys);
+    }
+
+    /// Shutdown: stop listening. Connection sockets close with the process.
+    fn close_all(&self) {
+        for &l in &self.listeners {
+            let _ = self.epoll.remove(l);
+            netpoll::close(l);
+        }
+    }
+}
+
+async fn pump_overflow(io: Rc<ShardIo>, peer: usize) {
+    loop {
+        let next = io.overflow.borrow_mut()[peer].pop_front();
+        let Some(msg) = next else { break };
+        if let Err(e) = io.senders.send_to(peer, msg).await {
+            tracing::error!(shard = io.id, peer, error = %e, "mesh channel closed; message lost");
+        }
+        if io.overflow.borrow()[peer].len() == OVERFLOW_PAUSE - 1 {
+            io.wake.notify();
+        }
+    }
+    io.pumping.borrow_mut()[peer] = false;
+    io.wake.notify();
+}
+
+/// Moves messages from one peer's channel into the shard's bounded inbox.
+pub async fn inbox_task(io: Rc<ShardIo>, peer: usize, rx: ConnectedReceiver<MeshMsg>) {
+    while let Some(msg) = rx.recv().await {
+        while io.inbox.borrow().len() >= INBOX_CAP {
+            io.inbox_space.wait().await;
+        }
+        io.inbox.borrow_mut().push_back((peer as u16, msg));
+        io.wake.notify();
+    }
+}
+
+pub async fn main_loop(io: Rc<ShardIo>) {
+    let mut events: Vec<libc::epoll_event> = Vec::with_capacity(1024);
+    let mut scratch = BytesMut::with_capacity(SCRATCH);
+    let mut keys = Vec::new();
+    let mut mesh = Vec::new();
+    let start = Instant::now();
+    let mut last_sec = 0u32;
+    let mut blocking: Option<Pin<Box<dyn Future<Output = ()>>>> = None;
+    loop {
+        if io.shutdown.load(Ordering::Relaxed) {
+            io.close_all();
+            return;
+        }
+        let mut progress = false;
+        match io.epoll.poll_now(&mut events) {
+            Ok(n) => progress |= n > 0,
+            Err(e) => tracing::error!(shard = io.id, error = %e, "epoll_wait failed"),
+        }
+        for ev in events.iter() {
+            io.on_event(ev);
+        }
+        progress |= io.drain_inbox();
+        let congested = io.mesh_congested();
+        if !congested {
+            progress |= io.process_ready(&mut scratch);
+        }
+        io.after_work(&mut keys, &mut mesh, &mut scratch);
+
+        let elapsed = start.elapsed();
+        let sec = elapsed.as_secs() as u32;
+        if sec != last_sec {
+            last_sec = sec;
+            io.resume_listeners();
+            io.core.borrow_mut().tick(sec);
+            io.after_work(&mut keys, &mut mesh, &mut scratch);
+        }
+
+        let more = !io.inbox.borrow().is_empty() || (!congested && !io.ready.borrow().is_empty());
+        if progress || more {
+            // Let the mesh inbox tasks and overflow pumps run between rounds.
+            futures_lite::future::yield_now().await;
+            continue;
+        }
+        // Nothing to do: sleep until sockets, peers or the clock need us.
+        if blocking.is_none() {
+            let epfd = io.epoll.raw();
+            blocking = Some(Box::pin(glommio::executor().spawn_blocking(move || netpoll::wait_readable(epfd, 1000))));
+        }
+        let until_tick = Duration::from_secs(sec as u64 + 1).saturating_sub(elapsed) + Duration::from_millis(1);
+        let sockets = async {
+            blocking.as_mut().expect("blocking wait armed").await;
+            true
+        };
+        let woken = async {
+            io.wake.wait().await;
+            false
+        };
+        let timer = async {
+            Timer::new(until_tick).await;
+            false
+        };
+        let sockets_ready = futures_lite::future::or(sockets, futures_lite::future::or(woken, timer)).await;
+        if sockets_ready {
+            blocking = None;
+        }
+    }
+}

@@ -43,8 +43,12 @@ pub struct ShardConfig {
     pub max_inflight: u16,
     /// Inbound QoS 2 messages awaiting PUBREL per session (our v5 Receive Maximum).
     pub max_inbound_qos2: u16,
-    /// Soft bound of a session's queue (waiting + in flight). The hard bound is twice that.
+    /// Soft bound of a session's queue (waiting + in flight).
     pub max_queued_messages: usize,
+    /// Messages that can already be on their way to a session when it asks its publishers to pause: the mesh
+    /// channel, inbox and overflow capacities plus one message per distinct local publisher. The hard bound of a
+    /// queue under backpressure is `max_queued_messages + max_in_transit`; only past it is anything dropped.
+    pub max_in_transit: usize,
     pub overflow: OverflowPolicy,
     /// Offline sessions cannot exert backpressure: their full queues drop (oldest or newest).
     pub offline_overflow: OverflowPolicy,
@@ -67,6 +71,7 @@ impl Default for ShardConfig {
             max_inflight: 32,
             max_inbound_qos2: 1024,
             max_queued_messages: 1000,
+            max_in_transit: 16384,
             overflow: OverflowPolicy::Backpressure,
             offline_overflow: OverflowPolicy::DropNewest,
             max_out_buffer: 64 * 1024,
@@ -157,6 +162,7 @@ struct Subscriber {
 }
 
 const NO_SESSION: u32 = u32::MAX;
+
 
 #[derive(Debug)]
 struct Conn {
@@ -342,11 +348,11 @@ impl Shard {
     /// A connection handed over by the shard that accepted it.
     pub fn adopt(&mut self, a: Adopt) -> (ConnKey, ReadOutcome) {
         self.stats.handoffs_in += 1;
-        let Adopt { io, connect, mut leftover, assigned_id } = *Box::new(a);
+        let Adopt { io, connect, mut leftover, assigned_id } = a;
         let key = self.accept(io);
         self.stats.connections_accepted -= 1; // counted by the accepting shard
         if let Some(c) = self.conns.get_mut(key) {
-            c.decoder.set_version(connect.protocol);
+            c.decoder = Decoder::server_connected(connect.protocol, self.cfg.max_packet_size);
         }
         match self.establish(key, connect, assigned_id) {
             ReadOutcome::Continue if !leftover.is_empty() => {
@@ -460,13 +466,14 @@ impl Shard {
     pub fn on_mesh(&mut self, from: u16, msg: MeshMsg) {
         match msg {
             MeshMsg::Publish(m) => {
+
                 let m = Rc::new(*m);
                 self.deliver_local(&m);
             }
             MeshMsg::Retain(m) => self.store_retained(Rc::new(*m)),
             MeshMsg::InterestAdd { filters, token } => {
                 for f in &filters {
-                    *self.interest.entry(f).get_or_insert(0) |= 1u64 << from;
+                    *self.interest.get_or_insert_with(f, || 0) |= 1u64 << from;
                 }
                 self.mesh_out.push((from, MeshMsg::InterestAck { token }));
             }
@@ -496,9 +503,8 @@ impl Shard {
                 tracing::error!(io = a.io, "Adopt delivered to the shard core directly; dropping connection");
             }
             MeshMsg::Pause(k) => {
-                if let Some(c) = self.conns.get_mut(k) {
-                    c.pause_count += 1;
-                }
+                let found = self.conns.get_mut(k).map(|c| c.pause_count += 1).is_some();
+                tracing::debug!(shard = self.cfg.shard_id, conn = ?k, found, publishes_in = self.stats.publishes_in, "pause requested by a peer");
             }
             MeshMsg::Resume(k) => self.resume(k),
         }
@@ -695,9 +701,12 @@ impl Shard {
         let mut session_present = false;
         if let Some(&sidx) = self.by_client.get(&client_id) {
             if let Some(old) = self.session(sidx).conn {
+                // Closing the old connection may end a clean session, so look the session up again after.
                 self.stats.takeovers += 1;
                 self.close(old, true, Some(ReasonCode::SessionTakenOver));
             }
+        }
+        if let Some(&sidx) = self.by_client.get(&client_id) {
             if clean_start {
                 self.destroy_session(sidx);
             } else {
@@ -764,6 +773,7 @@ impl Shard {
 
     fn on_publish(&mut self, key: ConnKey, sidx: u32, mut p: Publish) -> ReadOutcome {
         self.stats.publishes_in += 1;
+
         if p.properties.as_ref().is_some_and(|pr| pr.topic_alias.is_some()) {
             // We announce Topic Alias Maximum 0, so any alias is invalid [MQTT-3.3.2-9].
             return self.close_with(key, ReasonCode::TopicAliasInvalid, "topic alias not allowed");
@@ -819,7 +829,7 @@ impl Shard {
             }
             let options = f.options;
             let entry = Subscriber { session: sidx, options, sub_id };
-            let subs = self.subs.entry(&f.filter).get_or_insert_with(Vec::new);
+            let subs = self.subs.get_or_insert_with(&f.filter, Vec::new);
             let was_empty = subs.is_empty();
             match subs.iter_mut().find(|s| s.session == sidx) {
                 Some(s) => *s = entry,
@@ -1007,7 +1017,7 @@ impl Shard {
     /// Put a message in a session's queue, applying the bound and the overflow policy.
     fn enqueue(&mut self, sidx: u32, q: Queued, origin: Option<Origin>) {
         let soft = self.cfg.max_queued_messages.max(1);
-        let hard = soft * 2;
+        let hard = soft + self.cfg.max_in_transit;
         let shard_id = self.cfg.shard_id;
         let overflow = self.cfg.overflow;
         let offline_overflow = self.cfg.offline_overflow;
@@ -1058,6 +1068,7 @@ impl Shard {
                         if !own && !s.waiters.contains(&o) && s.waiters.len() < 4096 {
                             s.waiters.push(o);
                             self.stats.pauses += 1;
+                            tracing::debug!(shard = shard_id, publisher = ?o, "queue full: pausing publisher");
                             if o.shard == shard_id {
                                 if let Some(c) = self.conns.get_mut(o.conn) {
                                     c.pause_count += 1;
@@ -1151,6 +1162,7 @@ impl Shard {
     }
 
     fn resume(&mut self, key: ConnKey) {
+        tracing::debug!(shard = self.cfg.shard_id, conn = ?key, "resume publisher");
         if let Some(c) = self.conns.get_mut(key) {
             c.pause_count = c.pause_count.saturating_sub(1);
             if c.pause_count == 0 {
@@ -1186,9 +1198,10 @@ impl Shard {
                 self.publish_will(*w);
             }
         }
+        let now = self.now;
         let s = self.session_mut(sidx);
         s.conn = None;
-        s.offline_since = self.now;
+        s.offline_since = now;
         // Offline sessions do not hold publishers back.
         self.release_waiters(sidx);
         if self.session(sidx).is_clean() {

@@ -57,33 +57,47 @@ impl<V> Trie<V> {
         self.filters == 0
     }
 
-    fn alloc(&mut self, parent: NodeId, level: &str) -> NodeId {
-        match self.free.pop() {
+    fn alloc_in(nodes: &mut Vec<Node<V>>, free: &mut Vec<NodeId>, parent: NodeId, level: &str) -> NodeId {
+        match free.pop() {
             Some(id) => {
-                self.nodes[id as usize] = Node::new(parent, level);
+                nodes[id as usize] = Node::new(parent, level);
                 id
             }
             None => {
-                self.nodes.push(Node::new(parent, level));
-                (self.nodes.len() - 1) as NodeId
+                nodes.push(Node::new(parent, level));
+                (nodes.len() - 1) as NodeId
             }
         }
     }
 
+    /// The value of `filter`, created with `make` (with its path) if missing.
+    pub fn get_or_insert_with(&mut self, filter: &str, make: impl FnOnce() -> V) -> &mut V {
+        let filters = &mut self.filters;
+        let slot = Self::slot(&mut self.nodes, &mut self.free, filter);
+        if slot.is_none() {
+            *filters += 1;
+        }
+        slot.get_or_insert_with(make)
+    }
+
     /// The value slot of `filter`, created (with its path) if missing.
-    pub fn entry(&mut self, filter: &str) -> &mut Option<V> {
+    fn entry(&mut self, filter: &str) -> &mut Option<V> {
+        Self::slot(&mut self.nodes, &mut self.free, filter)
+    }
+
+    fn slot<'a>(nodes: &'a mut Vec<Node<V>>, free: &mut Vec<NodeId>, filter: &str) -> &'a mut Option<V> {
         let mut node = ROOT;
         for level in filter.split('/') {
             let next = match level {
-                "+" => self.nodes[node as usize].plus,
-                "#" => self.nodes[node as usize].hash,
-                _ => self.nodes[node as usize].children.get(level).copied(),
+                "+" => nodes[node as usize].plus,
+                "#" => nodes[node as usize].hash,
+                _ => nodes[node as usize].children.get(level).copied(),
             };
             node = match next {
                 Some(n) => n,
                 None => {
-                    let n = self.alloc(node, level);
-                    let parent = &mut self.nodes[node as usize];
+                    let n = Self::alloc_in(nodes, free, node, level);
+                    let parent = &mut nodes[node as usize];
                     match level {
                         "+" => parent.plus = Some(n),
                         "#" => parent.hash = Some(n),
@@ -95,7 +109,7 @@ impl<V> Trie<V> {
                 }
             };
         }
-        &mut self.nodes[node as usize].value
+        &mut nodes[node as usize].value
     }
 
     fn find(&self, filter: &str) -> Option<NodeId> {

@@ -79,6 +79,7 @@ pub fn shard_config(cfg: &Config, shard_id: u16, shards: u16) -> ShardConfig {
         max_inflight: cfg.max_inflight,
         max_inbound_qos2: cfg.max_inbound_qos2,
         max_queued_messages: cfg.max_queued_messages,
+        max_in_transit: cfg.mesh_capacity + shard_loop::IN_TRANSIT_SLACK,
         overflow: cfg.queue_overflow,
         offline_overflow: cfg.offline_overflow,
         max_out_buffer: cfg.max_out_buffer,
@@ -113,6 +114,9 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>, on_bound: impl FnOnce(&[Socke
 
     let handles = LocalExecutorPoolBuilder::new(PoolPlacement::Custom(placement))
         .io_memory(cfg.io_memory)
+        // A busy executor notices cross-shard messages (and pause/resume requests) only when it is preempted:
+        // glommio's default of 100 ms would let a publisher overrun a full queue for that long.
+        .preempt_timer(std::time::Duration::from_micros(500))
         .name("coremq-shard")
         .on_all_shards(move || {
             let mesh = mesh.clone();

@@ -39,6 +39,9 @@ const OVERFLOW_PAUSE: usize = 1024;
 const INBOX_CAP: usize = 4096;
 /// Connections accepted per listener event.
 const ACCEPTS_PER_ROUND: usize = 256;
+/// What besides the mesh channel can hold messages already routed to a session: the inbox, the overflow before
+/// reading stops, and one message from each of up to 4096 distinct local publishers before each is paused.
+pub const IN_TRANSIT_SLACK: usize = INBOX_CAP + OVERFLOW_PAUSE + 4096;
 
 const F_READABLE: u8 = 1;
 const F_IN_READY: u8 = 2;
@@ -218,7 +221,10 @@ impl ShardIo {
     /// Read from up to `CONNS_PER_ROUND` ready connections. Returns whether anything was read.
     fn process_ready(&self, scratch: &mut BytesMut) -> bool {
         let mut did = false;
-        for _ in 0..CONNS_PER_ROUND {
+        // Only the connections ready when the round began: one that still has bytes goes to the back of the
+        // line for the next round, after this round's writes and mesh messages are out.
+        let n = self.ready.borrow().len().min(CONNS_PER_ROUND);
+        for _ in 0..n {
             let Some(key) = self.ready.borrow_mut().pop_front() else { break };
             self.set_flags(key, |f| *f &= !F_IN_READY);
             did |= self.read_conn(key, scratch);

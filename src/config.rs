@@ -38,7 +38,10 @@ pub struct Config {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("invalid config {origin}: {message}")]
     Parse { origin: String, message: String },
     #[error("invalid config: `{key}` {reason}")]
@@ -63,32 +66,49 @@ impl Config {
     }
 
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
         Self::parse(&text, &path.display().to_string())
     }
 
     fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let mut base: toml::Table = DEFAULT_CONFIG.parse().expect("embedded default config parses");
-        let over: toml::Table =
-            text.parse().map_err(|e: toml::de::Error| ConfigError::Parse { origin: origin.into(), message: e.to_string() })?;
+        let mut base: toml::Table = DEFAULT_CONFIG
+            .parse()
+            .expect("embedded default config parses");
+        let over: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Parse {
+                origin: origin.into(),
+                message: e.to_string(),
+            })?;
         merge(&mut base, over);
         let cfg: Config = toml::Value::Table(base)
             .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Parse { origin: origin.into(), message: e.to_string() })?;
+            .map_err(|e: toml::de::Error| ConfigError::Parse {
+                origin: origin.into(),
+                message: e.to_string(),
+            })?;
         cfg.validate()?;
         Ok(cfg)
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         fn bad(key: &'static str, reason: impl Into<String>) -> Result<(), ConfigError> {
-            Err(ConfigError::Invalid { key, reason: reason.into() })
+            Err(ConfigError::Invalid {
+                key,
+                reason: reason.into(),
+            })
         }
         if self.listen.is_empty() {
             return bad("listen", "must name at least one address");
         }
         if self.shards > 64 {
-            return bad("shards", format!("is {}, at most 64 are supported", self.shards));
+            return bad(
+                "shards",
+                format!("is {}, at most 64 are supported", self.shards),
+            );
         }
         if self.max_connections == 0 {
             return bad("max_connections", "must be at least 1");
@@ -121,7 +141,10 @@ impl Config {
             return bad("listen_backlog", "must be at least 1");
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
-            return bad("log_level", format!("{:?} is not a valid log filter", self.log_level));
+            return bad(
+                "log_level",
+                format!("{:?} is not a valid log filter", self.log_level),
+            );
         }
         Ok(())
     }
@@ -134,13 +157,17 @@ mod tests {
     #[test]
     fn embedded_default_is_valid_and_listens_on_1883() {
         let c = Config::default_config();
-        assert_eq!(c.listen, vec!["127.0.0.1:1883".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(
+            c.listen,
+            vec!["127.0.0.1:1883".parse::<SocketAddr>().unwrap()]
+        );
         assert_eq!(c.queue_overflow, OverflowPolicy::Backpressure);
     }
 
     #[test]
     fn file_overrides_defaults() {
-        let c = Config::from_toml_str("max_inflight = 7\nqueue_overflow = \"drop-oldest\"").unwrap();
+        let c =
+            Config::from_toml_str("max_inflight = 7\nqueue_overflow = \"drop-oldest\"").unwrap();
         assert_eq!(c.max_inflight, 7);
         assert_eq!(c.queue_overflow, OverflowPolicy::DropOldest);
         assert_eq!(c.max_queued_messages, 1000);
@@ -148,15 +175,25 @@ mod tests {
 
     #[test]
     fn errors_name_the_key() {
-        let e = Config::from_toml_str("max_inflght = 7").unwrap_err().to_string();
+        let e = Config::from_toml_str("max_inflght = 7")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("max_inflght"), "{e}");
-        let e = Config::from_toml_str("max_inflight = \"lots\"").unwrap_err().to_string();
+        let e = Config::from_toml_str("max_inflight = \"lots\"")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("max_inflight"), "{e}");
-        let e = Config::from_toml_str("shards = 65").unwrap_err().to_string();
+        let e = Config::from_toml_str("shards = 65")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("`shards`"), "{e}");
-        let e = Config::from_toml_str("offline_overflow = \"backpressure\"").unwrap_err().to_string();
+        let e = Config::from_toml_str("offline_overflow = \"backpressure\"")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("offline_overflow"), "{e}");
-        let e = Config::from_toml_str("listen = [\"nope\"]").unwrap_err().to_string();
+        let e = Config::from_toml_str("listen = [\"nope\"]")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("listen"), "{e}");
     }
 }

@@ -15,7 +15,11 @@ use coremq::config::Config;
 static GLOBAL: MiMalloc = MiMalloc;
 
 #[derive(Parser, Debug)]
-#[command(name = "coremq", version, about = "Thread-per-core MQTT broker (3.1, 3.1.1, 5.0) on io_uring")]
+#[command(
+    name = "coremq",
+    version,
+    about = "Thread-per-core MQTT broker (3.1, 3.1.1, 5.0) on io_uring"
+)]
 struct Cli {
     /// TOML config file; keys not in it keep their embedded defaults (see `--print-default-config`).
     #[arg(long, value_name = "FILE")]

@@ -57,7 +57,10 @@ fn drive(mut el: EventLoop) -> mpsc::UnboundedReceiver<Ev> {
 }
 
 async fn next(rx: &mut mpsc::UnboundedReceiver<Ev>) -> Ev {
-    timeout(WAIT, rx.recv()).await.expect("timed out waiting for an event").expect("event loop ended")
+    timeout(WAIT, rx.recv())
+        .await
+        .expect("timed out waiting for an event")
+        .expect("event loop ended")
 }
 
 async fn connack(rx: &mut mpsc::UnboundedReceiver<Ev>) -> bool {
@@ -123,8 +126,13 @@ async fn qos_0_1_2_delivery_with_overlapping_subscriptions_across_shards() {
     suback(&mut srx).await;
     sub.subscribe("a/#", QoS::AtLeastOnce).await.unwrap();
     suback(&mut srx).await;
-    for (i, q) in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce].into_iter().enumerate() {
-        publ.publish("a/b/c", q, false, vec![i as u8]).await.unwrap();
+    for (i, q) in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce]
+        .into_iter()
+        .enumerate()
+    {
+        publ.publish("a/b/c", q, false, vec![i as u8])
+            .await
+            .unwrap();
     }
     let mut got = Vec::new();
     for _ in 0..3 {
@@ -134,7 +142,14 @@ async fn qos_0_1_2_delivery_with_overlapping_subscriptions_across_shards() {
         got.push((p.payload[0], p.qos));
     }
     // One copy per message (overlapping subscriptions), at min(published, highest granted) QoS, in order.
-    assert_eq!(got, vec![(0, QoS::AtMostOnce), (1, QoS::AtLeastOnce), (2, QoS::ExactlyOnce)]);
+    assert_eq!(
+        got,
+        vec![
+            (0, QoS::AtMostOnce),
+            (1, QoS::AtLeastOnce),
+            (2, QoS::ExactlyOnce)
+        ]
+    );
     quiet(&mut srx, Duration::from_millis(300)).await;
     drop(prx.try_recv());
 }
@@ -156,7 +171,14 @@ async fn order_is_kept_per_publisher_and_nothing_lost_across_shards() {
     const N: u32 = 500;
     for i in 0..N {
         for (k, (c, _)) in pubs.iter().enumerate() {
-            c.publish(format!("load/{k}"), QoS::AtLeastOnce, false, i.to_be_bytes().to_vec()).await.unwrap();
+            c.publish(
+                format!("load/{k}"),
+                QoS::AtLeastOnce,
+                false,
+                i.to_be_bytes().to_vec(),
+            )
+            .await
+            .unwrap();
         }
     }
     for (_, rx) in subs.iter_mut() {
@@ -176,11 +198,21 @@ async fn order_is_kept_per_publisher_and_nothing_lost_across_shards() {
 async fn retained_messages_latest_wins_wildcards_and_clearing() {
     let b = Broker::start(&[]);
     let (publ, _prx) = client(&id_on_shard("rpub", 0, 2), b.port(), true).await;
-    publ.publish("home/light", QoS::AtLeastOnce, true, "OFF").await.unwrap();
-    publ.publish("home/light", QoS::AtLeastOnce, true, "ON").await.unwrap();
-    publ.publish("home/door", QoS::AtMostOnce, true, "CLOSED").await.unwrap();
-    publ.publish("home/gone", QoS::AtLeastOnce, true, "X").await.unwrap();
-    publ.publish("home/gone", QoS::AtLeastOnce, true, "").await.unwrap();
+    publ.publish("home/light", QoS::AtLeastOnce, true, "OFF")
+        .await
+        .unwrap();
+    publ.publish("home/light", QoS::AtLeastOnce, true, "ON")
+        .await
+        .unwrap();
+    publ.publish("home/door", QoS::AtMostOnce, true, "CLOSED")
+        .await
+        .unwrap();
+    publ.publish("home/gone", QoS::AtLeastOnce, true, "X")
+        .await
+        .unwrap();
+    publ.publish("home/gone", QoS::AtLeastOnce, true, "")
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     // A subscriber on the other shard sees the retained state through a wildcard.
     let (sub, mut srx) = client(&id_on_shard("rsub", 1, 2), b.port(), true).await;
@@ -190,13 +222,18 @@ async fn retained_messages_latest_wins_wildcards_and_clearing() {
     for _ in 0..2 {
         let p = next_publish(&mut srx).await;
         assert!(p.retain, "retained delivery has RETAIN=1");
-        got.insert(p.topic.clone(), String::from_utf8(p.payload.to_vec()).unwrap());
+        got.insert(
+            p.topic.clone(),
+            String::from_utf8(p.payload.to_vec()).unwrap(),
+        );
     }
     assert_eq!(got.get("home/light").map(String::as_str), Some("ON"));
     assert_eq!(got.get("home/door").map(String::as_str), Some("CLOSED"));
     quiet(&mut srx, Duration::from_millis(300)).await;
     // Live traffic to a retained topic is forwarded with RETAIN=0.
-    publ.publish("home/light", QoS::AtLeastOnce, true, "DIM").await.unwrap();
+    publ.publish("home/light", QoS::AtLeastOnce, true, "DIM")
+        .await
+        .unwrap();
     let p = next_publish(&mut srx).await;
     assert_eq!((p.topic.as_str(), p.retain), ("home/light", false));
 }
@@ -210,7 +247,12 @@ async fn will_is_published_on_abnormal_disconnect_only() {
 
     // Clean DISCONNECT: the will is discarded.
     let mut o = opts(&id_on_shard("wclean", 1, 2), b.port());
-    o.set_last_will(LastWill::new("wills/clean", "dead", QoS::AtLeastOnce, false));
+    o.set_last_will(LastWill::new(
+        "wills/clean",
+        "dead",
+        QoS::AtLeastOnce,
+        false,
+    ));
     let (c, el) = AsyncClient::new(o, 10);
     let mut rx = drive(el);
     connack(&mut rx).await;
@@ -218,14 +260,28 @@ async fn will_is_published_on_abnormal_disconnect_only() {
     quiet(&mut srx, Duration::from_millis(500)).await;
 
     // Socket dropped without DISCONNECT: the will is published, with its QoS.
-    let will = Will { topic: "wills/abrupt".into(), payload: "gone".into(), qos: CQoS::AtLeastOnce, retain: false, properties: None };
-    let mut conn = Raw::connect_packet(&id_on_shard("wabrupt", 1, 2), true, 30, ProtocolVersion::V3_1_1);
+    let will = Will {
+        topic: "wills/abrupt".into(),
+        payload: "gone".into(),
+        qos: CQoS::AtLeastOnce,
+        retain: false,
+        properties: None,
+    };
+    let mut conn = Raw::connect_packet(
+        &id_on_shard("wabrupt", 1, 2),
+        true,
+        30,
+        ProtocolVersion::V3_1_1,
+    );
     conn.will = Some(will);
     let (raw, ack) = Raw::connect(b.addr, conn);
     assert_eq!(ack.reason, ReasonCode::Success);
     drop(raw);
     let p = next_publish(&mut srx).await;
-    assert_eq!((p.topic.as_str(), &p.payload[..], p.qos), ("wills/abrupt", &b"gone"[..], QoS::AtLeastOnce));
+    assert_eq!(
+        (p.topic.as_str(), &p.payload[..], p.qos),
+        ("wills/abrupt", &b"gone"[..], QoS::AtLeastOnce)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,13 +291,25 @@ async fn will_is_published_on_keepalive_timeout() {
     sub.subscribe("ka/will", QoS::AtMostOnce).await.unwrap();
     suback(&mut srx).await;
     let mut conn = Raw::connect_packet("ka-silent", true, 1, ProtocolVersion::V3_1_1);
-    conn.will = Some(Will { topic: "ka/will".into(), payload: "timeout".into(), qos: CQoS::AtMostOnce, retain: false, properties: None });
+    conn.will = Some(Will {
+        topic: "ka/will".into(),
+        payload: "timeout".into(),
+        qos: CQoS::AtMostOnce,
+        retain: false,
+        properties: None,
+    });
     let (mut raw, _) = Raw::connect(b.addr, conn);
     // Keep-alive 1 s: the broker must close within 1.5 s (plus a sweep second), and publish the will.
     let started = std::time::Instant::now();
-    assert!(raw.closed_within(Duration::from_secs(5)), "silent client was not disconnected");
+    assert!(
+        raw.closed_within(Duration::from_secs(5)),
+        "silent client was not disconnected"
+    );
     let elapsed = started.elapsed();
-    assert!(elapsed >= Duration::from_millis(900), "closed too early: {elapsed:?}");
+    assert!(
+        elapsed >= Duration::from_millis(900),
+        "closed too early: {elapsed:?}"
+    );
     let p = next_publish(&mut srx).await;
     assert_eq!(&p.payload[..], b"timeout");
 }
@@ -260,8 +328,22 @@ async fn persistent_session_keeps_subscriptions_and_queues_while_offline() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (publ, _prx) = client(&id_on_shard("ppub", 0, 2), b.port(), true).await;
     for i in 0..100u32 {
-        publ.publish("offline/x", QoS::AtLeastOnce, false, i.to_be_bytes().to_vec()).await.unwrap();
-        publ.publish("offline/y", QoS::AtMostOnce, false, i.to_be_bytes().to_vec()).await.unwrap();
+        publ.publish(
+            "offline/x",
+            QoS::AtLeastOnce,
+            false,
+            i.to_be_bytes().to_vec(),
+        )
+        .await
+        .unwrap();
+        publ.publish(
+            "offline/y",
+            QoS::AtMostOnce,
+            false,
+            i.to_be_bytes().to_vec(),
+        )
+        .await
+        .unwrap();
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut o = opts(&sid, b.port());
@@ -289,44 +371,72 @@ async fn persistent_session_keeps_subscriptions_and_queues_while_offline() {
 #[test]
 fn clean_session_discards_state() {
     let b = Broker::start(&[]);
-    let (mut a, _) = Raw::connect(b.addr, Raw::connect_packet("cs", false, 30, ProtocolVersion::V3_1_1));
+    let (mut a, _) = Raw::connect(
+        b.addr,
+        Raw::connect_packet("cs", false, 30, ProtocolVersion::V3_1_1),
+    );
     a.subscribe(1, "cs/t", CQoS::AtLeastOnce);
     drop(a);
     // Reconnect with clean session = 1: no session present, and the old subscription is gone.
     std::thread::sleep(Duration::from_millis(200));
-    let (mut a, ack) = Raw::connect(b.addr, Raw::connect_packet("cs", true, 30, ProtocolVersion::V3_1_1));
+    let (mut a, ack) = Raw::connect(
+        b.addr,
+        Raw::connect_packet("cs", true, 30, ProtocolVersion::V3_1_1),
+    );
     assert!(!ack.session_present);
-    let (mut p, _) = Raw::connect(b.addr, Raw::connect_packet("cs-pub", true, 30, ProtocolVersion::V3_1_1));
+    let (mut p, _) = Raw::connect(
+        b.addr,
+        Raw::connect_packet("cs-pub", true, 30, ProtocolVersion::V3_1_1),
+    );
     p.publish("cs/t", CQoS::AtMostOnce, 0, b"x", false, false);
     a.set_timeout(Duration::from_millis(500));
-    assert!(a.recv().is_none(), "a discarded subscription still delivered");
+    assert!(
+        a.recv().is_none(),
+        "a discarded subscription still delivered"
+    );
 }
 
 #[test]
 fn inflight_messages_are_resent_with_dup_after_reconnect() {
     let b = Broker::start(&[]);
-    let (mut s, _) = Raw::connect(b.addr, Raw::connect_packet("dup-sub", false, 30, ProtocolVersion::V3_1_1));
+    let (mut s, _) = Raw::connect(
+        b.addr,
+        Raw::connect_packet("dup-sub", false, 30, ProtocolVersion::V3_1_1),
+    );
     s.subscribe(1, "dup/t", CQoS::ExactlyOnce);
-    let (mut p, _) = Raw::connect(b.addr, Raw::connect_packet("dup-pub", true, 30, ProtocolVersion::V3_1_1));
+    let (mut p, _) = Raw::connect(
+        b.addr,
+        Raw::connect_packet("dup-pub", true, 30, ProtocolVersion::V3_1_1),
+    );
     p.publish("dup/t", CQoS::AtLeastOnce, 1, b"one", false, false);
     p.publish("dup/t", CQoS::ExactlyOnce, 2, b"two", false, false);
     let m1 = publish(s.recv());
     let m2 = publish(s.recv());
     assert!(!m1.dup && !m2.dup);
     // Acknowledge neither fully: PUBREC the QoS 2 one only, then vanish.
-    s.send(&Packet::PubRec(PubResp { packet_id: m2.packet_id, reason: ReasonCode::Success, properties: None }));
+    s.send(&Packet::PubRec(PubResp {
+        packet_id: m2.packet_id,
+        reason: ReasonCode::Success,
+        properties: None,
+    }));
     match s.recv() {
         Some(Packet::PubRel(r)) => assert_eq!(r.packet_id, m2.packet_id),
         other => panic!("expected PUBREL, got {other:?}"),
     }
     drop(s);
     std::thread::sleep(Duration::from_millis(200));
-    let (mut s, ack) = Raw::connect(b.addr, Raw::connect_packet("dup-sub", false, 30, ProtocolVersion::V3_1_1));
+    let (mut s, ack) = Raw::connect(
+        b.addr,
+        Raw::connect_packet("dup-sub", false, 30, ProtocolVersion::V3_1_1),
+    );
     assert!(ack.session_present);
     // The QoS 1 message comes again with DUP=1 and its packet id; the QoS 2 one continues at PUBREL.
     let again = publish(s.recv());
     assert!(again.dup);
-    assert_eq!((again.packet_id, &again.payload[..]), (m1.packet_id, &b"one"[..]));
+    assert_eq!(
+        (again.packet_id, &again.payload[..]),
+        (m1.packet_id, &b"one"[..])
+    );
     match s.recv() {
         Some(Packet::PubRel(r)) => assert_eq!(r.packet_id, m2.packet_id),
         other => panic!("expected PUBREL replay, got {other:?}"),
@@ -336,43 +446,91 @@ fn inflight_messages_are_resent_with_dup_after_reconnect() {
 #[test]
 fn inbound_qos2_is_delivered_exactly_once_despite_retransmission() {
     let b = Broker::start(&[]);
-    let (mut s, _) = Raw::connect(b.addr, Raw::connect_packet(&id_on_shard("eo-sub", 0, 2), true, 30, ProtocolVersion::V3_1_1));
+    let (mut s, _) = Raw::connect(
+        b.addr,
+        Raw::connect_packet(
+            &id_on_shard("eo-sub", 0, 2),
+            true,
+            30,
+            ProtocolVersion::V3_1_1,
+        ),
+    );
     s.subscribe(1, "eo", CQoS::ExactlyOnce);
-    let (mut p, _) = Raw::connect(b.addr, Raw::connect_packet(&id_on_shard("eo-pub", 1, 2), true, 30, ProtocolVersion::V3_1_1));
+    let (mut p, _) = Raw::connect(
+        b.addr,
+        Raw::connect_packet(
+            &id_on_shard("eo-pub", 1, 2),
+            true,
+            30,
+            ProtocolVersion::V3_1_1,
+        ),
+    );
     p.publish("eo", CQoS::ExactlyOnce, 9, b"once", false, false);
     assert!(matches!(p.recv(), Some(Packet::PubRec(r)) if r.packet_id == 9));
     // The publisher retransmits (it did not see our PUBREC, say): acknowledged again, not routed again.
     p.publish("eo", CQoS::ExactlyOnce, 9, b"once", false, true);
     assert!(matches!(p.recv(), Some(Packet::PubRec(r)) if r.packet_id == 9));
-    p.send(&Packet::PubRel(PubResp { packet_id: 9, reason: ReasonCode::Success, properties: None }));
+    p.send(&Packet::PubRel(PubResp {
+        packet_id: 9,
+        reason: ReasonCode::Success,
+        properties: None,
+    }));
     assert!(matches!(p.recv(), Some(Packet::PubComp(r)) if r.packet_id == 9));
     let m = publish(s.recv());
     assert_eq!(&m.payload[..], b"once");
-    s.send(&Packet::PubRec(PubResp { packet_id: m.packet_id, reason: ReasonCode::Success, properties: None }));
+    s.send(&Packet::PubRec(PubResp {
+        packet_id: m.packet_id,
+        reason: ReasonCode::Success,
+        properties: None,
+    }));
     assert!(matches!(s.recv(), Some(Packet::PubRel(_))));
     s.set_timeout(Duration::from_millis(500));
-    assert!(s.recv().is_none(), "a retransmitted QoS 2 PUBLISH was forwarded twice");
+    assert!(
+        s.recv().is_none(),
+        "a retransmitted QoS 2 PUBLISH was forwarded twice"
+    );
 }
 
 #[test]
 fn takeover_disconnects_the_first_connection_and_publishes_its_will() {
     let b = Broker::start(&[]);
-    let (mut w, _) = Raw::connect(b.addr, Raw::connect_packet("to-watch", true, 30, ProtocolVersion::V3_1_1));
+    let (mut w, _) = Raw::connect(
+        b.addr,
+        Raw::connect_packet("to-watch", true, 30, ProtocolVersion::V3_1_1),
+    );
     w.subscribe(1, "to/will", CQoS::AtMostOnce);
     let mut c = Raw::connect_packet("same-id", true, 30, ProtocolVersion::V3_1_1);
-    c.will = Some(Will { topic: "to/will".into(), payload: "taken".into(), qos: CQoS::AtMostOnce, retain: false, properties: None });
+    c.will = Some(Will {
+        topic: "to/will".into(),
+        payload: "taken".into(),
+        qos: CQoS::AtMostOnce,
+        retain: false,
+        properties: None,
+    });
     let (mut first, _) = Raw::connect(b.addr, c);
-    let (_second, ack) = Raw::connect(b.addr, Raw::connect_packet("same-id", true, 30, ProtocolVersion::V3_1_1));
+    let (_second, ack) = Raw::connect(
+        b.addr,
+        Raw::connect_packet("same-id", true, 30, ProtocolVersion::V3_1_1),
+    );
     assert_eq!(ack.reason, ReasonCode::Success);
-    assert!(first.closed_within(Duration::from_secs(3)), "first connection not closed on takeover");
+    assert!(
+        first.closed_within(Duration::from_secs(3)),
+        "first connection not closed on takeover"
+    );
     assert_eq!(&publish(w.recv()).payload[..], b"taken");
 }
 
 #[test]
 fn v5_takeover_is_told_session_taken_over() {
     let b = Broker::start(&[]);
-    let (mut first, _) = Raw::connect(b.addr, Raw::connect_packet("v5-same", true, 30, ProtocolVersion::V5));
-    let (_second, _) = Raw::connect(b.addr, Raw::connect_packet("v5-same", true, 30, ProtocolVersion::V5));
+    let (mut first, _) = Raw::connect(
+        b.addr,
+        Raw::connect_packet("v5-same", true, 30, ProtocolVersion::V5),
+    );
+    let (_second, _) = Raw::connect(
+        b.addr,
+        Raw::connect_packet("v5-same", true, 30, ProtocolVersion::V5),
+    );
     match first.recv() {
         Some(Packet::Disconnect(d)) => assert_eq!(d.reason, ReasonCode::SessionTakenOver),
         other => panic!("expected DISCONNECT 0x8E, got {other:?}"),
@@ -383,28 +541,46 @@ fn v5_takeover_is_told_session_taken_over() {
 fn empty_client_id_rules() {
     let b = Broker::start(&[]);
     // 3.1.1: empty id with clean session = 0 is rejected with return code 2.
-    let (mut r, ack) = Raw::connect(b.addr, Raw::connect_packet("", false, 30, ProtocolVersion::V3_1_1));
+    let (mut r, ack) = Raw::connect(
+        b.addr,
+        Raw::connect_packet("", false, 30, ProtocolVersion::V3_1_1),
+    );
     assert_eq!(ack.reason, ReasonCode::ClientIdentifierNotValid);
     assert!(r.closed_within(Duration::from_secs(2)));
     // Empty id with clean session = 1 gets a generated id and works.
-    let (mut r, ack) = Raw::connect(b.addr, Raw::connect_packet("", true, 30, ProtocolVersion::V3_1_1));
+    let (mut r, ack) = Raw::connect(
+        b.addr,
+        Raw::connect_packet("", true, 30, ProtocolVersion::V3_1_1),
+    );
     assert_eq!(ack.reason, ReasonCode::Success);
     r.subscribe(1, "anon", CQoS::AtMostOnce);
     r.publish("anon", CQoS::AtMostOnce, 0, b"hi", false, false);
     assert_eq!(&publish(r.recv()).payload[..], b"hi");
     // v5: the generated id is reported.
-    let (_r, ack) = Raw::connect(b.addr, Raw::connect_packet("", true, 30, ProtocolVersion::V5));
-    let assigned = ack.properties.and_then(|p| p.assigned_client_identifier).expect("assigned client id");
+    let (_r, ack) = Raw::connect(
+        b.addr,
+        Raw::connect_packet("", true, 30, ProtocolVersion::V5),
+    );
+    let assigned = ack
+        .properties
+        .and_then(|p| p.assigned_client_identifier)
+        .expect("assigned client id");
     assert!(!assigned.is_empty());
 }
 
 #[test]
 fn mqtt_3_1_clients_work() {
     let b = Broker::start(&[]);
-    let (mut s, ack) = Raw::connect(b.addr, Raw::connect_packet("old-sub", true, 30, ProtocolVersion::V3_1));
+    let (mut s, ack) = Raw::connect(
+        b.addr,
+        Raw::connect_packet("old-sub", true, 30, ProtocolVersion::V3_1),
+    );
     assert_eq!(ack.reason, ReasonCode::Success);
     s.subscribe(1, "legacy/#", CQoS::AtLeastOnce);
-    let (mut p, _) = Raw::connect(b.addr, Raw::connect_packet("old-pub", true, 30, ProtocolVersion::V3_1));
+    let (mut p, _) = Raw::connect(
+        b.addr,
+        Raw::connect_packet("old-pub", true, 30, ProtocolVersion::V3_1),
+    );
     p.publish("legacy/x", CQoS::AtLeastOnce, 3, b"v31", false, false);
     assert!(matches!(p.recv(), Some(Packet::PubAck(a)) if a.packet_id == 3));
     assert_eq!(&publish(s.recv()).payload[..], b"v31");
@@ -413,26 +589,47 @@ fn mqtt_3_1_clients_work() {
 #[test]
 fn malformed_input_closes_only_that_connection() {
     let mut b = Broker::start(&[]);
-    let (mut good, _) = Raw::connect(b.addr, Raw::connect_packet("bystander", true, 30, ProtocolVersion::V3_1_1));
+    let (mut good, _) = Raw::connect(
+        b.addr,
+        Raw::connect_packet("bystander", true, 30, ProtocolVersion::V3_1_1),
+    );
     good.subscribe(1, "still/alive", CQoS::AtMostOnce);
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("garbage before CONNECT", vec![0xff, 0xff, 0xff, 0xff, 0xff]),
-        ("remaining length over 4 bytes", vec![0x10, 0xff, 0xff, 0xff, 0xff, 0x7f]),
+        (
+            "remaining length over 4 bytes",
+            vec![0x10, 0xff, 0xff, 0xff, 0xff, 0x7f],
+        ),
         ("PUBLISH before CONNECT", vec![0x30, 0x03, 0x00, 0x01, b'a']),
     ];
     for (what, bytes) in cases {
         let mut r = Raw::connect_tcp(b.addr, ProtocolVersion::V3_1_1);
         r.send_bytes(&bytes);
-        assert!(r.closed_within(Duration::from_secs(3)), "{what}: connection not closed");
+        assert!(
+            r.closed_within(Duration::from_secs(3)),
+            "{what}: connection not closed"
+        );
     }
     // After CONNECT: a PUBLISH with QoS 3, and one with a wildcard in its topic name.
-    for bytes in [vec![0x36, 0x03, 0x00, 0x01, b'a'], vec![0x30, 0x03, 0x00, 0x01, b'#']] {
-        let (mut r, _) = Raw::connect(b.addr, Raw::connect_packet("bad", true, 30, ProtocolVersion::V3_1_1));
+    for bytes in [
+        vec![0x36, 0x03, 0x00, 0x01, b'a'],
+        vec![0x30, 0x03, 0x00, 0x01, b'#'],
+    ] {
+        let (mut r, _) = Raw::connect(
+            b.addr,
+            Raw::connect_packet("bad", true, 30, ProtocolVersion::V3_1_1),
+        );
         r.send_bytes(&bytes);
-        assert!(r.closed_within(Duration::from_secs(3)), "bad PUBLISH not rejected");
+        assert!(
+            r.closed_within(Duration::from_secs(3)),
+            "bad PUBLISH not rejected"
+        );
     }
     // A v5 client is told why.
-    let (mut r, _) = Raw::connect(b.addr, Raw::connect_packet("bad5", true, 30, ProtocolVersion::V5));
+    let (mut r, _) = Raw::connect(
+        b.addr,
+        Raw::connect_packet("bad5", true, 30, ProtocolVersion::V5),
+    );
     r.send_bytes(&[0x30, 0x04, 0x00, 0x01, b'#', 0x00]);
     match r.recv() {
         Some(Packet::Disconnect(d)) => assert!(d.reason.is_error(), "reason {:?}", d.reason),
@@ -440,7 +637,10 @@ fn malformed_input_closes_only_that_connection() {
     }
     // The broker and the bystander are unaffected.
     assert!(b.is_running());
-    let (mut p, _) = Raw::connect(b.addr, Raw::connect_packet("checker", true, 30, ProtocolVersion::V3_1_1));
+    let (mut p, _) = Raw::connect(
+        b.addr,
+        Raw::connect_packet("checker", true, 30, ProtocolVersion::V3_1_1),
+    );
     p.publish("still/alive", CQoS::AtMostOnce, 0, b"yes", false, false);
     assert_eq!(&publish(good.recv()).payload[..], b"yes");
 }
@@ -450,7 +650,9 @@ fn unsupported_protocol_level_gets_return_code_1() {
     let b = Broker::start(&[]);
     let mut r = Raw::connect_tcp(b.addr, ProtocolVersion::V3_1_1);
     // CONNECT, protocol "MQTT" level 6.
-    r.send_bytes(&[0x10, 0x0d, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x06, 0x02, 0x00, 0x1e, 0x00, 0x01, b'x']);
+    r.send_bytes(&[
+        0x10, 0x0d, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x06, 0x02, 0x00, 0x1e, 0x00, 0x01, b'x',
+    ]);
     match r.recv() {
         Some(Packet::ConnAck(a)) => assert_eq!(a.reason, ReasonCode::UnsupportedProtocolVersion),
         other => panic!("expected CONNACK 1, got {other:?}"),
@@ -460,18 +662,36 @@ fn unsupported_protocol_level_gets_return_code_1() {
 #[test]
 fn resubscribe_replaces_and_unsubscribe_stops_delivery() {
     let b = Broker::start(&[]);
-    let (mut s, _) = Raw::connect(b.addr, Raw::connect_packet("resub", true, 30, ProtocolVersion::V3_1_1));
+    let (mut s, _) = Raw::connect(
+        b.addr,
+        Raw::connect_packet("resub", true, 30, ProtocolVersion::V3_1_1),
+    );
     s.subscribe(1, "re/t", CQoS::AtMostOnce);
     s.subscribe(2, "re/t", CQoS::AtLeastOnce);
-    let (mut p, _) = Raw::connect(b.addr, Raw::connect_packet("resub-pub", true, 30, ProtocolVersion::V3_1_1));
+    let (mut p, _) = Raw::connect(
+        b.addr,
+        Raw::connect_packet("resub-pub", true, 30, ProtocolVersion::V3_1_1),
+    );
     p.publish("re/t", CQoS::AtLeastOnce, 1, b"1", false, false);
     let m = publish(s.recv());
-    assert_eq!(m.qos, CQoS::AtLeastOnce, "the second SUBSCRIBE replaced the first");
-    s.send(&Packet::PubAck(PubResp { packet_id: m.packet_id, reason: ReasonCode::Success, properties: None }));
+    assert_eq!(
+        m.qos,
+        CQoS::AtLeastOnce,
+        "the second SUBSCRIBE replaced the first"
+    );
+    s.send(&Packet::PubAck(PubResp {
+        packet_id: m.packet_id,
+        reason: ReasonCode::Success,
+        properties: None,
+    }));
     s.set_timeout(Duration::from_millis(400));
     assert!(s.recv().is_none(), "re-subscribing duplicated delivery");
     s.set_timeout(Duration::from_secs(10));
-    s.send(&Packet::Unsubscribe(coremq::codec::Unsubscribe { packet_id: 3, filters: vec!["re/t".into()], properties: None }));
+    s.send(&Packet::Unsubscribe(coremq::codec::Unsubscribe {
+        packet_id: 3,
+        filters: vec!["re/t".into()],
+        properties: None,
+    }));
     assert!(matches!(s.recv(), Some(Packet::UnsubAck(u)) if u.packet_id == 3));
     p.publish("re/t", CQoS::AtMostOnce, 0, b"2", false, false);
     s.set_timeout(Duration::from_millis(400));
@@ -481,10 +701,16 @@ fn resubscribe_replaces_and_unsubscribe_stops_delivery() {
 #[test]
 fn dollar_topics_are_not_matched_by_leading_wildcards() {
     let b = Broker::start(&[]);
-    let (mut s, _) = Raw::connect(b.addr, Raw::connect_packet("dollar", true, 30, ProtocolVersion::V3_1_1));
+    let (mut s, _) = Raw::connect(
+        b.addr,
+        Raw::connect_packet("dollar", true, 30, ProtocolVersion::V3_1_1),
+    );
     s.subscribe(1, "#", CQoS::AtMostOnce);
     s.subscribe(2, "+/x", CQoS::AtMostOnce);
-    let (mut p, _) = Raw::connect(b.addr, Raw::connect_packet("dollar-pub", true, 30, ProtocolVersion::V3_1_1));
+    let (mut p, _) = Raw::connect(
+        b.addr,
+        Raw::connect_packet("dollar-pub", true, 30, ProtocolVersion::V3_1_1),
+    );
     p.publish("$app/x", CQoS::AtMostOnce, 0, b"hidden", false, false);
     p.publish("app/x", CQoS::AtMostOnce, 0, b"seen", false, false);
     assert_eq!(&publish(s.recv()).payload[..], b"seen");
@@ -510,7 +736,9 @@ async fn v5_client_basic_pubsub() {
             match el.poll().await.unwrap() {
                 E5::Incoming(rumqttc::v5::Incoming::SubAck(_)) if !subscribed => {
                     subscribed = true;
-                    publ.publish("v5/t", Q5::AtLeastOnce, false, "hello5").await.unwrap();
+                    publ.publish("v5/t", Q5::AtLeastOnce, false, "hello5")
+                        .await
+                        .unwrap();
                 }
                 E5::Incoming(rumqttc::v5::Incoming::Publish(p)) => return p,
                 _ => {}
@@ -527,9 +755,25 @@ async fn v5_client_basic_pubsub() {
 fn slow_subscriber_backpressure_loses_nothing_acknowledged() {
     // A tiny queue bound so the subscriber's queue fills quickly.
     let b = Broker::start(&["--max-queued-messages", "50"]);
-    let (mut s, _) = Raw::connect(b.addr, Raw::connect_packet(&id_on_shard("slow", 0, 2), true, 60, ProtocolVersion::V3_1_1));
+    let (mut s, _) = Raw::connect(
+        b.addr,
+        Raw::connect_packet(
+            &id_on_shard("slow", 0, 2),
+            true,
+            60,
+            ProtocolVersion::V3_1_1,
+        ),
+    );
     s.subscribe(1, "bp", CQoS::AtLeastOnce);
-    let (mut p, _) = Raw::connect(b.addr, Raw::connect_packet(&id_on_shard("fast", 1, 2), true, 60, ProtocolVersion::V3_1_1));
+    let (mut p, _) = Raw::connect(
+        b.addr,
+        Raw::connect_packet(
+            &id_on_shard("fast", 1, 2),
+            true,
+            60,
+            ProtocolVersion::V3_1_1,
+        ),
+    );
     // More than the queue bound plus everything that can be in transit between shards (channel, inbox,
     // overflow: about 13k messages with the defaults), so the publisher must be held back.
     const N: u16 = 20_000;
@@ -561,16 +805,25 @@ fn slow_subscriber_backpressure_loses_nothing_acknowledged() {
     while let Some(Packet::PubAck(_)) = p.recv() {
         acked += 1;
     }
-    assert!(acked < N as usize, "all {N} acknowledged while the subscriber read nothing: no backpressure");
+    assert!(
+        acked < N as usize,
+        "all {N} acknowledged while the subscriber read nothing: no backpressure"
+    );
     // Now the subscriber reads and acknowledges everything: every message arrives, in order, none dropped.
     let mut seen = 0u16;
     s.set_timeout(Duration::from_secs(20));
     while seen < N {
         let m = match s.recv() {
             Some(Packet::Publish(m)) => m,
-            other => panic!("after {seen} of {N} messages (publisher saw {acked} acks), got {other:?}"),
+            other => {
+                panic!("after {seen} of {N} messages (publisher saw {acked} acks), got {other:?}")
+            }
         };
-        s.send(&Packet::PubAck(PubResp { packet_id: m.packet_id, reason: ReasonCode::Success, properties: None }));
+        s.send(&Packet::PubAck(PubResp {
+            packet_id: m.packet_id,
+            reason: ReasonCode::Success,
+            properties: None,
+        }));
         seen += 1;
     }
     p.set_timeout(Duration::from_secs(20));

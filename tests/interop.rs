@@ -10,7 +10,12 @@ use std::time::Duration;
 use common::Broker;
 
 fn have(cmd: &str, probe: &[&str]) -> bool {
-    let ok = Command::new(cmd).args(probe).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
+    let ok = Command::new(cmd)
+        .args(probe)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
     if !ok {
         if std::env::var_os("CI").is_some() {
             panic!("{cmd} is required in CI (see .ci/run)");
@@ -21,8 +26,15 @@ fn have(cmd: &str, probe: &[&str]) -> bool {
 }
 
 fn run(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert!(out.status.success(), "{cmd} {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -36,22 +48,106 @@ fn mosquitto_clients_pub_sub_retained_and_v5() {
     for version in ["mqttv311", "mqttv5", "mqttv31"] {
         let topic = format!("interop/{version}");
         let sub = Command::new("mosquitto_sub")
-            .args(["-h", "127.0.0.1", "-p", &port, "-V", version, "-t", "interop/#", "-q", "2", "-C", "3", "-v", "-W", "10"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-V",
+                version,
+                "-t",
+                "interop/#",
+                "-q",
+                "2",
+                "-C",
+                "3",
+                "-v",
+                "-W",
+                "10",
+            ])
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
         std::thread::sleep(Duration::from_millis(500));
         for q in ["0", "1", "2"] {
-            run("mosquitto_pub", &["-h", "127.0.0.1", "-p", &port, "-V", version, "-t", &topic, "-q", q, "-m", &format!("m{q}")]);
+            run(
+                "mosquitto_pub",
+                &[
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port,
+                    "-V",
+                    version,
+                    "-t",
+                    &topic,
+                    "-q",
+                    q,
+                    "-m",
+                    &format!("m{q}"),
+                ],
+            );
         }
         let out = sub.wait_with_output().unwrap();
         let text = String::from_utf8(out.stdout).unwrap();
-        assert_eq!(text.lines().collect::<Vec<_>>(), vec![format!("{topic} m0"), format!("{topic} m1"), format!("{topic} m2")], "{version}");
+        assert_eq!(
+            text.lines().collect::<Vec<_>>(),
+            vec![
+                format!("{topic} m0"),
+                format!("{topic} m1"),
+                format!("{topic} m2")
+            ],
+            "{version}"
+        );
     }
     // Retained: a late subscriber gets the last value.
-    run("mosquitto_pub", &["-h", "127.0.0.1", "-p", &port, "-t", "interop/state", "-r", "-q", "1", "-m", "old"]);
-    run("mosquitto_pub", &["-h", "127.0.0.1", "-p", &port, "-t", "interop/state", "-r", "-q", "1", "-m", "new"]);
-    let got = run("mosquitto_sub", &["-h", "127.0.0.1", "-p", &port, "-t", "interop/state", "-C", "1", "-W", "5"]);
+    run(
+        "mosquitto_pub",
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-t",
+            "interop/state",
+            "-r",
+            "-q",
+            "1",
+            "-m",
+            "old",
+        ],
+    );
+    run(
+        "mosquitto_pub",
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-t",
+            "interop/state",
+            "-r",
+            "-q",
+            "1",
+            "-m",
+            "new",
+        ],
+    );
+    let got = run(
+        "mosquitto_sub",
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-t",
+            "interop/state",
+            "-C",
+            "1",
+            "-W",
+            "5",
+        ],
+    );
     assert_eq!(got.trim(), "new");
 }
 
@@ -93,7 +189,11 @@ print("OK")
 
 #[test]
 fn paho_python_persistent_session_round_trip() {
-    let ok = Command::new("python3").args(["-c", "import paho.mqtt.client"]).status().map(|s| s.success()).unwrap_or(false);
+    let ok = Command::new("python3")
+        .args(["-c", "import paho.mqtt.client"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
     if !ok {
         if std::env::var_os("CI").is_some() {
             panic!("paho-mqtt is required in CI (see .ci/run)");

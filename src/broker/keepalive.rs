@@ -30,12 +30,17 @@ impl Wheel {
     /// `span_secs` bounds how far ahead a slot can be; longer deadlines are re-filed when their slot comes round.
     pub fn new(span_secs: u32) -> Self {
         let n = span_secs.clamp(2, 1 << 16) as usize;
-        Wheel { slots: (0..n).map(|_| Vec::new()).collect(), cursor: 0 }
+        Wheel {
+            slots: (0..n).map(|_| Vec::new()).collect(),
+            cursor: 0,
+        }
     }
 
     fn slot_of(&self, at: Secs, now: Secs) -> usize {
         let span = self.slots.len() as Secs;
-        let at = at.max(now.max(self.cursor)).min(now.max(self.cursor) + span - 1);
+        let at = at
+            .max(now.max(self.cursor))
+            .min(now.max(self.cursor) + span - 1);
         (at % span) as usize
     }
 
@@ -45,7 +50,12 @@ impl Wheel {
     }
 
     /// Fire every slot up to and including `now`. `check` decides for each entry; `expired` collects the dead.
-    pub fn advance(&mut self, now: Secs, mut check: impl FnMut(ConnKey) -> Deadline, expired: &mut Vec<ConnKey>) {
+    pub fn advance(
+        &mut self,
+        now: Secs,
+        mut check: impl FnMut(ConnKey) -> Deadline,
+        expired: &mut Vec<ConnKey>,
+    ) {
         // After a long stall fire at most one full turn: every slot is visited once.
         let turns = (now.saturating_sub(self.cursor) + 1).min(self.slots.len() as Secs);
         let start = now + 1 - turns;
@@ -109,7 +119,11 @@ mod tests {
             w.advance(now, |k| Deadline::At(deadlines[&k.idx]), &mut dead);
             for k in dead.drain(..) {
                 let d = deadlines.remove(&k.idx).unwrap();
-                assert_eq!(d, now, "connection {} expired at {now}, deadline {d}", k.idx);
+                assert_eq!(
+                    d, now,
+                    "connection {} expired at {now}, deadline {d}",
+                    k.idx
+                );
             }
         }
         assert!(deadlines.is_empty());
@@ -124,14 +138,18 @@ mod tests {
         }
         let mut dead = Vec::new();
         let mut seen = 0;
-        w.advance(1000, |k| {
-            seen += 1;
-            if k.idx % 2 == 0 {
-                Deadline::Gone
-            } else {
-                Deadline::Expired
-            }
-        }, &mut dead);
+        w.advance(
+            1000,
+            |k| {
+                seen += 1;
+                if k.idx % 2 == 0 {
+                    Deadline::Gone
+                } else {
+                    Deadline::Expired
+                }
+            },
+            &mut dead,
+        );
         assert_eq!(seen, 10);
         assert_eq!(dead.len(), 5);
         assert!(w.is_empty());

@@ -210,8 +210,15 @@ mod tests {
         let mut s = Session::new("c".into(), ProtocolVersion::V3_1_1, Some(0));
         s.window = 2;
         let id = s.alloc_packet_id();
-        s.inflight.push_back(Inflight { packet_id: id, state: InflightState::AwaitPubRec, q: q() });
-        assert!(!s.on_puback(id), "PUBACK must not complete a QoS 2 delivery");
+        s.inflight.push_back(Inflight {
+            packet_id: id,
+            state: InflightState::AwaitPubRec,
+            q: q(),
+        });
+        assert!(
+            !s.on_puback(id),
+            "PUBACK must not complete a QoS 2 delivery"
+        );
         assert!(!s.on_pubcomp(id), "PUBCOMP before PUBREC is ignored");
         assert!(s.on_pubrec(id));
         assert_eq!(s.inflight[0].state, InflightState::AwaitPubComp);
@@ -223,7 +230,11 @@ mod tests {
     fn packet_ids_skip_in_use_and_wrap() {
         let mut s = Session::new("c".into(), ProtocolVersion::V5, None);
         s.next_packet_id = u16::MAX;
-        s.inflight.push_back(Inflight { packet_id: 1, state: InflightState::AwaitPubAck, q: q() });
+        s.inflight.push_back(Inflight {
+            packet_id: 1,
+            state: InflightState::AwaitPubAck,
+            q: q(),
+        });
         assert_eq!(s.alloc_packet_id(), u16::MAX);
         assert_eq!(s.alloc_packet_id(), 2, "0 is never used and 1 is in flight");
     }
@@ -232,9 +243,15 @@ mod tests {
     fn inbound_qos2_is_exactly_once() {
         let mut s = Session::new("c".into(), ProtocolVersion::V3_1_1, None);
         assert!(s.inbound_qos2_first(7));
-        assert!(!s.inbound_qos2_first(7), "a retransmitted PUBLISH must not be routed twice");
+        assert!(
+            !s.inbound_qos2_first(7),
+            "a retransmitted PUBLISH must not be routed twice"
+        );
         assert!(s.inbound_qos2_release(7));
         assert!(!s.inbound_qos2_release(7));
-        assert!(s.inbound_qos2_first(7), "after PUBREL the id is free for a new message");
+        assert!(
+            s.inbound_qos2_first(7),
+            "after PUBREL the id is free for a new message"
+        );
     }
 }

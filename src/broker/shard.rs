@@ -17,8 +17,8 @@ use crate::broker::session::{Inflight, InflightState, Queued, Session, Subscript
 use crate::broker::trie::Trie;
 use crate::codec::topic::parse_shared;
 use crate::codec::{
-    self, ConnAck, Connect, DecodeError, Decoder, Disconnect, Packet, Properties, ProtocolVersion, PubResp, Publish,
-    QoS, ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe,
+    self, ConnAck, Connect, DecodeError, Decoder, Disconnect, Packet, Properties, ProtocolVersion,
+    PubResp, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe,
 };
 
 /// What to do with a QoS 1/2 message for an online session whose queue is full.
@@ -103,10 +103,17 @@ pub enum MeshMsg {
     /// Replicate a retained message (an empty payload clears the topic).
     Retain(Box<Message>),
     /// The sender has its first local subscriber for these filters; answer `InterestAck { token }`.
-    InterestAdd { filters: Vec<ByteString>, token: u64 },
+    InterestAdd {
+        filters: Vec<ByteString>,
+        token: u64,
+    },
     /// The sender's last local subscriber for these filters is gone.
-    InterestRemove { filters: Vec<ByteString> },
-    InterestAck { token: u64 },
+    InterestRemove {
+        filters: Vec<ByteString>,
+    },
+    InterestAck {
+        token: u64,
+    },
     Adopt(Box<Adopt>),
     /// Stop / resume reading a publisher connection of the receiving shard (backpressure).
     Pause(ConnKey),
@@ -150,7 +157,11 @@ pub struct Stats {
 
 impl Stats {
     fn drops(&self) -> u64 {
-        self.dropped_qos0 + self.dropped_qos12 + self.dropped_offline + self.dropped_too_large + self.retained_rejected
+        self.dropped_qos0
+            + self.dropped_qos12
+            + self.dropped_offline
+            + self.dropped_too_large
+            + self.retained_rejected
     }
 }
 
@@ -162,7 +173,6 @@ struct Subscriber {
 }
 
 const NO_SESSION: u32 = u32::MAX;
-
 
 #[derive(Debug)]
 struct Conn {
@@ -198,7 +208,11 @@ struct Slab<T> {
 
 impl<T> Slab<T> {
     fn new() -> Self {
-        Slab { slots: Vec::new(), free: Vec::new(), len: 0 }
+        Slab {
+            slots: Vec::new(),
+            free: Vec::new(),
+            len: 0,
+        }
     }
     fn insert(&mut self, item: T) -> ConnKey {
         self.len += 1;
@@ -210,19 +224,34 @@ impl<T> Slab<T> {
                 ConnKey { idx, gen: slot.gen }
             }
             None => {
-                self.slots.push(Slot { gen: 0, item: Some(item) });
-                ConnKey { idx: (self.slots.len() - 1) as u32, gen: 0 }
+                self.slots.push(Slot {
+                    gen: 0,
+                    item: Some(item),
+                });
+                ConnKey {
+                    idx: (self.slots.len() - 1) as u32,
+                    gen: 0,
+                }
             }
         }
     }
     fn get(&self, k: ConnKey) -> Option<&T> {
-        self.slots.get(k.idx as usize).filter(|s| s.gen == k.gen).and_then(|s| s.item.as_ref())
+        self.slots
+            .get(k.idx as usize)
+            .filter(|s| s.gen == k.gen)
+            .and_then(|s| s.item.as_ref())
     }
     fn get_mut(&mut self, k: ConnKey) -> Option<&mut T> {
-        self.slots.get_mut(k.idx as usize).filter(|s| s.gen == k.gen).and_then(|s| s.item.as_mut())
+        self.slots
+            .get_mut(k.idx as usize)
+            .filter(|s| s.gen == k.gen)
+            .and_then(|s| s.item.as_mut())
     }
     fn remove(&mut self, k: ConnKey) -> Option<T> {
-        let slot = self.slots.get_mut(k.idx as usize).filter(|s| s.gen == k.gen)?;
+        let slot = self
+            .slots
+            .get_mut(k.idx as usize)
+            .filter(|s| s.gen == k.gen)?;
         let item = slot.item.take()?;
         self.free.push(k.idx);
         self.len -= 1;
@@ -341,20 +370,26 @@ impl Shard {
             dirty: false,
             closing: false,
         });
-        self.wheel.insert(key, self.now + self.cfg.connect_timeout_secs, self.now);
+        self.wheel
+            .insert(key, self.now + self.cfg.connect_timeout_secs, self.now);
         key
     }
 
     /// A connection handed over by the shard that accepted it.
     pub fn adopt(&mut self, a: Adopt) -> (ConnKey, ReadOutcome) {
         self.stats.handoffs_in += 1;
-        let Adopt { io, connect, mut leftover, assigned_id } = a;
+        let Adopt {
+            io,
+            connect,
+            mut leftover,
+            assigned_id,
+        } = a;
         let key = self.accept(io);
         self.stats.connections_accepted -= 1; // counted by the accepting shard
         if let Some(c) = self.conns.get_mut(key) {
             c.decoder = Decoder::server_connected(connect.protocol, self.cfg.max_packet_size);
         }
-        match self.establish(key, connect, assigned_id) {
+        match self.establish(key, *connect, assigned_id) {
             ReadOutcome::Continue if !leftover.is_empty() => {
                 let out = self.on_bytes(key, &mut leftover);
                 (key, out)
@@ -369,7 +404,9 @@ impl Shard {
 
     /// Whether the I/O layer may read from this connection now.
     pub fn can_read(&self, key: ConnKey) -> bool {
-        self.conns.get(key).is_some_and(|c| c.pause_count == 0 && !c.closing)
+        self.conns
+            .get(key)
+            .is_some_and(|c| c.pause_count == 0 && !c.closing)
     }
 
     /// Whether the connection holds unprocessed bytes (to resume after a pause).
@@ -423,7 +460,9 @@ impl Shard {
 
     fn process(&mut self, key: ConnKey, buf: &mut BytesMut) -> ReadOutcome {
         loop {
-            let Some(conn) = self.conns.get_mut(key) else { return ReadOutcome::Close };
+            let Some(conn) = self.conns.get_mut(key) else {
+                return ReadOutcome::Close;
+            };
             if conn.closing {
                 return ReadOutcome::Close;
             }
@@ -466,7 +505,6 @@ impl Shard {
     pub fn on_mesh(&mut self, from: u16, msg: MeshMsg) {
         match msg {
             MeshMsg::Publish(m) => {
-
                 let m = Rc::new(*m);
                 self.deliver_local(&m);
             }
@@ -494,13 +532,19 @@ impl Shard {
                     None => false,
                 };
                 if done {
-                    let p = self.pending_subacks.remove(&token).expect("pending suback present");
+                    let p = self
+                        .pending_subacks
+                        .remove(&token)
+                        .expect("pending suback present");
                     self.finish_suback(p);
                 }
             }
             MeshMsg::Adopt(a) => {
                 // The I/O layer registers the socket and calls `adopt`; reaching here means it did not.
-                tracing::error!(io = a.io, "Adopt delivered to the shard core directly; dropping connection");
+                tracing::error!(
+                    io = a.io,
+                    "Adopt delivered to the shard core directly; dropping connection"
+                );
             }
             MeshMsg::Pause(k) => {
                 let found = self.conns.get_mut(k).map(|c| c.pause_count += 1).is_some();
@@ -569,7 +613,9 @@ impl Shard {
 
     /// After the I/O layer wrote from `out_buf`: frees an empty buffer and refills from the session queue.
     pub fn flushed(&mut self, key: ConnKey) {
-        let Some(c) = self.conns.get_mut(key) else { return };
+        let Some(c) = self.conns.get_mut(key) else {
+            return;
+        };
         if c.out.is_empty() {
             c.out = BytesMut::new();
         }
@@ -611,14 +657,36 @@ impl Shard {
             }
             Packet::PubRec(r) => {
                 let known = self.session_mut(session).on_pubrec(r.packet_id);
-                let reason = if known { ReasonCode::Success } else { ReasonCode::PacketIdentifierNotFound };
-                self.send(key, &Packet::PubRel(PubResp { packet_id: r.packet_id, reason, properties: None }));
+                let reason = if known {
+                    ReasonCode::Success
+                } else {
+                    ReasonCode::PacketIdentifierNotFound
+                };
+                self.send(
+                    key,
+                    &Packet::PubRel(PubResp {
+                        packet_id: r.packet_id,
+                        reason,
+                        properties: None,
+                    }),
+                );
                 ReadOutcome::Continue
             }
             Packet::PubRel(r) => {
                 let known = self.session_mut(session).inbound_qos2_release(r.packet_id);
-                let reason = if known { ReasonCode::Success } else { ReasonCode::PacketIdentifierNotFound };
-                self.send(key, &Packet::PubComp(PubResp { packet_id: r.packet_id, reason, properties: None }));
+                let reason = if known {
+                    ReasonCode::Success
+                } else {
+                    ReasonCode::PacketIdentifierNotFound
+                };
+                self.send(
+                    key,
+                    &Packet::PubComp(PubResp {
+                        packet_id: r.packet_id,
+                        reason,
+                        properties: None,
+                    }),
+                );
                 ReadOutcome::Continue
             }
             Packet::PubComp(r) => {
@@ -642,9 +710,18 @@ impl Shard {
         }
     }
 
-    fn on_connect(&mut self, key: ConnKey, mut connect: Box<Connect>, rest: &mut BytesMut) -> ReadOutcome {
+    fn on_connect(
+        &mut self,
+        key: ConnKey,
+        mut connect: Box<Connect>,
+        rest: &mut BytesMut,
+    ) -> ReadOutcome {
         let v = connect.protocol;
-        if connect.properties.as_ref().is_some_and(|p| p.authentication_method.is_some()) {
+        if connect
+            .properties
+            .as_ref()
+            .is_some_and(|p| p.authentication_method.is_some())
+        {
             self.connack_error(key, ReasonCode::BadAuthenticationMethod);
             return ReadOutcome::Close;
         }
@@ -665,11 +742,16 @@ impl Shard {
             let leftover = rest.split();
             self.mesh_out.push((
                 owner,
-                MeshMsg::Adopt(Box::new(Adopt { io: conn.io, connect, leftover, assigned_id: assigned })),
+                MeshMsg::Adopt(Box::new(Adopt {
+                    io: conn.io,
+                    connect,
+                    leftover,
+                    assigned_id: assigned,
+                })),
             ));
             return ReadOutcome::HandedOff;
         }
-        self.establish(key, connect, assigned)
+        self.establish(key, *connect, assigned)
     }
 
     /// A client id that hashes to this shard, so the connection needs no hand-off.
@@ -684,8 +766,16 @@ impl Shard {
     }
 
     /// CONNECT on the owning shard: find or create the session, take over an older connection, answer CONNACK.
-    fn establish(&mut self, key: ConnKey, connect: Box<Connect>, assigned_id: bool) -> ReadOutcome {
-        let Connect { protocol, clean_start, keep_alive, client_id, will, properties, .. } = *connect;
+    fn establish(&mut self, key: ConnKey, connect: Connect, assigned_id: bool) -> ReadOutcome {
+        let Connect {
+            protocol,
+            clean_start,
+            keep_alive,
+            client_id,
+            will,
+            properties,
+            ..
+        } = connect;
         let props = properties.as_deref();
         let expiry = if protocol == ProtocolVersion::V5 {
             match props.and_then(|p| p.session_expiry_interval).unwrap_or(0) {
@@ -726,7 +816,10 @@ impl Shard {
 
         let mut keep_alive = keep_alive;
         let mut server_keep_alive = None;
-        if protocol == ProtocolVersion::V5 && self.cfg.max_keepalive > 0 && (keep_alive == 0 || keep_alive > self.cfg.max_keepalive) {
+        if protocol == ProtocolVersion::V5
+            && self.cfg.max_keepalive > 0
+            && (keep_alive == 0 || keep_alive > self.cfg.max_keepalive)
+        {
             keep_alive = self.cfg.max_keepalive;
             server_keep_alive = Some(keep_alive);
         }
@@ -743,7 +836,9 @@ impl Shard {
             s.client_max_packet = client_max_packet;
         }
         let now = self.now;
-        let Some(conn) = self.conns.get_mut(key) else { return ReadOutcome::Close };
+        let Some(conn) = self.conns.get_mut(key) else {
+            return ReadOutcome::Close;
+        };
         conn.session = sidx;
         conn.keep_alive = keep_alive;
         conn.last_seen = now;
@@ -762,7 +857,14 @@ impl Shard {
                 ..Properties::default()
             })
         });
-        self.send(key, &Packet::ConnAck(ConnAck { session_present, reason: ReasonCode::Success, properties }));
+        self.send(
+            key,
+            &Packet::ConnAck(ConnAck {
+                session_present,
+                reason: ReasonCode::Success,
+                properties,
+            }),
+        );
 
         if session_present {
             self.replay_inflight(sidx, key);
@@ -774,17 +876,35 @@ impl Shard {
     fn on_publish(&mut self, key: ConnKey, sidx: u32, mut p: Publish) -> ReadOutcome {
         self.stats.publishes_in += 1;
 
-        if p.properties.as_ref().is_some_and(|pr| pr.topic_alias.is_some()) {
+        if p.properties
+            .as_ref()
+            .is_some_and(|pr| pr.topic_alias.is_some())
+        {
             // We announce Topic Alias Maximum 0, so any alias is invalid [MQTT-3.3.2-9].
-            return self.close_with(key, ReasonCode::TopicAliasInvalid, "topic alias not allowed");
+            return self.close_with(
+                key,
+                ReasonCode::TopicAliasInvalid,
+                "topic alias not allowed",
+            );
         }
         if p.qos == QoS::ExactlyOnce {
             let s = self.session_mut(sidx);
             let first = s.inbound_qos2_first(p.packet_id);
             if s.inbound_qos2.len() > self.cfg.max_inbound_qos2 as usize {
-                return self.close_with(key, ReasonCode::ReceiveMaximumExceeded, "too many QoS 2 messages awaiting PUBREL");
+                return self.close_with(
+                    key,
+                    ReasonCode::ReceiveMaximumExceeded,
+                    "too many QoS 2 messages awaiting PUBREL",
+                );
             }
-            self.send(key, &Packet::PubRec(PubResp { packet_id: p.packet_id, reason: ReasonCode::Success, properties: None }));
+            self.send(
+                key,
+                &Packet::PubRec(PubResp {
+                    packet_id: p.packet_id,
+                    reason: ReasonCode::Success,
+                    properties: None,
+                }),
+            );
             if !first {
                 return ReadOutcome::Continue;
             }
@@ -800,35 +920,60 @@ impl Shard {
             qos: p.qos,
             retain: p.retain,
             properties,
-            origin: Some(Origin { shard: self.cfg.shard_id, conn: key }),
+            origin: Some(Origin {
+                shard: self.cfg.shard_id,
+                conn: key,
+            }),
         };
         let packet_id = p.packet_id;
         let qos = p.qos;
         self.route(msg);
         if qos == QoS::AtLeastOnce {
-            self.send(key, &Packet::PubAck(PubResp { packet_id, reason: ReasonCode::Success, properties: None }));
+            self.send(
+                key,
+                &Packet::PubAck(PubResp {
+                    packet_id,
+                    reason: ReasonCode::Success,
+                    properties: None,
+                }),
+            );
         }
         ReadOutcome::Continue
     }
 
     fn on_subscribe(&mut self, key: ConnKey, sidx: u32, sub: Subscribe) -> ReadOutcome {
         let v5 = self.session(sidx).protocol == ProtocolVersion::V5;
-        let sub_id = sub.properties.as_ref().and_then(|p| p.subscription_identifiers.first().copied());
+        let sub_id = sub
+            .properties
+            .as_ref()
+            .and_then(|p| p.subscription_identifiers.first().copied());
         let mut reasons = Vec::with_capacity(sub.filters.len());
         let mut new_filters = Vec::new();
         let mut retained = Vec::new();
         for f in sub.filters {
             if parse_shared(&f.filter).ok().flatten().is_some() {
-                reasons.push(if v5 { ReasonCode::SharedSubscriptionsNotSupported } else { ReasonCode::UnspecifiedError });
+                reasons.push(if v5 {
+                    ReasonCode::SharedSubscriptionsNotSupported
+                } else {
+                    ReasonCode::UnspecifiedError
+                });
                 continue;
             }
             let existed = self.session(sidx).find_sub(&f.filter).is_some();
             if !existed && self.session(sidx).subs.len() >= self.cfg.max_subscriptions_per_session {
-                reasons.push(if v5 { ReasonCode::QuotaExceeded } else { ReasonCode::UnspecifiedError });
+                reasons.push(if v5 {
+                    ReasonCode::QuotaExceeded
+                } else {
+                    ReasonCode::UnspecifiedError
+                });
                 continue;
             }
             let options = f.options;
-            let entry = Subscriber { session: sidx, options, sub_id };
+            let entry = Subscriber {
+                session: sidx,
+                options,
+                sub_id,
+            };
             let subs = self.subs.get_or_insert_with(&f.filter, Vec::new);
             let was_empty = subs.is_empty();
             match subs.iter_mut().find(|s| s.session == sidx) {
@@ -840,7 +985,11 @@ impl Shard {
             }
             {
                 let s = self.session_mut(sidx);
-                let record = Subscription { filter: f.filter.clone(), options, sub_id };
+                let record = Subscription {
+                    filter: f.filter.clone(),
+                    options,
+                    sub_id,
+                };
                 match s.find_sub(&f.filter) {
                     Some(i) => s.subs[i] = record,
                     None => s.subs.push(record),
@@ -860,7 +1009,14 @@ impl Shard {
                 retained.push((f.filter, options, sub_id));
             }
         }
-        let pending = PendingSubAck { conn: key, session: sidx, remaining: 0, packet_id: sub.packet_id, reasons, retained };
+        let pending = PendingSubAck {
+            conn: key,
+            session: sidx,
+            remaining: 0,
+            packet_id: sub.packet_id,
+            reasons,
+            retained,
+        };
         let peers = self.cfg.shards.saturating_sub(1);
         if new_filters.is_empty() || peers == 0 {
             self.finish_suback(pending);
@@ -870,23 +1026,52 @@ impl Shard {
             let token = self.next_token;
             self.next_token += 1;
             for peer in (0..self.cfg.shards).filter(|&p| p != self.cfg.shard_id) {
-                self.mesh_out.push((peer, MeshMsg::InterestAdd { filters: new_filters.clone(), token }));
+                self.mesh_out.push((
+                    peer,
+                    MeshMsg::InterestAdd {
+                        filters: new_filters.clone(),
+                        token,
+                    },
+                ));
             }
-            self.pending_subacks.insert(token, PendingSubAck { remaining: peers, ..pending });
+            self.pending_subacks.insert(
+                token,
+                PendingSubAck {
+                    remaining: peers,
+                    ..pending
+                },
+            );
         }
         ReadOutcome::Continue
     }
 
     fn finish_suback(&mut self, p: PendingSubAck) {
-        if !self.conns.get(p.conn).is_some_and(|c| c.session == p.session && !c.closing) {
+        if !self
+            .conns
+            .get(p.conn)
+            .is_some_and(|c| c.session == p.session && !c.closing)
+        {
             return;
         }
-        self.send(p.conn, &Packet::SubAck(SubAck { packet_id: p.packet_id, reasons: p.reasons, properties: None }));
+        self.send(
+            p.conn,
+            &Packet::SubAck(SubAck {
+                packet_id: p.packet_id,
+                reasons: p.reasons,
+                properties: None,
+            }),
+        );
         for (filter, options, sub_id) in p.retained {
             let mut found = Vec::new();
-            self.retained.for_each_matched_by(&filter, |m| found.push(m.clone()));
+            self.retained
+                .for_each_matched_by(&filter, |m| found.push(m.clone()));
             for m in found {
-                let q = Queued { qos: m.qos.min(options.qos), retain: true, sub_ids: sub_id.into_iter().collect(), msg: m };
+                let q = Queued {
+                    qos: m.qos.min(options.qos),
+                    retain: true,
+                    sub_ids: sub_id.into_iter().collect(),
+                    msg: m,
+                };
                 self.enqueue(p.session, q, None);
             }
         }
@@ -907,18 +1092,37 @@ impl Shard {
             if existed && self.remove_subscriber(f, sidx) {
                 gone.push(f.clone());
             }
-            reasons.push(if existed { ReasonCode::Success } else { ReasonCode::NoSubscriptionExisted });
+            reasons.push(if existed {
+                ReasonCode::Success
+            } else {
+                ReasonCode::NoSubscriptionExisted
+            });
         }
         self.broadcast_interest_removed(gone);
-        self.send(key, &Packet::UnsubAck(UnsubAck { packet_id: u.packet_id, reasons, properties: None }));
+        self.send(
+            key,
+            &Packet::UnsubAck(UnsubAck {
+                packet_id: u.packet_id,
+                reasons,
+                properties: None,
+            }),
+        );
         ReadOutcome::Continue
     }
 
     fn on_disconnect(&mut self, key: ConnKey, sidx: u32, d: Disconnect) -> ReadOutcome {
-        if let Some(exp) = d.properties.as_ref().and_then(|p| p.session_expiry_interval) {
+        if let Some(exp) = d
+            .properties
+            .as_ref()
+            .and_then(|p| p.session_expiry_interval)
+        {
             if self.session(sidx).expiry == Some(0) && exp != 0 {
                 // [MQTT-3.14.2-2]
-                return self.close_with(key, ReasonCode::ProtocolError, "session expiry set on DISCONNECT after 0");
+                return self.close_with(
+                    key,
+                    ReasonCode::ProtocolError,
+                    "session expiry set on DISCONNECT after 0",
+                );
             }
             self.session_mut(sidx).expiry = if exp == u32::MAX { None } else { Some(exp) };
         }
@@ -935,7 +1139,8 @@ impl Shard {
         if msg.retain {
             self.store_retained(msg.clone());
             for peer in (0..self.cfg.shards).filter(|&p| p != self.cfg.shard_id) {
-                self.mesh_out.push((peer, MeshMsg::Retain(Box::new((*msg).clone()))));
+                self.mesh_out
+                    .push((peer, MeshMsg::Retain(Box::new((*msg).clone()))));
             }
         }
         self.deliver_local(&msg);
@@ -945,7 +1150,8 @@ impl Shard {
         while mask != 0 {
             let peer = mask.trailing_zeros() as u16;
             mask &= mask - 1;
-            self.mesh_out.push((peer, MeshMsg::Publish(Box::new((*msg).clone()))));
+            self.mesh_out
+                .push((peer, MeshMsg::Publish(Box::new((*msg).clone()))));
         }
     }
 
@@ -957,7 +1163,10 @@ impl Shard {
             return;
         }
         let size = msg.payload.len() + msg.topic.len();
-        let old_size = self.retained.get(&msg.topic).map(|m| m.payload.len() + m.topic.len());
+        let old_size = self
+            .retained
+            .get(&msg.topic)
+            .map(|m| m.payload.len() + m.topic.len());
         let new_topic = old_size.is_none();
         if (new_topic && self.retained.len() >= self.cfg.max_retained_messages)
             || self.retained_bytes - old_size.unwrap_or(0) + size > self.cfg.max_retained_bytes
@@ -968,14 +1177,22 @@ impl Shard {
         self.retained_bytes = self.retained_bytes - old_size.unwrap_or(0) + size;
         let topic = msg.topic.clone();
         // Retained copies are delivered with RETAIN=1 but never carry the original publisher.
-        let stored = if msg.origin.is_some() { Rc::new(Message { origin: None, ..(*msg).clone() }) } else { msg };
+        let stored = if msg.origin.is_some() {
+            Rc::new(Message {
+                origin: None,
+                ..(*msg).clone()
+            })
+        } else {
+            msg
+        };
         self.retained.insert(&topic, stored);
     }
 
     fn deliver_local(&mut self, msg: &Rc<Message>) {
         let mut hits = std::mem::take(&mut self.hits);
         hits.clear();
-        self.subs.for_each_match(&msg.topic, |v| hits.extend_from_slice(v));
+        self.subs
+            .for_each_match(&msg.topic, |v| hits.extend_from_slice(v));
         if hits.len() > 1 {
             hits.sort_unstable_by_key(|h| h.session);
         }
@@ -1000,7 +1217,12 @@ impl Shard {
             if no_local && self.is_own_message(sidx, msg) {
                 continue;
             }
-            let q = Queued { msg: msg.clone(), qos: msg.qos.min(qos), retain: retain_as_published && msg.retain, sub_ids };
+            let q = Queued {
+                msg: msg.clone(),
+                qos: msg.qos.min(qos),
+                retain: retain_as_published && msg.retain,
+                sub_ids,
+            };
             self.enqueue(sidx, q, msg.origin);
             self.pump(sidx);
         }
@@ -1090,9 +1312,17 @@ impl Shard {
     fn pump(&mut self, sidx: u32) {
         let max_out = self.cfg.max_out_buffer;
         let soft = self.cfg.max_queued_messages.max(1);
-        let Some(s) = self.sessions.get_mut(sidx as usize).and_then(Option::as_mut) else { return };
+        let Some(s) = self
+            .sessions
+            .get_mut(sidx as usize)
+            .and_then(Option::as_mut)
+        else {
+            return;
+        };
         let Some(key) = s.conn else { return };
-        let Some(conn) = self.conns.get_mut(key) else { return };
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
         if conn.closing {
             return;
         }
@@ -1105,9 +1335,16 @@ impl Shard {
                 break;
             }
             let q = s.queue.pop_front().expect("front exists");
-            let packet_id = if q.qos == QoS::AtMostOnce { 0 } else { s.alloc_packet_id() };
+            let packet_id = if q.qos == QoS::AtMostOnce {
+                0
+            } else {
+                s.alloc_packet_id()
+            };
             let publish = build_publish(&q, packet_id, false, version);
-            if s.client_max_packet > 0 && codec::encoded_len(&Packet::Publish(publish.clone()), version) > s.client_max_packet as usize {
+            if s.client_max_packet > 0
+                && codec::encoded_len(&Packet::Publish(publish.clone()), version)
+                    > s.client_max_packet as usize
+            {
                 // [MQTT-3.1.2-25]: a packet over the client's maximum is discarded as if delivered.
                 self.stats.dropped_too_large += 1;
                 continue;
@@ -1119,8 +1356,16 @@ impl Shard {
             self.stats.publishes_out += 1;
             wrote = true;
             if q.qos != QoS::AtMostOnce {
-                let state = if q.qos == QoS::AtLeastOnce { InflightState::AwaitPubAck } else { InflightState::AwaitPubRec };
-                s.inflight.push_back(Inflight { packet_id, state, q });
+                let state = if q.qos == QoS::AtLeastOnce {
+                    InflightState::AwaitPubAck
+                } else {
+                    InflightState::AwaitPubRec
+                };
+                s.inflight.push_back(Inflight {
+                    packet_id,
+                    state,
+                    q,
+                });
             }
         }
         if wrote && !conn.dirty {
@@ -1139,9 +1384,11 @@ impl Shard {
         let mut packets = Vec::with_capacity(s.inflight.len());
         for f in &s.inflight {
             packets.push(match f.state {
-                InflightState::AwaitPubComp => {
-                    Packet::PubRel(PubResp { packet_id: f.packet_id, reason: ReasonCode::Success, properties: None })
-                }
+                InflightState::AwaitPubComp => Packet::PubRel(PubResp {
+                    packet_id: f.packet_id,
+                    reason: ReasonCode::Success,
+                    properties: None,
+                }),
                 _ => Packet::Publish(build_publish(&f.q, f.packet_id, true, version)),
             });
         }
@@ -1176,7 +1423,9 @@ impl Shard {
     /// Close a connection: detach it from its session (publishing the will when `abnormal`), queue the socket
     /// for closing. With `reason`, a v5 client is told why first.
     fn close(&mut self, key: ConnKey, abnormal: bool, reason: Option<ReasonCode>) {
-        let Some(conn) = self.conns.get_mut(key) else { return };
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
         if conn.closing {
             return;
         }
@@ -1189,7 +1438,14 @@ impl Shard {
         }
         if let Some(reason) = reason {
             if self.session(sidx).protocol == ProtocolVersion::V5 {
-                self.send_raw(key, &Packet::Disconnect(Disconnect { reason, properties: None }), ProtocolVersion::V5);
+                self.send_raw(
+                    key,
+                    &Packet::Disconnect(Disconnect {
+                        reason,
+                        properties: None,
+                    }),
+                    ProtocolVersion::V5,
+                );
             }
         }
         let will = self.session_mut(sidx).will.take();
@@ -1222,12 +1478,24 @@ impl Shard {
                 ..Properties::default()
             })
         });
-        self.route(Message { topic: w.topic, payload: w.payload, qos: w.qos, retain: w.retain, properties, origin: None });
+        self.route(Message {
+            topic: w.topic,
+            payload: w.payload,
+            qos: w.qos,
+            retain: w.retain,
+            properties,
+            origin: None,
+        });
     }
 
     fn close_with(&mut self, key: ConnKey, reason: ReasonCode, why: &'static str) -> ReadOutcome {
         self.stats.protocol_errors += 1;
-        tracing::debug!(shard = self.cfg.shard_id, ?reason, why, "closing connection");
+        tracing::debug!(
+            shard = self.cfg.shard_id,
+            ?reason,
+            why,
+            "closing connection"
+        );
         self.close(key, true, Some(reason));
         ReadOutcome::Close
     }
@@ -1258,8 +1526,20 @@ impl Shard {
     }
 
     fn connack_error(&mut self, key: ConnKey, reason: ReasonCode) {
-        let version = self.conns.get(key).and_then(|c| c.decoder.version()).unwrap_or(ProtocolVersion::V3_1_1);
-        self.send_raw(key, &Packet::ConnAck(ConnAck { session_present: false, reason, properties: None }), version);
+        let version = self
+            .conns
+            .get(key)
+            .and_then(|c| c.decoder.version())
+            .unwrap_or(ProtocolVersion::V3_1_1);
+        self.send_raw(
+            key,
+            &Packet::ConnAck(ConnAck {
+                session_present: false,
+                reason,
+                properties: None,
+            }),
+            version,
+        );
         self.close(key, false, None);
     }
 
@@ -1316,7 +1596,12 @@ impl Shard {
             return;
         }
         for peer in (0..self.cfg.shards).filter(|&p| p != self.cfg.shard_id) {
-            self.mesh_out.push((peer, MeshMsg::InterestRemove { filters: gone.clone() }));
+            self.mesh_out.push((
+                peer,
+                MeshMsg::InterestRemove {
+                    filters: gone.clone(),
+                },
+            ));
         }
     }
 
@@ -1351,7 +1636,9 @@ impl Shard {
     }
 
     fn send_raw(&mut self, key: ConnKey, packet: &Packet, version: ProtocolVersion) {
-        let Some(conn) = self.conns.get_mut(key) else { return };
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
         if let Err(e) = codec::encode(packet, version, &mut conn.out) {
             tracing::error!(error = %e, "encoding a broker packet failed");
             return;

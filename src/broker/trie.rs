@@ -23,10 +23,20 @@ struct Node<V> {
 
 impl<V> Node<V> {
     fn new(parent: NodeId, level: &str) -> Self {
-        Node { parent, level: level.into(), children: HashMap::new(), plus: None, hash: None, value: None }
+        Node {
+            parent,
+            level: level.into(),
+            children: HashMap::new(),
+            plus: None,
+            hash: None,
+            value: None,
+        }
     }
     fn is_empty(&self) -> bool {
-        self.value.is_none() && self.children.is_empty() && self.plus.is_none() && self.hash.is_none()
+        self.value.is_none()
+            && self.children.is_empty()
+            && self.plus.is_none()
+            && self.hash.is_none()
     }
 }
 
@@ -39,7 +49,11 @@ pub struct Trie<V> {
 
 impl<V> Default for Trie<V> {
     fn default() -> Self {
-        Trie { nodes: vec![Node::new(ROOT, "")], free: Vec::new(), filters: 0 }
+        Trie {
+            nodes: vec![Node::new(ROOT, "")],
+            free: Vec::new(),
+            filters: 0,
+        }
     }
 }
 
@@ -57,7 +71,12 @@ impl<V> Trie<V> {
         self.filters == 0
     }
 
-    fn alloc_in(nodes: &mut Vec<Node<V>>, free: &mut Vec<NodeId>, parent: NodeId, level: &str) -> NodeId {
+    fn alloc_in(
+        nodes: &mut Vec<Node<V>>,
+        free: &mut Vec<NodeId>,
+        parent: NodeId,
+        level: &str,
+    ) -> NodeId {
         match free.pop() {
             Some(id) => {
                 nodes[id as usize] = Node::new(parent, level);
@@ -85,7 +104,11 @@ impl<V> Trie<V> {
         Self::slot(&mut self.nodes, &mut self.free, filter)
     }
 
-    fn slot<'a>(nodes: &'a mut Vec<Node<V>>, free: &mut Vec<NodeId>, filter: &str) -> &'a mut Option<V> {
+    fn slot<'a>(
+        nodes: &'a mut Vec<Node<V>>,
+        free: &mut Vec<NodeId>,
+        filter: &str,
+    ) -> &'a mut Option<V> {
         let mut node = ROOT;
         for level in filter.split('/') {
             let next = match level {
@@ -126,7 +149,8 @@ impl<V> Trie<V> {
     }
 
     pub fn get(&self, filter: &str) -> Option<&V> {
-        self.find(filter).and_then(|n| self.nodes[n as usize].value.as_ref())
+        self.find(filter)
+            .and_then(|n| self.nodes[n as usize].value.as_ref())
     }
 
     pub fn get_mut(&mut self, filter: &str) -> Option<&mut V> {
@@ -187,7 +211,14 @@ impl<V> Trie<V> {
     }
 
     /// `rest` is the unmatched remainder of the topic (`None` once every level is consumed).
-    fn walk<'a>(&'a self, node: NodeId, rest: Option<&str>, first: bool, dollar: bool, f: &mut impl FnMut(&'a V)) {
+    fn walk<'a>(
+        &'a self,
+        node: NodeId,
+        rest: Option<&str>,
+        first: bool,
+        dollar: bool,
+        f: &mut impl FnMut(&'a V),
+    ) {
         let n = &self.nodes[node as usize];
         let wild_ok = !(first && dollar);
         // `#` matches the parent level and everything below it.
@@ -222,7 +253,13 @@ impl<V> Trie<V> {
         self.rwalk(ROOT, Some(filter), true, &mut f);
     }
 
-    fn rwalk<'a>(&'a self, node: NodeId, rest: Option<&str>, first: bool, f: &mut impl FnMut(&'a V)) {
+    fn rwalk<'a>(
+        &'a self,
+        node: NodeId,
+        rest: Option<&str>,
+        first: bool,
+        f: &mut impl FnMut(&'a V),
+    ) {
         let n = &self.nodes[node as usize];
         let Some(rest) = rest else {
             if let Some(v) = &n.value {
@@ -282,7 +319,10 @@ impl<V> Trie<V> {
     fn each_rec(&self, node: NodeId, path: &mut Vec<NodeId>, f: &mut impl FnMut(&str, &V)) {
         let n = &self.nodes[node as usize];
         if let Some(v) = &n.value {
-            let filter: Vec<&str> = path.iter().map(|&p| &*self.nodes[p as usize].level).collect();
+            let filter: Vec<&str> = path
+                .iter()
+                .map(|&p| &*self.nodes[p as usize].level)
+                .collect();
             f(&filter.join("/"), v);
         }
         let kids = n.children.values().copied().chain(n.plus).chain(n.hash);
@@ -340,7 +380,10 @@ mod tests {
     #[test]
     fn reverse_walk_for_retained_names() {
         let mut t = Trie::new();
-        for (i, name) in ["a", "a/b", "a/b/c", "$SYS/x", "b/b", "a/"].iter().enumerate() {
+        for (i, name) in ["a", "a/b", "a/b/c", "$SYS/x", "b/b", "a/"]
+            .iter()
+            .enumerate()
+        {
             t.insert(name, i as u32);
         }
         let by = |f: &str| {
@@ -357,7 +400,12 @@ mod tests {
     }
 
     fn level() -> impl Strategy<Value = String> {
-        prop_oneof![Just("a".to_string()), Just("b".to_string()), Just("".to_string()), Just("$s".to_string())]
+        prop_oneof![
+            Just("a".to_string()),
+            Just("b".to_string()),
+            Just("".to_string()),
+            Just("$s".to_string())
+        ]
     }
     fn filter_level() -> impl Strategy<Value = String> {
         prop_oneof![level(), Just("+".to_string())]
@@ -366,12 +414,16 @@ mod tests {
         proptest::collection::vec(level(), 1..5).prop_map(|v| v.join("/"))
     }
     fn filter() -> impl Strategy<Value = String> {
-        (proptest::collection::vec(filter_level(), 1..5), any::<bool>()).prop_map(|(mut v, hash)| {
-            if hash {
-                v.push("#".into());
-            }
-            v.join("/")
-        })
+        (
+            proptest::collection::vec(filter_level(), 1..5),
+            any::<bool>(),
+        )
+            .prop_map(|(mut v, hash)| {
+                if hash {
+                    v.push("#".into());
+                }
+                v.join("/")
+            })
     }
 
     proptest! {

@@ -10,11 +10,10 @@ use std::os::fd::{IntoRawFd, RawFd};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
-use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::broker::shard::{MeshMsg, Shard, ShardConfig};
+use crate::broker::shard::{Shard, ShardConfig};
 use crate::config::Config;
 
 /// The CPUs shards are pinned to: the configured list, else the CPUs this process may run on (so `taskset`
@@ -53,7 +52,10 @@ fn listen_socket(addr: SocketAddr, backlog: i32) -> io::Result<Socket> {
 
 /// Bind every address once per shard (SO_REUSEPORT spreads connections over shards). Port 0 is resolved by the
 /// first socket and reused by the others. Returns per-shard listener fds and the bound addresses.
-pub fn bind_listeners(cfg: &Config, shards: usize) -> io::Result<(Vec<Vec<RawFd>>, Vec<SocketAddr>)> {
+pub fn bind_listeners(
+    cfg: &Config,
+    shards: usize,
+) -> io::Result<(Vec<Vec<RawFd>>, Vec<SocketAddr>)> {
     let mut per_shard: Vec<Vec<RawFd>> = vec![Vec::new(); shards];
     let mut bound = Vec::new();
     for &addr in &cfg.listen {
@@ -91,9 +93,18 @@ pub fn shard_config(cfg: &Config, shard_id: u16, shards: u16) -> ShardConfig {
 }
 
 /// Run the broker until `shutdown` is set. `on_bound` is told the listening addresses once they are bound.
-pub fn run(cfg: Config, shutdown: Arc<AtomicBool>, on_bound: impl FnOnce(&[SocketAddr], usize)) -> io::Result<()> {
+pub fn run(
+    cfg: Config,
+    shutdown: Arc<AtomicBool>,
+    on_bound: impl FnOnce(&[SocketAddr], usize),
+) -> io::Result<()> {
     let cpus = shard_cpus(&cfg);
-    let shards = if cfg.shards == 0 { cpus.len() } else { cfg.shards }.clamp(1, 64);
+    let shards = if cfg.shards == 0 {
+        cpus.len()
+    } else {
+        cfg.shards
+    }
+    .clamp(1, 64);
     let (listeners, bound) = bind_listeners(&cfg, shards)?;
     on_bound(&bound, shards);
 
@@ -107,31 +118,35 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>, on_bound: impl FnOnce(&[Socke
     if placement.iter().any(|s| s.is_empty()) {
         return Err(io::Error::other(format!("a CPU in {cpus:?} is not online")));
     }
-    let mesh: MeshBuilder<MeshMsg, _> = MeshBuilder::full(shards, cfg.mesh_capacity);
+    let links: Vec<Option<shard_loop::MeshLink>> =
+        shard_loop::build_mesh(shards, cfg.mesh_capacity)?
+            .into_iter()
+            .map(Some)
+            .collect();
+    let links = Arc::new(Mutex::new(links));
+    let next_id = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let listeners = Arc::new(Mutex::new(listeners));
     let max_conns = (cfg.max_connections as usize).div_ceil(shards);
     let cfg = Arc::new(cfg);
 
     let handles = LocalExecutorPoolBuilder::new(PoolPlacement::Custom(placement))
         .io_memory(cfg.io_memory)
-        // A busy executor notices cross-shard messages (and pause/resume requests) only when it is preempted:
-        // glommio's default of 100 ms would let a publisher overrun a full queue for that long.
-        .preempt_timer(std::time::Duration::from_micros(500))
         .name("coremq-shard")
         .on_all_shards(move || {
-            let mesh = mesh.clone();
+            let links = links.clone();
+            let next_id = next_id.clone();
             let listeners = listeners.clone();
             let shutdown = shutdown.clone();
             let cfg = cfg.clone();
             async move {
-                let (senders, mut receivers) = mesh.join().await.expect("channel mesh join");
-                let id = senders.peer_id();
+                let id = next_id.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let fds = std::mem::take(&mut listeners.lock().expect("listener table")[id]);
+                let link = links.lock().expect("mesh table")[id]
+                    .take()
+                    .expect("one mesh link per shard");
                 let core = Shard::new(shard_config(&cfg, id as u16, shards as u16));
-                let io = shard_loop::ShardIo::new(core, fds, senders, shutdown, max_conns).expect("shard epoll set");
-                for (peer, rx) in receivers.streams() {
-                    glommio::spawn_local(shard_loop::inbox_task(io.clone(), peer, rx)).detach();
-                }
+                let io = shard_loop::ShardIo::new(core, fds, link, shutdown, max_conns)
+                    .expect("shard epoll set");
                 tracing::info!(shard = id, "shard running");
                 shard_loop::main_loop(io).await;
             }

@@ -13,7 +13,8 @@ pub struct Epoll {
     fd: RawFd,
 }
 
-pub const READABLE: u32 = (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
+pub const READABLE: u32 =
+    (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
 pub const WRITABLE: u32 = libc::EPOLLOUT as u32;
 
 fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
@@ -46,7 +47,8 @@ impl Epoll {
     }
 
     pub fn remove(&self, fd: RawFd) -> io::Result<()> {
-        cvt(unsafe { libc::epoll_ctl(self.fd, libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut()) }).map(|_| ())
+        cvt(unsafe { libc::epoll_ctl(self.fd, libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut()) })
+            .map(|_| ())
     }
 
     fn ctl(&self, op: libc::c_int, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
@@ -59,7 +61,8 @@ impl Epoll {
         events.clear();
         let cap = events.capacity().max(1);
         let n = loop {
-            let r = unsafe { libc::epoll_wait(self.fd, events.as_mut_ptr(), cap as libc::c_int, 0) };
+            let r =
+                unsafe { libc::epoll_wait(self.fd, events.as_mut_ptr(), cap as libc::c_int, 0) };
             if r >= 0 {
                 break r as usize;
             }
@@ -76,7 +79,11 @@ impl Epoll {
 /// Block (on a helper thread) until `epfd` has events or `timeout_ms` passes. `poll` on an epoll descriptor
 /// reports readiness without consuming any event, so the shard's own `poll_now` still sees them all.
 pub fn wait_readable(epfd: RawFd, timeout_ms: i32) {
-    let mut p = libc::pollfd { fd: epfd, events: libc::POLLIN, revents: 0 };
+    let mut p = libc::pollfd {
+        fd: epfd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
     unsafe { libc::poll(&mut p, 1, timeout_ms) };
 }
 
@@ -98,7 +105,14 @@ pub fn recv_into(fd: RawFd, buf: &mut bytes::BytesMut, max: usize) -> IoResult {
     buf.reserve(max);
     let spare = buf.spare_capacity_mut();
     let len = spare.len().min(max);
-    let r = unsafe { libc::recv(fd, spare.as_mut_ptr() as *mut libc::c_void, len, libc::MSG_DONTWAIT) };
+    let r = unsafe {
+        libc::recv(
+            fd,
+            spare.as_mut_ptr() as *mut libc::c_void,
+            len,
+            libc::MSG_DONTWAIT,
+        )
+    };
     if r > 0 {
         unsafe { buf.set_len(buf.len() + r as usize) };
         IoResult::Done(r as usize)
@@ -116,7 +130,12 @@ pub fn recv_into(fd: RawFd, buf: &mut bytes::BytesMut, max: usize) -> IoResult {
 
 pub fn send(fd: RawFd, data: &[u8]) -> IoResult {
     let r = unsafe {
-        libc::send(fd, data.as_ptr() as *const libc::c_void, data.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+        libc::send(
+            fd,
+            data.as_ptr() as *const libc::c_void,
+            data.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
     };
     if r >= 0 {
         IoResult::Done(r as usize)
@@ -133,7 +152,12 @@ pub fn send(fd: RawFd, data: &[u8]) -> IoResult {
 /// accept4 a non-blocking, close-on-exec socket with TCP_NODELAY (we batch writes ourselves).
 pub fn accept(listener: RawFd) -> io::Result<Option<RawFd>> {
     let fd = unsafe {
-        libc::accept4(listener, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
+        libc::accept4(
+            listener,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        )
     };
     if fd < 0 {
         let e = io::Error::last_os_error();

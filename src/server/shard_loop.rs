@@ -1,10 +1,16 @@
 //! One shard's event loop on its glommio executor: sockets -> shard core -> sockets and mesh.
 //!
-//! One main task does all socket work in rounds: harvest epoll events, read ready connections into one shared
-//! scratch buffer, let the core decide, then write every dirty connection once (writes are batched per round).
-//! One small task per peer shard moves mesh messages into a bounded inbox. When there is nothing to do the main
-//! task sleeps until the epoll set is readable (watched from glommio's blocking pool), a mesh message arrives, or
-//! the next clock second (keep-alive sweep).
+//! One task does all the work in rounds: harvest epoll events, drain the mesh channels from the other shards,
+//! read ready connections into one shared scratch buffer, let the core decide, then write every dirty connection
+//! once (writes are batched per round) and hand mesh messages to their channels. When there is nothing to do it
+//! sleeps until the epoll set is readable (watched from glommio's blocking pool; a peer shard rings our eventfd,
+//! which is in that set) or the next clock second (keep-alive sweep).
+//!
+//! Why crossbeam channels and not glommio's channel mesh: in glommio 0.9 a busy executor sees messages from other
+//! executors only when it is preempted (every 100 ms by default), which let a publisher overrun a full queue and
+//! adds 100 ms to cross-shard latency under load; a shorter preempt timer made executors lose timer wake-ups and
+//! stall (reproduced by tests/churn.rs). Draining lock-free bounded channels ourselves each round has neither
+//! problem.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -12,16 +18,13 @@ use std::future::Future;
 use std::os::fd::RawFd;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
-use glommio::channels::channel_mesh::Senders;
-use glommio::channels::shared_channel::ConnectedReceiver;
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 use glommio::timer::Timer;
-use glommio::GlommioError;
 
 use crate::broker::message::ConnKey;
 use crate::broker::shard::{MeshMsg, ReadOutcome, Shard};
@@ -35,55 +38,96 @@ const READS_PER_CONN: usize = 4;
 const CONNS_PER_ROUND: usize = 512;
 /// Mesh messages waiting for a full channel, per peer, before this shard stops reading its sockets.
 const OVERFLOW_PAUSE: usize = 1024;
-/// Mesh messages accepted from peers but not yet processed.
-const INBOX_CAP: usize = 4096;
+/// Mesh messages taken from each peer's channel per round.
+const MESH_PER_ROUND: usize = 4096;
 /// Connections accepted per listener event.
 const ACCEPTS_PER_ROUND: usize = 256;
-/// What besides the mesh channel can hold messages already routed to a session: the inbox, the overflow before
-/// reading stops, and one message from each of up to 4096 distinct local publishers before each is paused.
-pub const IN_TRANSIT_SLACK: usize = INBOX_CAP + OVERFLOW_PAUSE + 4096;
+/// What besides the mesh channel can hold messages already routed to a session: one round's batch, the overflow
+/// before reading stops, and one message from each of up to 4096 distinct local publishers before each is paused.
+pub const IN_TRANSIT_SLACK: usize = MESH_PER_ROUND + OVERFLOW_PAUSE + 4096;
 
 const F_READABLE: u8 = 1;
 const F_IN_READY: u8 = 2;
 const F_WANT_WRITE: u8 = 4;
 
 const LISTENER_IDX: u32 = u32::MAX;
+const DOORBELL_IDX: u32 = u32::MAX - 1;
 
 fn token(key: ConnKey) -> u64 {
     key.idx as u64 | ((key.gen as u64) << 32)
 }
 
 fn key_of(token: u64) -> ConnKey {
-    ConnKey { idx: token as u32, gen: (token >> 32) as u32 }
+    ConnKey {
+        idx: token as u32,
+        gen: (token >> 32) as u32,
+    }
 }
 
-/// A wake-up flag for tasks on one executor: `notify` is remembered until the next `wait`.
-#[derive(Default)]
-pub struct Notify {
-    flag: Cell<bool>,
-    wakers: RefCell<Vec<Waker>>,
+/// How other shards wake this one: an eventfd in our epoll set, rung only while we sleep.
+pub struct Doorbell {
+    sleeping: AtomicBool,
+    efd: RawFd,
 }
 
-impl Notify {
-    pub fn notify(&self) {
-        self.flag.set(true);
-        for w in self.wakers.borrow_mut().drain(..) {
-            w.wake();
+impl Doorbell {
+    pub fn new() -> std::io::Result<Arc<Doorbell>> {
+        let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if efd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Arc::new(Doorbell {
+            sleeping: AtomicBool::new(false),
+            efd,
+        }))
+    }
+
+    /// Called by a peer after it pushed messages for us.
+    fn ring_if_sleeping(&self) {
+        // Pairs with the fence in `main_loop` before the sleeper checks its channels: either we see `sleeping`,
+        // or the sleeper sees our message.
+        fence(Ordering::SeqCst);
+        if self.sleeping.load(Ordering::SeqCst) {
+            let one: u64 = 1;
+            unsafe { libc::write(self.efd, &one as *const u64 as *const libc::c_void, 8) };
         }
     }
 
-    pub fn wait(&self) -> impl Future<Output = ()> + '_ {
-        std::future::poll_fn(move |cx: &mut Context<'_>| {
-            if self.flag.replace(false) {
-                return Poll::Ready(());
-            }
-            let mut wakers = self.wakers.borrow_mut();
-            if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
-                wakers.push(cx.waker().clone());
-            }
-            Poll::Pending
-        })
+    fn drain(&self) {
+        let mut v: u64 = 0;
+        unsafe { libc::read(self.efd, &mut v as *mut u64 as *mut libc::c_void, 8) };
     }
+}
+
+/// One shard's ends of the mesh: a bounded channel to and from every other shard, and everyone's doorbell.
+pub struct MeshLink {
+    pub to: Vec<Option<Sender<MeshMsg>>>,
+    pub from: Vec<Option<Receiver<MeshMsg>>>,
+    pub doorbells: Vec<Arc<Doorbell>>,
+}
+
+/// The full N x N mesh: `links[i]` belongs to shard i.
+pub fn build_mesh(shards: usize, capacity: usize) -> std::io::Result<Vec<MeshLink>> {
+    let doorbells: Vec<Arc<Doorbell>> = (0..shards)
+        .map(|_| Doorbell::new())
+        .collect::<Result<_, _>>()?;
+    let mut links: Vec<MeshLink> = (0..shards)
+        .map(|_| MeshLink {
+            to: (0..shards).map(|_| None).collect(),
+            from: (0..shards).map(|_| None).collect(),
+            doorbells: doorbells.clone(),
+        })
+        .collect();
+    for a in 0..shards {
+        for b in 0..shards {
+            if a != b {
+                let (tx, rx) = crossbeam_channel::bounded(capacity);
+                links[a].to[b] = Some(tx);
+                links[b].from[a] = Some(rx);
+            }
+        }
+    }
+    Ok(links)
 }
 
 pub struct ShardIo {
@@ -94,12 +138,11 @@ pub struct ShardIo {
     listeners_paused: Cell<bool>,
     flags: RefCell<Vec<u8>>,
     ready: RefCell<VecDeque<ConnKey>>,
-    inbox: RefCell<VecDeque<(u16, MeshMsg)>>,
-    inbox_space: Notify,
-    wake: Notify,
-    senders: Senders<MeshMsg>,
+    mesh: MeshLink,
+    /// Messages for a peer whose channel was full, in order; retried every round.
     overflow: RefCell<Vec<VecDeque<MeshMsg>>>,
-    pumping: RefCell<Vec<bool>>,
+    /// Peers we pushed to this round (their doorbells are checked once, after the round).
+    pushed: RefCell<Vec<bool>>,
     shutdown: Arc<AtomicBool>,
     max_conns: usize,
     rejected: Cell<u64>,
@@ -109,15 +152,29 @@ impl ShardIo {
     pub fn new(
         core: Shard,
         listeners: Vec<RawFd>,
-        senders: Senders<MeshMsg>,
+        mesh: MeshLink,
         shutdown: Arc<AtomicBool>,
         max_conns: usize,
     ) -> std::io::Result<Rc<Self>> {
         let epoll = Epoll::new()?;
         for (i, &l) in listeners.iter().enumerate() {
-            epoll.add_listener(l, token(ConnKey { idx: LISTENER_IDX, gen: i as u32 }))?;
+            epoll.add_listener(
+                l,
+                token(ConnKey {
+                    idx: LISTENER_IDX,
+                    gen: i as u32,
+                }),
+            )?;
         }
-        let peers = senders.nr_consumers().max(1);
+        let id = core.id();
+        epoll.add_listener(
+            mesh.doorbells[id as usize].efd,
+            token(ConnKey {
+                idx: DOORBELL_IDX,
+                gen: 0,
+            }),
+        )?;
+        let peers = mesh.to.len().max(1);
         Ok(Rc::new(ShardIo {
             id: core.id(),
             core: RefCell::new(core),
@@ -126,12 +183,9 @@ impl ShardIo {
             listeners_paused: Cell::new(false),
             flags: RefCell::new(Vec::new()),
             ready: RefCell::new(VecDeque::new()),
-            inbox: RefCell::new(VecDeque::new()),
-            inbox_space: Notify::default(),
-            wake: Notify::default(),
-            senders,
+            mesh,
             overflow: RefCell::new((0..peers).map(|_| VecDeque::new()).collect()),
-            pumping: RefCell::new(vec![false; peers]),
+            pushed: RefCell::new(vec![false; peers]),
             shutdown,
             max_conns,
             rejected: Cell::new(0),
@@ -169,6 +223,10 @@ impl ShardIo {
 
     fn on_event(&self, ev: &libc::epoll_event) {
         let key = key_of(ev.u64);
+        if key.idx == DOORBELL_IDX {
+            self.mesh.doorbells[self.id as usize].drain();
+            return;
+        }
         if key.idx == LISTENER_IDX {
             self.accept(key.gen as usize);
             return;
@@ -190,7 +248,11 @@ impl ShardIo {
                     if self.core.borrow().connection_count() >= self.max_conns {
                         netpoll::close(fd);
                         self.rejected.set(self.rejected.get() + 1);
-                        tracing::warn!(shard = self.id, limit = self.max_conns, "max_connections reached; connection refused");
+                        tracing::warn!(
+                            shard = self.id,
+                            limit = self.max_conns,
+                            "max_connections reached; connection refused"
+                        );
                         continue;
                     }
                     let key = self.core.borrow_mut().accept(fd as u64);
@@ -213,7 +275,13 @@ impl ShardIo {
     fn resume_listeners(&self) {
         if self.listeners_paused.replace(false) {
             for (i, &l) in self.listeners.iter().enumerate() {
-                let _ = self.epoll.add_listener(l, token(ConnKey { idx: LISTENER_IDX, gen: i as u32 }));
+                let _ = self.epoll.add_listener(
+                    l,
+                    token(ConnKey {
+                        idx: LISTENER_IDX,
+                        gen: i as u32,
+                    }),
+                );
             }
         }
     }
@@ -225,7 +293,9 @@ impl ShardIo {
         // line for the next round, after this round's writes and mesh messages are out.
         let n = self.ready.borrow().len().min(CONNS_PER_ROUND);
         for _ in 0..n {
-            let Some(key) = self.ready.borrow_mut().pop_front() else { break };
+            let Some(key) = self.ready.borrow_mut().pop_front() else {
+                break;
+            };
             self.set_flags(key, |f| *f &= !F_IN_READY);
             did |= self.read_conn(key, scratch);
         }
@@ -234,7 +304,9 @@ impl ShardIo {
 
     fn read_conn(&self, key: ConnKey, scratch: &mut BytesMut) -> bool {
         let mut core = self.core.borrow_mut();
-        let Some(fd) = core.conn_io(key).map(|io| io as RawFd) else { return false };
+        let Some(fd) = core.conn_io(key).map(|io| io as RawFd) else {
+            return false;
+        };
         let mut did = false;
         for _ in 0..READS_PER_CONN {
             if !core.can_read(key) {
@@ -278,7 +350,9 @@ impl ShardIo {
 
     fn write_conn(&self, key: ConnKey) {
         let mut core = self.core.borrow_mut();
-        let Some(fd) = core.conn_io(key).map(|io| io as RawFd) else { return };
+        let Some(fd) = core.conn_io(key).map(|io| io as RawFd) else {
+            return;
+        };
         loop {
             let Some(out) = core.out_buf(key) else { return };
             if out.is_empty() {
@@ -357,55 +431,99 @@ impl ShardIo {
         }
     }
 
-    fn drain_inbox(&self) -> bool {
+    /// Take what the other shards sent us (a bounded batch per peer per round).
+    fn drain_mesh(&self) -> bool {
         let mut did = false;
-        loop {
-            let Some((from, msg)) = self.inbox.borrow_mut().pop_front() else { break };
-            did = true;
-            match msg {
-                MeshMsg::Adopt(a) => {
-                    let fd = a.io as RawFd;
-                    let (key, _outcome) = self.core.borrow_mut().adopt(*a);
-                    self.register(fd, key);
+        for (from, rx) in self.mesh.from.iter().enumerate() {
+            let Some(rx) = rx else { continue };
+            for _ in 0..MESH_PER_ROUND {
+                let Ok(msg) = rx.try_recv() else { break };
+                did = true;
+                match msg {
+                    MeshMsg::Adopt(a) => {
+                        let fd = a.io as RawFd;
+                        let (key, _outcome) = self.core.borrow_mut().adopt(*a);
+                        self.register(fd, key);
+                    }
+                    other => self.core.borrow_mut().on_mesh(from as u16, other),
                 }
-                other => self.core.borrow_mut().on_mesh(from, other),
             }
-        }
-        if did {
-            self.inbox_space.notify();
         }
         did
     }
 
-    fn send_mesh(self: &Rc<Self>, out: &mut Vec<(u16, MeshMsg)>) {
+    fn mesh_pending(&self) -> bool {
+        self.mesh.from.iter().flatten().any(|rx| !rx.is_empty())
+    }
+
+    /// Hand messages to their peers' channels, in order; a full channel keeps the rest in `overflow`.
+    fn send_mesh(&self, out: &mut Vec<(u16, MeshMsg)>) {
+        self.retry_overflow();
+        let mut overflow = self.overflow.borrow_mut();
+        let mut pushed = self.pushed.borrow_mut();
         for (peer, msg) in out.drain(..) {
             let p = peer as usize;
-            let msg = if self.overflow.borrow()[p].is_empty() {
-                match self.senders.try_send_to(p, msg) {
-                    Ok(()) => continue,
-                    Err(GlommioError::WouldBlock(glommio::ResourceType::Channel(m))) => m,
-                    Err(e) => {
-                        tracing::error!(shard = self.id, peer, error = %e, "mesh channel closed; message lost");
-                        continue;
-                    }
+            let Some(tx) = &self.mesh.to[p] else { continue };
+            if !overflow[p].is_empty() {
+                overflow[p].push_back(msg);
+                continue;
+            }
+            match tx.try_send(msg) {
+                Ok(()) => pushed[p] = true,
+                Err(TrySendError::Full(m)) => overflow[p].push_back(m),
+                Err(TrySendError::Disconnected(_)) => {
+                    tracing::error!(shard = self.id, peer, "mesh channel closed; message lost");
                 }
-            } else {
-                msg
-            };
-            self.overflow.borrow_mut()[p].push_back(msg);
-            if !self.pumping.borrow()[p] {
-                self.pumping.borrow_mut()[p] = true;
-                glommio::spawn_local(pump_overflow(self.clone(), p)).detach();
             }
         }
     }
 
+    fn retry_overflow(&self) {
+        let mut overflow = self.overflow.borrow_mut();
+        let mut pushed = self.pushed.borrow_mut();
+        for (p, q) in overflow.iter_mut().enumerate() {
+            let Some(tx) = &self.mesh.to[p] else { continue };
+            while let Some(m) = q.pop_front() {
+                match tx.try_send(m) {
+                    Ok(()) => pushed[p] = true,
+                    Err(TrySendError::Full(m)) => {
+                        q.push_front(m);
+                        break;
+                    }
+                    Err(TrySendError::Disconnected(_)) => q.clear(),
+                }
+            }
+        }
+    }
+
+    /// Wake the peers we sent to this round, if they sleep.
+    fn ring_peers(&self) {
+        let mut pushed = self.pushed.borrow_mut();
+        for (p, flag) in pushed.iter_mut().enumerate() {
+            if std::mem::take(flag) {
+                self.mesh.doorbells[p].ring_if_sleeping();
+            }
+        }
+    }
+
+    fn overflow_pending(&self) -> bool {
+        self.overflow.borrow().iter().any(|q| !q.is_empty())
+    }
+
     fn mesh_congested(&self) -> bool {
-        self.overflow.borrow().iter().any(|q| q.len() >= OVERFLOW_PAUSE)
+        self.overflow
+            .borrow()
+            .iter()
+            .any(|q| q.len() >= OVERFLOW_PAUSE)
     }
 
     /// Everything the core left behind after a batch of events.
-    fn after_work(self: &Rc<Self>, keys: &mut Vec<ConnKey>, mesh: &mut Vec<(u16, MeshMsg)>, scratch: &mut BytesMut) {
+    fn after_work(
+        &self,
+        keys: &mut Vec<ConnKey>,
+        mesh: &mut Vec<(u16, MeshMsg)>,
+        scratch: &mut BytesMut,
+    ) {
         self.resume_paused(keys, scratch);
         self.core.borrow_mut().take_mesh(mesh);
         self.send_mesh(mesh);
@@ -415,6 +533,7 @@ impl ShardIo {
         self.core.borrow_mut().take_mesh(mesh);
         self.send_mesh(mesh);
         self.flush(keys);
+        self.ring_peers();
     }
 
     /// Shutdown: stop listening. Connection sockets close with the process.
@@ -423,32 +542,6 @@ impl ShardIo {
             let _ = self.epoll.remove(l);
             netpoll::close(l);
         }
-    }
-}
-
-async fn pump_overflow(io: Rc<ShardIo>, peer: usize) {
-    loop {
-        let next = io.overflow.borrow_mut()[peer].pop_front();
-        let Some(msg) = next else { break };
-        if let Err(e) = io.senders.send_to(peer, msg).await {
-            tracing::error!(shard = io.id, peer, error = %e, "mesh channel closed; message lost");
-        }
-        if io.overflow.borrow()[peer].len() == OVERFLOW_PAUSE - 1 {
-            io.wake.notify();
-        }
-    }
-    io.pumping.borrow_mut()[peer] = false;
-    io.wake.notify();
-}
-
-/// Moves messages from one peer's channel into the shard's bounded inbox.
-pub async fn inbox_task(io: Rc<ShardIo>, peer: usize, rx: ConnectedReceiver<MeshMsg>) {
-    while let Some(msg) = rx.recv().await {
-        while io.inbox.borrow().len() >= INBOX_CAP {
-            io.inbox_space.wait().await;
-        }
-        io.inbox.borrow_mut().push_back((peer as u16, msg));
-        io.wake.notify();
     }
 }
 
@@ -473,7 +566,7 @@ pub async fn main_loop(io: Rc<ShardIo>) {
         for ev in events.iter() {
             io.on_event(ev);
         }
-        progress |= io.drain_inbox();
+        progress |= io.drain_mesh();
         let congested = io.mesh_congested();
         if !congested {
             progress |= io.process_ready(&mut scratch);
@@ -489,31 +582,43 @@ pub async fn main_loop(io: Rc<ShardIo>) {
             io.after_work(&mut keys, &mut mesh, &mut scratch);
         }
 
-        let more = !io.inbox.borrow().is_empty() || (!congested && !io.ready.borrow().is_empty());
+        let more = io.mesh_pending() || (!congested && !io.ready.borrow().is_empty());
         if progress || more {
-            // Let the mesh inbox tasks and overflow pumps run between rounds.
+            // Let other glommio tasks (none on the hot path today) run between rounds.
             futures_lite::future::yield_now().await;
+            continue;
+        }
+        // About to sleep: tell peers to ring us, then look once more (see `Doorbell::ring_if_sleeping`).
+        let bell = &io.mesh.doorbells[io.id as usize];
+        bell.sleeping.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        if io.mesh_pending() {
+            bell.sleeping.store(false, Ordering::SeqCst);
             continue;
         }
         // Nothing to do: sleep until sockets, peers or the clock need us.
         if blocking.is_none() {
             let epfd = io.epoll.raw();
-            blocking = Some(Box::pin(glommio::executor().spawn_blocking(move || netpoll::wait_readable(epfd, 1000))));
+            blocking = Some(Box::pin(
+                glommio::executor().spawn_blocking(move || netpoll::wait_readable(epfd, 1000)),
+            ));
         }
-        let until_tick = Duration::from_secs(sec as u64 + 1).saturating_sub(elapsed) + Duration::from_millis(1);
+        let mut until_tick =
+            Duration::from_secs(sec as u64 + 1).saturating_sub(elapsed) + Duration::from_millis(1);
+        if io.overflow_pending() {
+            // A peer's channel was full: retry soon rather than wait for our own sockets.
+            until_tick = until_tick.min(Duration::from_millis(1));
+        }
         let sockets = async {
             blocking.as_mut().expect("blocking wait armed").await;
             true
-        };
-        let woken = async {
-            io.wake.wait().await;
-            false
         };
         let timer = async {
             Timer::new(until_tick).await;
             false
         };
-        let sockets_ready = futures_lite::future::or(sockets, futures_lite::future::or(woken, timer)).await;
+        let sockets_ready = futures_lite::future::or(sockets, timer).await;
+        bell.sleeping.store(false, Ordering::SeqCst);
         if sockets_ready {
             blocking = None;
         }

@@ -8,7 +8,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use coremq::codec::{self, Connect, Decoder, Packet, ProtocolVersion, Publish, QoS, Subscribe, SubscribeFilter, SubscriptionOptions};
+use coremq::codec::{
+    self, Connect, Decoder, Packet, ProtocolVersion, Publish, QoS, Subscribe, SubscribeFilter,
+    SubscriptionOptions,
+};
 
 pub struct Broker {
     pub child: Child,
@@ -19,7 +22,14 @@ impl Broker {
     /// Start the broker with 2 shards (so cross-shard paths run) plus `extra` arguments.
     pub fn start(extra: &[&str]) -> Broker {
         let level = std::env::var("COREMQ_TEST_LOG").unwrap_or_else(|_| "warn".into());
-        let mut args = vec!["--listen", "127.0.0.1:0", "--shards", "2", "--log-level", &level];
+        let mut args = vec![
+            "--listen",
+            "127.0.0.1:0",
+            "--shards",
+            "2",
+            "--log-level",
+            &level,
+        ];
         args.extend_from_slice(extra);
         Self::start_args(&args)
     }
@@ -33,7 +43,10 @@ impl Broker {
             .expect("start coremq");
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
-        let line = lines.next().expect("coremq printed nothing").expect("read stdout");
+        let line = lines
+            .next()
+            .expect("coremq printed nothing")
+            .expect("read stdout");
         let addr = line
             .strip_prefix("coremq listening on ")
             .and_then(|r| r.split_whitespace().next())
@@ -102,11 +115,23 @@ impl Raw {
     pub fn connect_tcp(addr: SocketAddr, version: ProtocolVersion) -> Raw {
         let stream = TcpStream::connect(addr).expect("tcp connect");
         stream.set_nodelay(true).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        Raw { stream, version, decoder: Decoder::new_client(version, 1 << 24), buf: BytesMut::new() }
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        Raw {
+            stream,
+            version,
+            decoder: Decoder::new_client(version, 1 << 24),
+            buf: BytesMut::new(),
+        }
     }
 
-    pub fn connect_packet(client_id: &str, clean: bool, keep_alive: u16, version: ProtocolVersion) -> Connect {
+    pub fn connect_packet(
+        client_id: &str,
+        clean: bool,
+        keep_alive: u16,
+        version: ProtocolVersion,
+    ) -> Connect {
         Connect {
             protocol: version,
             clean_start: clean,
@@ -151,7 +176,14 @@ impl Raw {
             match self.stream.read(&mut chunk) {
                 Ok(0) => return None,
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => return None,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return None
+                }
                 Err(_) => return None,
             }
         }
@@ -170,7 +202,11 @@ impl Raw {
             match self.stream.read(&mut chunk) {
                 Ok(0) => return true,
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
                 Err(_) => return true,
             }
         }
@@ -180,7 +216,13 @@ impl Raw {
     pub fn subscribe(&mut self, packet_id: u16, filter: &str, qos: QoS) -> Vec<codec::ReasonCode> {
         self.send(&Packet::Subscribe(Subscribe {
             packet_id,
-            filters: vec![SubscribeFilter { filter: filter.into(), options: SubscriptionOptions { qos, ..Default::default() } }],
+            filters: vec![SubscribeFilter {
+                filter: filter.into(),
+                options: SubscriptionOptions {
+                    qos,
+                    ..Default::default()
+                },
+            }],
             properties: None,
         }));
         loop {
@@ -195,7 +237,15 @@ impl Raw {
         }
     }
 
-    pub fn publish(&mut self, topic: &str, qos: QoS, packet_id: u16, payload: &[u8], retain: bool, dup: bool) {
+    pub fn publish(
+        &mut self,
+        topic: &str,
+        qos: QoS,
+        packet_id: u16,
+        payload: &[u8],
+        retain: bool,
+        dup: bool,
+    ) {
         self.send(&Packet::Publish(Publish {
             dup,
             qos,
@@ -217,5 +267,8 @@ pub fn publish(p: Option<Packet>) -> Publish {
 
 /// A client id that the broker places on the given shard (of `shards`), to steer cross-shard tests.
 pub fn id_on_shard(prefix: &str, shard: u16, shards: u16) -> String {
-    (0..).map(|i| format!("{prefix}-{i}")).find(|id| coremq::broker::shard::owner_shard(id, shards) == shard).unwrap()
+    (0..)
+        .map(|i| format!("{prefix}-{i}"))
+        .find(|id| coremq::broker::shard::owner_shard(id, shards) == shard)
+        .unwrap()
 }

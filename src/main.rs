@@ -1,6 +1,114 @@
+//! `coremq`: with no arguments, listens on 127.0.0.1:1883 with the embedded default config.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use clap::Parser;
 use mimalloc::MiMalloc;
+
+use coremq::config::Config;
+
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
-fn main() {
-    eprintln!("coremq: broker not built yet");
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "coremq",
+    version,
+    about = "Thread-per-core MQTT broker (3.1, 3.1.1, 5.0) on io_uring"
+)]
+struct Cli {
+    /// TOML config file; keys not in it keep their embedded defaults (see `--print-default-config`).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to listen on (repeatable), e.g. 0.0.0.0:1883. Replaces the config's `listen`.
+    #[arg(long, value_name = "ADDR")]
+    listen: Vec<SocketAddr>,
+    /// Number of shards (pinned executors); 0 = one per CPU this process may run on.
+    #[arg(long)]
+    shards: Option<usize>,
+    /// Upper bound on v5 clients' keep-alive (seconds).
+    #[arg(long, value_name = "SECS")]
+    max_keepalive: Option<u16>,
+    /// Soft bound on messages held per session.
+    #[arg(long, value_name = "N")]
+    max_queued_messages: Option<usize>,
+    /// Log filter, e.g. info, debug, coremq=debug.
+    #[arg(long)]
+    log_level: Option<String>,
+    /// Print the embedded default config (every key, documented) and exit.
+    #[arg(long)]
+    print_default_config: bool,
+}
+
+fn load(cli: &Cli) -> Result<Config, String> {
+    let mut cfg = match &cli.config {
+        Some(path) => Config::from_file(path).map_err(|e| e.to_string())?,
+        None => Config::default_config(),
+    };
+    if !cli.listen.is_empty() {
+        cfg.listen = cli.listen.clone();
+    }
+    if let Some(n) = cli.shards {
+        cfg.shards = n;
+    }
+    if let Some(n) = cli.max_keepalive {
+        cfg.max_keepalive = n;
+    }
+    if let Some(n) = cli.max_queued_messages {
+        cfg.max_queued_messages = n;
+    }
+    if let Some(l) = &cli.log_level {
+        cfg.log_level = l.clone();
+    }
+    cfg.validate().map_err(|e| e.to_string())?;
+    Ok(cfg)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if cli.print_default_config {
+        print!("{}", coremq::config::DEFAULT_CONFIG);
+        return ExitCode::SUCCESS;
+    }
+    let cfg = match load(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("coremq: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&cfg.log_level))
+        .with_writer(std::io::stderr)
+        .init();
+
+    let shutdown = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        if let Err(e) = signal_hook::flag::register(sig, shutdown.clone()) {
+            eprintln!("coremq: cannot install signal handler: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let result = coremq::server::run(cfg, shutdown, |addrs, shards| {
+        for a in addrs {
+            // Tests and scripts read this line to learn the port when listening on port 0.
+            println!("coremq listening on {a} ({shards} shards)");
+        }
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+    });
+    match result {
+        Ok(()) => {
+            tracing::info!("shut down");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("coremq: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

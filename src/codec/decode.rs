@@ -602,3 +602,14 @@ impl Decoder {
         Ok(packet)
     }
 }
+
+impl Decoder {
+    /// Server side for a connection whose CONNECT was decoded elsewhere (handed over from another shard).
+    pub fn server_connected(version: ProtocolVersion, max_packet_size: u32) -> Decoder {
+        Decoder {
+            role: Role::Server,
+            version: Some(version),
+            max_packet_size,
+        }
+    }
+}

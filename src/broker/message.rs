@@ -1,0 +1,35 @@
+//! The routed message: what a PUBLISH becomes once the broker owns it.
+
+use bytes::Bytes;
+use bytestring::ByteString;
+
+use crate::codec::{Props, QoS};
+
+/// Where a message came from, so backpressure can pause the right publisher and v5 `no_local` can skip it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Origin {
+    pub shard: u16,
+    pub conn: ConnKey,
+}
+
+/// A connection slot on a shard plus a generation, so a stale key never reaches a reused slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct ConnKey {
+    pub idx: u32,
+    pub gen: u32,
+}
+
+/// A message as routed between sessions and shards. Topic and payload are exact-size copies (not slices of a
+/// socket read buffer) so a queued message never pins a large read chunk.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub topic: ByteString,
+    pub payload: Bytes,
+    pub qos: QoS,
+    /// The RETAIN flag as published (v5 `retain_as_published` forwards it).
+    pub retain: bool,
+    /// v5 PUBLISH properties to forward (topic alias and subscription identifiers already stripped).
+    pub properties: Props,
+    /// `None` for wills and messages restored from storage.
+    pub origin: Option<Origin>,
+}

@@ -1,0 +1,6 @@
+//! Sans-io broker logic: sessions, subscriptions, routing, retained messages, keep-alive. No sockets, no runtime.
+pub mod keepalive;
+pub mod message;
+pub mod session;
+pub mod shard;
+pub mod trie;

@@ -1,0 +1,257 @@
+//! One client's session: what survives a disconnect when the session is persistent.
+//!
+//! Pure state: the shard decides when to call these methods and turns their results into packets. Outbound
+//! messages wait in `queue` (bounded by the shard's policy) and move to `inflight` when sent with QoS > 0, where
+//! they stay until acknowledged; on reconnect, `inflight` is replayed first (PUBLISH with DUP, or PUBREL).
+
+use std::collections::VecDeque;
+use std::rc::Rc;
+
+use bytestring::ByteString;
+
+use crate::broker::message::{ConnKey, Message, Origin};
+use crate::codec::{ProtocolVersion, QoS, SubscriptionOptions, Will};
+
+/// A message waiting to be sent to this session.
+#[derive(Debug, Clone)]
+pub struct Queued {
+    pub msg: Rc<Message>,
+    /// min(published QoS, granted QoS).
+    pub qos: QoS,
+    /// RETAIN flag to send (true for retained-on-subscribe, or v5 retain-as-published).
+    pub retain: bool,
+    /// v5 subscription identifiers of the matching subscriptions.
+    pub sub_ids: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InflightState {
+    /// QoS 1 PUBLISH sent, waiting for PUBACK.
+    AwaitPubAck,
+    /// QoS 2 PUBLISH sent, waiting for PUBREC.
+    AwaitPubRec,
+    /// PUBREL sent, waiting for PUBCOMP.
+    AwaitPubComp,
+}
+
+#[derive(Debug, Clone)]
+pub struct Inflight {
+    pub packet_id: u16,
+    pub state: InflightState,
+    pub q: Queued,
+}
+
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    pub filter: ByteString,
+    pub options: SubscriptionOptions,
+    pub sub_id: Option<u32>,
+}
+
+#[derive(Debug)]
+pub struct Session {
+    pub client_id: ByteString,
+    pub protocol: ProtocolVersion,
+    /// Seconds the session outlives its connection: `Some(0)` ends it at disconnect (clean session), `None` never
+    /// expires (3.1.1 persistent session, or v5 0xFFFFFFFF).
+    pub expiry: Option<u32>,
+    pub conn: Option<ConnKey>,
+    /// Second (shard clock) the session went offline, for expiry.
+    pub offline_since: u32,
+    pub subs: Vec<Subscription>,
+    pub queue: VecDeque<Queued>,
+    pub inflight: VecDeque<Inflight>,
+    /// Effective send window: min(server max in-flight, client's v5 receive maximum).
+    pub window: u16,
+    next_packet_id: u16,
+    /// Inbound QoS 2 packet ids whose PUBLISH was routed and whose PUBREL has not arrived: a retransmitted
+    /// PUBLISH with one of these ids is acknowledged again but not routed again (exactly once).
+    pub inbound_qos2: Vec<u16>,
+    pub will: Option<Box<Will>>,
+    /// Publishers paused because this session's queue is over its soft limit; resumed when it drains.
+    pub waiters: Vec<Origin>,
+    /// v5 maximum packet size the client accepts (0 = protocol maximum).
+    pub client_max_packet: u32,
+    pub dropped: u64,
+}
+
+impl Session {
+    pub fn new(client_id: ByteString, protocol: ProtocolVersion, expiry: Option<u32>) -> Self {
+        Session {
+            client_id,
+            protocol,
+            expiry,
+            conn: None,
+            offline_since: 0,
+            subs: Vec::new(),
+            queue: VecDeque::new(),
+            inflight: VecDeque::new(),
+            window: 0,
+            next_packet_id: 1,
+            inbound_qos2: Vec::new(),
+            will: None,
+            waiters: Vec::new(),
+            client_max_packet: 0,
+            dropped: 0,
+        }
+    }
+
+    pub fn is_clean(&self) -> bool {
+        self.expiry == Some(0)
+    }
+
+    /// Messages held for this session: waiting plus unacknowledged.
+    pub fn backlog(&self) -> usize {
+        self.queue.len() + self.inflight.len()
+    }
+
+    /// A packet id not used by any in-flight message. The window is far below 65,535, so this terminates fast.
+    pub fn alloc_packet_id(&mut self) -> u16 {
+        loop {
+            let id = self.next_packet_id;
+            self.next_packet_id = if id == u16::MAX { 1 } else { id + 1 };
+            if !self.inflight.iter().any(|f| f.packet_id == id) {
+                return id;
+            }
+        }
+    }
+
+    /// Space in the in-flight window.
+    pub fn window_open(&self) -> bool {
+        self.inflight.len() < self.window.max(1) as usize
+    }
+
+    fn find_inflight(&self, packet_id: u16) -> Option<usize> {
+        self.inflight.iter().position(|f| f.packet_id == packet_id)
+    }
+
+    /// PUBACK from the client: completes a QoS 1 delivery. Returns whether the id was known.
+    pub fn on_puback(&mut self, packet_id: u16) -> bool {
+        match self.find_inflight(packet_id) {
+            Some(i) if self.inflight[i].state == InflightState::AwaitPubAck => {
+                self.inflight.remove(i);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// PUBREC from the client: the QoS 2 message is now the client's; we answer PUBREL. Returns whether known.
+    pub fn on_pubrec(&mut self, packet_id: u16) -> bool {
+        match self.find_inflight(packet_id) {
+            Some(i) if self.inflight[i].state != InflightState::AwaitPubAck => {
+                self.inflight[i].state = InflightState::AwaitPubComp;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// PUBCOMP from the client: completes a QoS 2 delivery.
+    pub fn on_pubcomp(&mut self, packet_id: u16) -> bool {
+        match self.find_inflight(packet_id) {
+            Some(i) if self.inflight[i].state == InflightState::AwaitPubComp => {
+                self.inflight.remove(i);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Inbound QoS 2 PUBLISH: true if it is new (route it), false if it is a retransmission (do not route).
+    pub fn inbound_qos2_first(&mut self, packet_id: u16) -> bool {
+        if self.inbound_qos2.contains(&packet_id) {
+            false
+        } else {
+            self.inbound_qos2.push(packet_id);
+            true
+        }
+    }
+
+    /// Inbound PUBREL: forget the id. Returns whether it was pending.
+    pub fn inbound_qos2_release(&mut self, packet_id: u16) -> bool {
+        match self.inbound_qos2.iter().position(|&p| p == packet_id) {
+            Some(i) => {
+                self.inbound_qos2.swap_remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn find_sub(&self, filter: &str) -> Option<usize> {
+        self.subs.iter().position(|s| s.filter == filter)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn q() -> Queued {
+        Queued {
+            msg: Rc::new(Message {
+                topic: "t".into(),
+                payload: Bytes::from_static(b"x"),
+                qos: QoS::ExactlyOnce,
+                retain: false,
+                properties: None,
+                origin: None,
+            }),
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            sub_ids: vec![],
+        }
+    }
+
+    #[test]
+    fn qos2_outbound_flow_and_wrong_acks() {
+        let mut s = Session::new("c".into(), ProtocolVersion::V3_1_1, Some(0));
+        s.window = 2;
+        let id = s.alloc_packet_id();
+        s.inflight.push_back(Inflight {
+            packet_id: id,
+            state: InflightState::AwaitPubRec,
+            q: q(),
+        });
+        assert!(
+            !s.on_puback(id),
+            "PUBACK must not complete a QoS 2 delivery"
+        );
+        assert!(!s.on_pubcomp(id), "PUBCOMP before PUBREC is ignored");
+        assert!(s.on_pubrec(id));
+        assert_eq!(s.inflight[0].state, InflightState::AwaitPubComp);
+        assert!(s.on_pubcomp(id));
+        assert!(s.inflight.is_empty());
+    }
+
+    #[test]
+    fn packet_ids_skip_in_use_and_wrap() {
+        let mut s = Session::new("c".into(), ProtocolVersion::V5, None);
+        s.next_packet_id = u16::MAX;
+        s.inflight.push_back(Inflight {
+            packet_id: 1,
+            state: InflightState::AwaitPubAck,
+            q: q(),
+        });
+        assert_eq!(s.alloc_packet_id(), u16::MAX);
+        assert_eq!(s.alloc_packet_id(), 2, "0 is never used and 1 is in flight");
+    }
+
+    #[test]
+    fn inbound_qos2_is_exactly_once() {
+        let mut s = Session::new("c".into(), ProtocolVersion::V3_1_1, None);
+        assert!(s.inbound_qos2_first(7));
+        assert!(
+            !s.inbound_qos2_first(7),
+            "a retransmitted PUBLISH must not be routed twice"
+        );
+        assert!(s.inbound_qos2_release(7));
+        assert!(!s.inbound_qos2_release(7));
+        assert!(
+            s.inbound_qos2_first(7),
+            "after PUBREL the id is free for a new message"
+        );
+    }
+}

@@ -1,0 +1,1674 @@
+//! The shard core: every protocol decision of one shard, with no I/O in it.
+//!
+//! The I/O layer (`crate::server`) feeds it events (bytes read from a connection, a connection closed, a message
+//! from another shard, the clock) and carries out what it leaves behind: bytes in connection output buffers
+//! (`take_dirty` / `out_buf`), connections to close (`take_closing`), messages for other shards (`take_mesh`) and
+//! connections whose reading may resume (`take_resumed`). Tests drive it directly with bytes.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use bytes::BytesMut;
+use bytestring::ByteString;
+
+use crate::broker::keepalive::{Deadline, Secs, Wheel};
+use crate::broker::message::{ConnKey, Message, Origin};
+use crate::broker::session::{Inflight, InflightState, Queued, Session, Subscription};
+use crate::broker::trie::Trie;
+use crate::codec::topic::parse_shared;
+use crate::codec::{
+    self, ConnAck, Connect, DecodeError, Decoder, Disconnect, Packet, Properties, ProtocolVersion,
+    PubResp, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe,
+};
+
+/// What to do with a QoS 1/2 message for an online session whose queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OverflowPolicy {
+    /// Stop reading from the publishers feeding the full queue, so their acknowledgements wait (default).
+    Backpressure,
+    DropOldest,
+    DropNewest,
+}
+
+#[derive(Debug, Clone)]
+pub struct ShardConfig {
+    pub shard_id: u16,
+    pub shards: u16,
+    pub max_packet_size: u32,
+    /// Upper bound on the keep-alive a v5 client may use (announced as Server Keep Alive). 0 = no bound.
+    pub max_keepalive: u16,
+    pub connect_timeout_secs: u32,
+    /// Outbound QoS 1/2 messages in flight per session.
+    pub max_inflight: u16,
+    /// Inbound QoS 2 messages awaiting PUBREL per session (our v5 Receive Maximum).
+    pub max_inbound_qos2: u16,
+    /// Soft bound of a session's queue (waiting + in flight).
+    pub max_queued_messages: usize,
+    /// Messages that can already be on their way to a session when it asks its publishers to pause: the mesh
+    /// channel, inbox and overflow capacities plus one message per distinct local publisher. The hard bound of a
+    /// queue under backpressure is `max_queued_messages + max_in_transit`; only past it is anything dropped.
+    pub max_in_transit: usize,
+    pub overflow: OverflowPolicy,
+    /// Offline sessions cannot exert backpressure: their full queues drop (oldest or newest).
+    pub offline_overflow: OverflowPolicy,
+    /// Bytes encoded ahead into a connection's output buffer before the rest waits in the session queue.
+    pub max_out_buffer: usize,
+    pub max_subscriptions_per_session: usize,
+    pub max_sessions: usize,
+    pub max_retained_messages: usize,
+    pub max_retained_bytes: usize,
+}
+
+impl Default for ShardConfig {
+    fn default() -> Self {
+        ShardConfig {
+            shard_id: 0,
+            shards: 1,
+            max_packet_size: 1 << 20,
+            max_keepalive: 0,
+            connect_timeout_secs: 10,
+            max_inflight: 32,
+            max_inbound_qos2: 1024,
+            max_queued_messages: 1000,
+            max_in_transit: 16384,
+            overflow: OverflowPolicy::Backpressure,
+            offline_overflow: OverflowPolicy::DropNewest,
+            max_out_buffer: 64 * 1024,
+            max_subscriptions_per_session: 1024,
+            max_sessions: 1 << 20,
+            max_retained_messages: 100_000,
+            max_retained_bytes: 256 << 20,
+        }
+    }
+}
+
+/// A connection handed from the shard that accepted it to the shard that owns its client id.
+#[derive(Debug)]
+pub struct Adopt {
+    /// The I/O layer's handle (the socket fd); ownership moves with the message.
+    pub io: u64,
+    pub connect: Box<Connect>,
+    /// Bytes read after the CONNECT, in order.
+    pub leftover: BytesMut,
+    /// A client id we generated (empty id with clean start); reported to v5 clients.
+    pub assigned_id: bool,
+}
+
+/// Messages between shards (over the SPSC channel mesh).
+#[derive(Debug)]
+pub enum MeshMsg {
+    /// Deliver to matching local sessions; never forwarded further.
+    Publish(Box<Message>),
+    /// Replicate a retained message (an empty payload clears the topic).
+    Retain(Box<Message>),
+    /// The sender has its first local subscriber for these filters; answer `InterestAck { token }`.
+    InterestAdd {
+        filters: Vec<ByteString>,
+        token: u64,
+    },
+    /// The sender's last local subscriber for these filters is gone.
+    InterestRemove {
+        filters: Vec<ByteString>,
+    },
+    InterestAck {
+        token: u64,
+    },
+    Adopt(Box<Adopt>),
+    /// Stop / resume reading a publisher connection of the receiving shard (backpressure).
+    Pause(ConnKey),
+    Resume(ConnKey),
+}
+
+/// What happened to a connection after its bytes were processed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadOutcome {
+    /// All bytes consumed; keep reading.
+    Continue,
+    /// Reading is paused (backpressure); unprocessed bytes are kept in the connection.
+    Paused,
+    /// The connection is closing: flush its output, close it, then `release` it.
+    Close,
+    /// The connection moved to another shard (an `Adopt` is in the mesh outbox): stop polling the socket but do
+    /// not close it.
+    HandedOff,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub connections_accepted: u64,
+    pub connections_closed: u64,
+    pub handoffs_out: u64,
+    pub handoffs_in: u64,
+    pub malformed: u64,
+    pub protocol_errors: u64,
+    pub keepalive_timeouts: u64,
+    pub takeovers: u64,
+    pub publishes_in: u64,
+    pub publishes_out: u64,
+    pub dropped_qos0: u64,
+    pub dropped_qos12: u64,
+    pub dropped_offline: u64,
+    pub dropped_too_large: u64,
+    pub retained_rejected: u64,
+    pub wills_published: u64,
+    pub pauses: u64,
+}
+
+impl Stats {
+    fn drops(&self) -> u64 {
+        self.dropped_qos0
+            + self.dropped_qos12
+            + self.dropped_offline
+            + self.dropped_too_large
+            + self.retained_rejected
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Subscriber {
+    session: u32,
+    options: codec::SubscriptionOptions,
+    sub_id: Option<u32>,
+}
+
+const NO_SESSION: u32 = u32::MAX;
+
+#[derive(Debug)]
+struct Conn {
+    io: u64,
+    session: u32,
+    decoder: Decoder,
+    /// Bytes of an incomplete frame (or unprocessed while paused). Empty, and unallocated, while idle.
+    partial: BytesMut,
+    /// Encoded packets not yet written. Released by the I/O layer once flushed.
+    out: BytesMut,
+    keep_alive: u16,
+    /// Shard second of the last byte received (or of the accept, before CONNECT).
+    last_seen: Secs,
+    /// Number of full queues this publisher is feeding; reading stops while > 0.
+    pause_count: u16,
+    dirty: bool,
+    closing: bool,
+}
+
+#[derive(Debug)]
+struct Slot<T> {
+    gen: u32,
+    item: Option<T>,
+}
+
+/// A slab whose keys carry a generation, so stale keys (from a queue, another shard or the wheel) miss.
+#[derive(Debug)]
+struct Slab<T> {
+    slots: Vec<Slot<T>>,
+    free: Vec<u32>,
+    len: usize,
+}
+
+impl<T> Slab<T> {
+    fn new() -> Self {
+        Slab {
+            slots: Vec::new(),
+            free: Vec::new(),
+            len: 0,
+        }
+    }
+    fn insert(&mut self, item: T) -> ConnKey {
+        self.len += 1;
+        match self.free.pop() {
+            Some(idx) => {
+                let slot = &mut self.slots[idx as usize];
+                slot.gen = slot.gen.wrapping_add(1);
+                slot.item = Some(item);
+                ConnKey { idx, gen: slot.gen }
+            }
+            None => {
+                self.slots.push(Slot {
+                    gen: 0,
+                    item: Some(item),
+                });
+                ConnKey {
+                    idx: (self.slots.len() - 1) as u32,
+                    gen: 0,
+                }
+            }
+        }
+    }
+    fn get(&self, k: ConnKey) -> Option<&T> {
+        self.slots
+            .get(k.idx as usize)
+            .filter(|s| s.gen == k.gen)
+            .and_then(|s| s.item.as_ref())
+    }
+    fn get_mut(&mut self, k: ConnKey) -> Option<&mut T> {
+        self.slots
+            .get_mut(k.idx as usize)
+            .filter(|s| s.gen == k.gen)
+            .and_then(|s| s.item.as_mut())
+    }
+    fn remove(&mut self, k: ConnKey) -> Option<T> {
+        let slot = self
+            .slots
+            .get_mut(k.idx as usize)
+            .filter(|s| s.gen == k.gen)?;
+        let item = slot.item.take()?;
+        self.free.push(k.idx);
+        self.len -= 1;
+        Some(item)
+    }
+}
+
+struct PendingSubAck {
+    conn: ConnKey,
+    session: u32,
+    remaining: u16,
+    packet_id: u16,
+    reasons: Vec<ReasonCode>,
+    /// Filters (with options) whose retained messages go out after the SUBACK.
+    retained: Vec<(ByteString, codec::SubscriptionOptions, Option<u32>)>,
+}
+
+/// Stable 64-bit FNV-1a: the owner shard of a client id must not change between runs (persistent sessions).
+pub fn client_hash(client_id: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in client_id.as_bytes() {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+pub fn owner_shard(client_id: &str, shards: u16) -> u16 {
+    (client_hash(client_id) % shards.max(1) as u64) as u16
+}
+
+pub struct Shard {
+    cfg: ShardConfig,
+    conns: Slab<Conn>,
+    sessions: Vec<Option<Session>>,
+    free_sessions: Vec<u32>,
+    by_client: HashMap<ByteString, u32>,
+    subs: Trie<Vec<Subscriber>>,
+    /// Cross-shard interest summary: filter -> bitmask of peer shards with a local subscriber for it.
+    interest: Trie<u64>,
+    retained: Trie<Rc<Message>>,
+    retained_bytes: usize,
+    wheel: Wheel,
+    now: Secs,
+    pending_subacks: HashMap<u64, PendingSubAck>,
+    next_token: u64,
+    next_generated_id: u64,
+    last_drop_log: u64,
+    // Outputs for the I/O layer.
+    dirty: Vec<ConnKey>,
+    closing: Vec<ConnKey>,
+    mesh_out: Vec<(u16, MeshMsg)>,
+    resumed: Vec<ConnKey>,
+    // Reused scratch for matching.
+    hits: Vec<Subscriber>,
+    pub stats: Stats,
+}
+
+impl Shard {
+    pub fn new(cfg: ShardConfig) -> Self {
+        Shard {
+            wheel: Wheel::new(4096),
+            cfg,
+            conns: Slab::new(),
+            sessions: Vec::new(),
+            free_sessions: Vec::new(),
+            by_client: HashMap::new(),
+            subs: Trie::new(),
+            interest: Trie::new(),
+            retained: Trie::new(),
+            retained_bytes: 0,
+            now: 0,
+            pending_subacks: HashMap::new(),
+            next_token: 1,
+            next_generated_id: 0,
+            last_drop_log: 0,
+            dirty: Vec::new(),
+            closing: Vec::new(),
+            mesh_out: Vec::new(),
+            resumed: Vec::new(),
+            hits: Vec::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn id(&self) -> u16 {
+        self.cfg.shard_id
+    }
+
+    pub fn config(&self) -> &ShardConfig {
+        &self.cfg
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.conns.len
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.by_client.len()
+    }
+
+    // ----- events from the I/O layer -------------------------------------------------------------------------
+
+    /// A new socket. It must send CONNECT within the connect timeout.
+    pub fn accept(&mut self, io: u64) -> ConnKey {
+        self.stats.connections_accepted += 1;
+        let key = self.conns.insert(Conn {
+            io,
+            session: NO_SESSION,
+            decoder: Decoder::new_server(self.cfg.max_packet_size),
+            partial: BytesMut::new(),
+            out: BytesMut::new(),
+            keep_alive: 0,
+            last_seen: self.now,
+            pause_count: 0,
+            dirty: false,
+            closing: false,
+        });
+        self.wheel
+            .insert(key, self.now + self.cfg.connect_timeout_secs, self.now);
+        key
+    }
+
+    /// A connection handed over by the shard that accepted it.
+    pub fn adopt(&mut self, a: Adopt) -> (ConnKey, ReadOutcome) {
+        self.stats.handoffs_in += 1;
+        let Adopt {
+            io,
+            connect,
+            mut leftover,
+            assigned_id,
+        } = a;
+        let key = self.accept(io);
+        self.stats.connections_accepted -= 1; // counted by the accepting shard
+        if let Some(c) = self.conns.get_mut(key) {
+            c.decoder = Decoder::server_connected(connect.protocol, self.cfg.max_packet_size);
+        }
+        match self.establish(key, *connect, assigned_id) {
+            ReadOutcome::Continue if !leftover.is_empty() => {
+                let out = self.on_bytes(key, &mut leftover);
+                (key, out)
+            }
+            other => (key, other),
+        }
+    }
+
+    pub fn conn_io(&self, key: ConnKey) -> Option<u64> {
+        self.conns.get(key).map(|c| c.io)
+    }
+
+    /// Whether the I/O layer may read from this connection now.
+    pub fn can_read(&self, key: ConnKey) -> bool {
+        self.conns
+            .get(key)
+            .is_some_and(|c| c.pause_count == 0 && !c.closing)
+    }
+
+    /// Whether the connection holds unprocessed bytes (to resume after a pause).
+    pub fn has_partial(&self, key: ConnKey) -> bool {
+        self.conns.get(key).is_some_and(|c| !c.partial.is_empty())
+    }
+
+    /// Bytes read from a connection. `data` is the I/O layer's scratch buffer: it is left empty (the tail of an
+    /// incomplete frame is copied into the connection).
+    pub fn on_bytes(&mut self, key: ConnKey, data: &mut BytesMut) -> ReadOutcome {
+        let now = self.now;
+        let Some(conn) = self.conns.get_mut(key) else {
+            data.clear();
+            return ReadOutcome::Close;
+        };
+        if conn.closing {
+            data.clear();
+            return ReadOutcome::Close;
+        }
+        if !data.is_empty() {
+            conn.last_seen = now;
+        }
+        // Work from the connection's own buffer when it holds a partial frame, else from the scratch buffer.
+        let mut buf = if conn.partial.is_empty() {
+            std::mem::take(data)
+        } else {
+            let mut p = std::mem::take(&mut conn.partial);
+            p.extend_from_slice(data);
+            data.clear();
+            p
+        };
+        let outcome = self.process(key, &mut buf);
+        match outcome {
+            ReadOutcome::Continue | ReadOutcome::Paused => {
+                if let Some(conn) = self.conns.get_mut(key) {
+                    if !buf.is_empty() {
+                        // Keep only the unprocessed tail, in an allocation of its own.
+                        conn.partial = BytesMut::from(&buf[..]);
+                    }
+                }
+            }
+            _ => {}
+        }
+        buf.clear();
+        if data.capacity() == 0 {
+            // Hand the scratch allocation back so the next read reuses it.
+            *data = buf;
+        }
+        outcome
+    }
+
+    fn process(&mut self, key: ConnKey, buf: &mut BytesMut) -> ReadOutcome {
+        loop {
+            let Some(conn) = self.conns.get_mut(key) else {
+                return ReadOutcome::Close;
+            };
+            if conn.closing {
+                return ReadOutcome::Close;
+            }
+            if conn.pause_count > 0 {
+                return ReadOutcome::Paused;
+            }
+            let packet = match conn.decoder.decode(buf) {
+                Ok(Some(p)) => p,
+                Ok(None) => return ReadOutcome::Continue,
+                Err(e) => {
+                    self.decode_error(key, &e);
+                    return ReadOutcome::Close;
+                }
+            };
+            let outcome = self.on_packet(key, packet, buf);
+            if outcome != ReadOutcome::Continue {
+                return outcome;
+            }
+        }
+    }
+
+    /// The peer closed, or the socket failed: an abnormal disconnect (the will is published).
+    pub fn on_io_closed(&mut self, key: ConnKey) {
+        self.close(key, true, None);
+    }
+
+    /// The I/O layer closed the socket of a connection in `closing`: free its slot.
+    pub fn release(&mut self, key: ConnKey) {
+        if let Some(c) = self.conns.get(key) {
+            if !c.closing {
+                // Closed by the I/O layer without going through `close` (e.g. shutdown).
+                self.close(key, true, None);
+            }
+        }
+        if self.conns.remove(key).is_some() {
+            self.stats.connections_closed += 1;
+        }
+    }
+
+    pub fn on_mesh(&mut self, from: u16, msg: MeshMsg) {
+        match msg {
+            MeshMsg::Publish(m) => {
+                let m = Rc::new(*m);
+                self.deliver_local(&m);
+            }
+            MeshMsg::Retain(m) => self.store_retained(Rc::new(*m)),
+            MeshMsg::InterestAdd { filters, token } => {
+                for f in &filters {
+                    *self.interest.get_or_insert_with(f, || 0) |= 1u64 << from;
+                }
+                self.mesh_out.push((from, MeshMsg::InterestAck { token }));
+            }
+            MeshMsg::InterestRemove { filters } => {
+                for f in &filters {
+                    if let Some(mask) = self.interest.get_mut(f) {
+                        *mask &= !(1u64 << from);
+                    }
+                    self.interest.remove_if(f, |m| *m == 0);
+                }
+            }
+            MeshMsg::InterestAck { token } => {
+                let done = match self.pending_subacks.get_mut(&token) {
+                    Some(p) => {
+                        p.remaining = p.remaining.saturating_sub(1);
+                        p.remaining == 0
+                    }
+                    None => false,
+                };
+                if done {
+                    let p = self
+                        .pending_subacks
+                        .remove(&token)
+                        .expect("pending suback present");
+                    self.finish_suback(p);
+                }
+            }
+            MeshMsg::Adopt(a) => {
+                // The I/O layer registers the socket and calls `adopt`; reaching here means it did not.
+                tracing::error!(
+                    io = a.io,
+                    "Adopt delivered to the shard core directly; dropping connection"
+                );
+            }
+            MeshMsg::Pause(k) => {
+                let found = self.conns.get_mut(k).map(|c| c.pause_count += 1).is_some();
+                tracing::debug!(shard = self.cfg.shard_id, conn = ?k, found, publishes_in = self.stats.publishes_in, "pause requested by a peer");
+            }
+            MeshMsg::Resume(k) => self.resume(k),
+        }
+    }
+
+    /// Advance the shard clock: keep-alive and CONNECT timeouts, session expiry, drop logging.
+    pub fn tick(&mut self, now: Secs) {
+        self.now = now;
+        let mut expired = Vec::new();
+        let conns = &self.conns;
+        self.wheel.advance(
+            now,
+            |k| match conns.get(k) {
+                None => Deadline::Gone,
+                Some(c) if c.closing => Deadline::Gone,
+                Some(c) if c.session == NO_SESSION => Deadline::Expired,
+                Some(c) if c.keep_alive == 0 => Deadline::Gone,
+                // The spec's one and a half times the keep-alive, rounded up.
+                Some(c) => Deadline::At(c.last_seen + (c.keep_alive as u32 * 3).div_ceil(2)),
+            },
+            &mut expired,
+        );
+        for k in expired {
+            self.stats.keepalive_timeouts += 1;
+            self.close(k, true, Some(ReasonCode::KeepAliveTimeout));
+        }
+        if now % 10 == 0 {
+            self.expire_sessions();
+        }
+        let drops = self.stats.drops();
+        if drops != self.last_drop_log {
+            tracing::warn!(
+                shard = self.cfg.shard_id,
+                qos0 = self.stats.dropped_qos0,
+                qos12_online = self.stats.dropped_qos12,
+                offline = self.stats.dropped_offline,
+                too_large = self.stats.dropped_too_large,
+                retained_rejected = self.stats.retained_rejected,
+                "messages dropped (totals since start)"
+            );
+            self.last_drop_log = drops;
+        }
+    }
+
+    // ----- outputs ---------------------------------------------------------------------------------------------
+
+    /// Connections with bytes to write.
+    pub fn take_dirty(&mut self, into: &mut Vec<ConnKey>) {
+        for k in self.dirty.drain(..) {
+            if let Some(c) = self.conns.get_mut(k) {
+                if c.dirty {
+                    c.dirty = false;
+                    into.push(k);
+                }
+            }
+        }
+    }
+
+    pub fn out_buf(&mut self, key: ConnKey) -> Option<&mut BytesMut> {
+        self.conns.get_mut(key).map(|c| &mut c.out)
+    }
+
+    /// After the I/O layer wrote from `out_buf`: frees an empty buffer and refills from the session queue.
+    pub fn flushed(&mut self, key: ConnKey) {
+        let Some(c) = self.conns.get_mut(key) else {
+            return;
+        };
+        if c.out.is_empty() {
+            c.out = BytesMut::new();
+        }
+        let s = c.session;
+        if s != NO_SESSION && !c.closing {
+            self.pump(s);
+        }
+    }
+
+    pub fn take_closing(&mut self, into: &mut Vec<ConnKey>) {
+        into.append(&mut self.closing);
+    }
+
+    pub fn take_mesh(&mut self, into: &mut Vec<(u16, MeshMsg)>) {
+        into.append(&mut self.mesh_out);
+    }
+
+    pub fn take_resumed(&mut self, into: &mut Vec<ConnKey>) {
+        into.append(&mut self.resumed);
+    }
+
+    // ----- packets ---------------------------------------------------------------------------------------------
+
+    fn on_packet(&mut self, key: ConnKey, packet: Packet, rest: &mut BytesMut) -> ReadOutcome {
+        let session = self.conns.get(key).map(|c| c.session).unwrap_or(NO_SESSION);
+        if session == NO_SESSION {
+            return match packet {
+                Packet::Connect(c) => self.on_connect(key, c, rest),
+                _ => self.protocol_error(key, "first packet was not CONNECT"),
+            };
+        }
+        match packet {
+            Packet::Publish(p) => self.on_publish(key, session, p),
+            Packet::PubAck(r) => {
+                if self.session_mut(session).on_puback(r.packet_id) {
+                    self.pump(session);
+                }
+                ReadOutcome::Continue
+            }
+            Packet::PubRec(r) => {
+                let known = self.session_mut(session).on_pubrec(r.packet_id);
+                let reason = if known {
+                    ReasonCode::Success
+                } else {
+                    ReasonCode::PacketIdentifierNotFound
+                };
+                self.send(
+                    key,
+                    &Packet::PubRel(PubResp {
+                        packet_id: r.packet_id,
+                        reason,
+                        properties: None,
+                    }),
+                );
+                ReadOutcome::Continue
+            }
+            Packet::PubRel(r) => {
+                let known = self.session_mut(session).inbound_qos2_release(r.packet_id);
+                let reason = if known {
+                    ReasonCode::Success
+                } else {
+                    ReasonCode::PacketIdentifierNotFound
+                };
+                self.send(
+                    key,
+                    &Packet::PubComp(PubResp {
+                        packet_id: r.packet_id,
+                        reason,
+                        properties: None,
+                    }),
+                );
+                ReadOutcome::Continue
+            }
+            Packet::PubComp(r) => {
+                if self.session_mut(session).on_pubcomp(r.packet_id) {
+                    self.pump(session);
+                }
+                ReadOutcome::Continue
+            }
+            Packet::Subscribe(s) => self.on_subscribe(key, session, s),
+            Packet::Unsubscribe(u) => self.on_unsubscribe(key, session, u),
+            Packet::PingReq => {
+                self.send(key, &Packet::PingResp);
+                ReadOutcome::Continue
+            }
+            Packet::Disconnect(d) => self.on_disconnect(key, session, d),
+            Packet::Connect(_) => self.protocol_error(key, "second CONNECT"),
+            Packet::Auth(_) => self.protocol_error(key, "AUTH without an authentication method"),
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
+                self.protocol_error(key, "server-to-client packet sent by a client")
+            }
+        }
+    }
+
+    fn on_connect(
+        &mut self,
+        key: ConnKey,
+        mut connect: Box<Connect>,
+        rest: &mut BytesMut,
+    ) -> ReadOutcome {
+        let v = connect.protocol;
+        if connect
+            .properties
+            .as_ref()
+            .is_some_and(|p| p.authentication_method.is_some())
+        {
+            self.connack_error(key, ReasonCode::BadAuthenticationMethod);
+            return ReadOutcome::Close;
+        }
+        let mut assigned = false;
+        if connect.client_id.is_empty() {
+            if !connect.clean_start && v != ProtocolVersion::V5 {
+                // 3.1.1 [MQTT-3.1.3-8]: a zero-byte client id requires CleanSession = 1.
+                self.connack_error(key, ReasonCode::ClientIdentifierNotValid);
+                return ReadOutcome::Close;
+            }
+            connect.client_id = self.generate_client_id();
+            assigned = true;
+        }
+        let owner = owner_shard(&connect.client_id, self.cfg.shards);
+        if owner != self.cfg.shard_id {
+            let conn = self.conns.remove(key).expect("connection present");
+            self.stats.handoffs_out += 1;
+            let leftover = rest.split();
+            self.mesh_out.push((
+                owner,
+                MeshMsg::Adopt(Box::new(Adopt {
+                    io: conn.io,
+                    connect,
+                    leftover,
+                    assigned_id: assigned,
+                })),
+            ));
+            return ReadOutcome::HandedOff;
+        }
+        self.establish(key, *connect, assigned)
+    }
+
+    /// A client id that hashes to this shard, so the connection needs no hand-off.
+    fn generate_client_id(&mut self) -> ByteString {
+        loop {
+            self.next_generated_id += 1;
+            let id = format!("coremq-{}-{}", self.cfg.shard_id, self.next_generated_id);
+            if owner_shard(&id, self.cfg.shards) == self.cfg.shard_id {
+                return id.into();
+            }
+        }
+    }
+
+    /// CONNECT on the owning shard: find or create the session, take over an older connection, answer CONNACK.
+    fn establish(&mut self, key: ConnKey, connect: Connect, assigned_id: bool) -> ReadOutcome {
+        let Connect {
+            protocol,
+            clean_start,
+            keep_alive,
+            client_id,
+            will,
+            properties,
+            ..
+        } = connect;
+        let props = properties.as_deref();
+        let expiry = if protocol == ProtocolVersion::V5 {
+            match props.and_then(|p| p.session_expiry_interval).unwrap_or(0) {
+                u32::MAX => None,
+                n => Some(n),
+            }
+        } else if clean_start {
+            Some(0)
+        } else {
+            None
+        };
+
+        let mut session_present = false;
+        if let Some(&sidx) = self.by_client.get(&client_id) {
+            if let Some(old) = self.session(sidx).conn {
+                // Closing the old connection may end a clean session, so look the session up again after.
+                self.stats.takeovers += 1;
+                self.close(old, true, Some(ReasonCode::SessionTakenOver));
+            }
+        }
+        if let Some(&sidx) = self.by_client.get(&client_id) {
+            if clean_start {
+                self.destroy_session(sidx);
+            } else {
+                session_present = true;
+            }
+        }
+        let sidx = match self.by_client.get(&client_id) {
+            Some(&s) => s,
+            None => {
+                if self.by_client.len() >= self.cfg.max_sessions {
+                    self.connack_error(key, ReasonCode::ServerUnavailable);
+                    return ReadOutcome::Close;
+                }
+                self.new_session(Session::new(client_id.clone(), protocol, expiry))
+            }
+        };
+
+        let mut keep_alive = keep_alive;
+        let mut server_keep_alive = None;
+        if protocol == ProtocolVersion::V5
+            && self.cfg.max_keepalive > 0
+            && (keep_alive == 0 || keep_alive > self.cfg.max_keepalive)
+        {
+            keep_alive = self.cfg.max_keepalive;
+            server_keep_alive = Some(keep_alive);
+        }
+        let receive_maximum = props.and_then(|p| p.receive_maximum).unwrap_or(u16::MAX);
+        let client_max_packet = props.and_then(|p| p.maximum_packet_size).unwrap_or(0);
+        let window = self.cfg.max_inflight.min(receive_maximum).max(1);
+        {
+            let s = self.session_mut(sidx);
+            s.protocol = protocol;
+            s.expiry = expiry;
+            s.conn = Some(key);
+            s.will = will.map(Box::new);
+            s.window = window;
+            s.client_max_packet = client_max_packet;
+        }
+        let now = self.now;
+        let Some(conn) = self.conns.get_mut(key) else {
+            return ReadOutcome::Close;
+        };
+        conn.session = sidx;
+        conn.keep_alive = keep_alive;
+        conn.last_seen = now;
+        if keep_alive > 0 {
+            let deadline = now + (keep_alive as u32 * 3).div_ceil(2);
+            self.wheel.insert(key, deadline, now);
+        }
+
+        let properties = (protocol == ProtocolVersion::V5).then(|| {
+            Box::new(Properties {
+                receive_maximum: Some(self.cfg.max_inbound_qos2),
+                maximum_packet_size: Some(self.cfg.max_packet_size),
+                shared_subscription_available: Some(0),
+                server_keep_alive,
+                assigned_client_identifier: assigned_id.then(|| client_id.clone()),
+                ..Properties::default()
+            })
+        });
+        self.send(
+            key,
+            &Packet::ConnAck(ConnAck {
+                session_present,
+                reason: ReasonCode::Success,
+                properties,
+            }),
+        );
+
+        if session_present {
+            self.replay_inflight(sidx, key);
+        }
+        self.pump(sidx);
+        ReadOutcome::Continue
+    }
+
+    fn on_publish(&mut self, key: ConnKey, sidx: u32, mut p: Publish) -> ReadOutcome {
+        self.stats.publishes_in += 1;
+
+        if p.properties
+            .as_ref()
+            .is_some_and(|pr| pr.topic_alias.is_some())
+        {
+            // We announce Topic Alias Maximum 0, so any alias is invalid [MQTT-3.3.2-9].
+            return self.close_with(
+                key,
+                ReasonCode::TopicAliasInvalid,
+                "topic alias not allowed",
+            );
+        }
+        if p.qos == QoS::ExactlyOnce {
+            let s = self.session_mut(sidx);
+            let first = s.inbound_qos2_first(p.packet_id);
+            if s.inbound_qos2.len() > self.cfg.max_inbound_qos2 as usize {
+                return self.close_with(
+                    key,
+                    ReasonCode::ReceiveMaximumExceeded,
+                    "too many QoS 2 messages awaiting PUBREL",
+                );
+            }
+            self.send(
+                key,
+                &Packet::PubRec(PubResp {
+                    packet_id: p.packet_id,
+                    reason: ReasonCode::Success,
+                    properties: None,
+                }),
+            );
+            if !first {
+                return ReadOutcome::Continue;
+            }
+        }
+        let properties = p.properties.take().map(|mut pr| {
+            pr.subscription_identifiers.clear();
+            pr
+        });
+        let msg = Message {
+            // Exact-size copies: the decoded slices point into the shared read buffer.
+            topic: ByteString::from(&*p.topic),
+            payload: bytes::Bytes::copy_from_slice(&p.payload),
+            qos: p.qos,
+            retain: p.retain,
+            properties,
+            origin: Some(Origin {
+                shard: self.cfg.shard_id,
+                conn: key,
+            }),
+        };
+        let packet_id = p.packet_id;
+        let qos = p.qos;
+        self.route(msg);
+        if qos == QoS::AtLeastOnce {
+            self.send(
+                key,
+                &Packet::PubAck(PubResp {
+                    packet_id,
+                    reason: ReasonCode::Success,
+                    properties: None,
+                }),
+            );
+        }
+        ReadOutcome::Continue
+    }
+
+    fn on_subscribe(&mut self, key: ConnKey, sidx: u32, sub: Subscribe) -> ReadOutcome {
+        let v5 = self.session(sidx).protocol == ProtocolVersion::V5;
+        let sub_id = sub
+            .properties
+            .as_ref()
+            .and_then(|p| p.subscription_identifiers.first().copied());
+        let mut reasons = Vec::with_capacity(sub.filters.len());
+        let mut new_filters = Vec::new();
+        let mut retained = Vec::new();
+        for f in sub.filters {
+            if parse_shared(&f.filter).ok().flatten().is_some() {
+                reasons.push(if v5 {
+                    ReasonCode::SharedSubscriptionsNotSupported
+                } else {
+                    ReasonCode::UnspecifiedError
+                });
+                continue;
+            }
+            let existed = self.session(sidx).find_sub(&f.filter).is_some();
+            if !existed && self.session(sidx).subs.len() >= self.cfg.max_subscriptions_per_session {
+                reasons.push(if v5 {
+                    ReasonCode::QuotaExceeded
+                } else {
+                    ReasonCode::UnspecifiedError
+                });
+                continue;
+            }
+            let options = f.options;
+            let entry = Subscriber {
+                session: sidx,
+                options,
+                sub_id,
+            };
+            let subs = self.subs.get_or_insert_with(&f.filter, Vec::new);
+            let was_empty = subs.is_empty();
+            match subs.iter_mut().find(|s| s.session == sidx) {
+                Some(s) => *s = entry,
+                None => subs.push(entry),
+            }
+            if was_empty {
+                new_filters.push(f.filter.clone());
+            }
+            {
+                let s = self.session_mut(sidx);
+                let record = Subscription {
+                    filter: f.filter.clone(),
+                    options,
+                    sub_id,
+                };
+                match s.find_sub(&f.filter) {
+                    Some(i) => s.subs[i] = record,
+                    None => s.subs.push(record),
+                }
+            }
+            reasons.push(match options.qos {
+                QoS::AtMostOnce => ReasonCode::Success,
+                QoS::AtLeastOnce => ReasonCode::GrantedQoS1,
+                QoS::ExactlyOnce => ReasonCode::GrantedQoS2,
+            });
+            let send_retained = match options.retain_handling {
+                RetainHandling::SendAtSubscribe => true,
+                RetainHandling::SendIfNew => !existed,
+                RetainHandling::DoNotSend => false,
+            };
+            if send_retained {
+                retained.push((f.filter, options, sub_id));
+            }
+        }
+        let pending = PendingSubAck {
+            conn: key,
+            session: sidx,
+            remaining: 0,
+            packet_id: sub.packet_id,
+            reasons,
+            retained,
+        };
+        let peers = self.cfg.shards.saturating_sub(1);
+        if new_filters.is_empty() || peers == 0 {
+            self.finish_suback(pending);
+        } else {
+            // Answer only once every shard knows of the new filters, so a message published anywhere after the
+            // SUBACK reaches this subscriber.
+            let token = self.next_token;
+            self.next_token += 1;
+            for peer in (0..self.cfg.shards).filter(|&p| p != self.cfg.shard_id) {
+                self.mesh_out.push((
+                    peer,
+                    MeshMsg::InterestAdd {
+                        filters: new_filters.clone(),
+                        token,
+                    },
+                ));
+            }
+            self.pending_subacks.insert(
+                token,
+                PendingSubAck {
+                    remaining: peers,
+                    ..pending
+                },
+            );
+        }
+        ReadOutcome::Continue
+    }
+
+    fn finish_suback(&mut self, p: PendingSubAck) {
+        if !self
+            .conns
+            .get(p.conn)
+            .is_some_and(|c| c.session == p.session && !c.closing)
+        {
+            return;
+        }
+        self.send(
+            p.conn,
+            &Packet::SubAck(SubAck {
+                packet_id: p.packet_id,
+                reasons: p.reasons,
+                properties: None,
+            }),
+        );
+        for (filter, options, sub_id) in p.retained {
+            let mut found = Vec::new();
+            self.retained
+                .for_each_matched_by(&filter, |m| found.push(m.clone()));
+            for m in found {
+                let q = Queued {
+                    qos: m.qos.min(options.qos),
+                    retain: true,
+                    sub_ids: sub_id.into_iter().collect(),
+                    msg: m,
+                };
+                self.enqueue(p.session, q, None);
+            }
+        }
+        self.pump(p.session);
+    }
+
+    fn on_unsubscribe(&mut self, key: ConnKey, sidx: u32, u: Unsubscribe) -> ReadOutcome {
+        let mut reasons = Vec::with_capacity(u.filters.len());
+        let mut gone = Vec::new();
+        for f in &u.filters {
+            let existed = match self.session(sidx).find_sub(f) {
+                Some(i) => {
+                    self.session_mut(sidx).subs.swap_remove(i);
+                    true
+                }
+                None => false,
+            };
+            if existed && self.remove_subscriber(f, sidx) {
+                gone.push(f.clone());
+            }
+            reasons.push(if existed {
+                ReasonCode::Success
+            } else {
+                ReasonCode::NoSubscriptionExisted
+            });
+        }
+        self.broadcast_interest_removed(gone);
+        self.send(
+            key,
+            &Packet::UnsubAck(UnsubAck {
+                packet_id: u.packet_id,
+                reasons,
+                properties: None,
+            }),
+        );
+        ReadOutcome::Continue
+    }
+
+    fn on_disconnect(&mut self, key: ConnKey, sidx: u32, d: Disconnect) -> ReadOutcome {
+        if let Some(exp) = d
+            .properties
+            .as_ref()
+            .and_then(|p| p.session_expiry_interval)
+        {
+            if self.session(sidx).expiry == Some(0) && exp != 0 {
+                // [MQTT-3.14.2-2]
+                return self.close_with(
+                    key,
+                    ReasonCode::ProtocolError,
+                    "session expiry set on DISCONNECT after 0",
+                );
+            }
+            self.session_mut(sidx).expiry = if exp == u32::MAX { None } else { Some(exp) };
+        }
+        let publish_will = d.reason == ReasonCode::DisconnectWithWillMessage;
+        self.close(key, publish_will, None);
+        ReadOutcome::Close
+    }
+
+    // ----- routing ---------------------------------------------------------------------------------------------
+
+    /// A message accepted from a publisher (or a will): retain, deliver locally, forward to interested shards.
+    fn route(&mut self, msg: Message) {
+        let msg = Rc::new(msg);
+        if msg.retain {
+            self.store_retained(msg.clone());
+            for peer in (0..self.cfg.shards).filter(|&p| p != self.cfg.shard_id) {
+                self.mesh_out
+                    .push((peer, MeshMsg::Retain(Box::new((*msg).clone()))));
+            }
+        }
+        self.deliver_local(&msg);
+        let mut mask = 0u64;
+        self.interest.for_each_match(&msg.topic, |m| mask |= *m);
+        mask &= !(1u64 << self.cfg.shard_id);
+        while mask != 0 {
+            let peer = mask.trailing_zeros() as u16;
+            mask &= mask - 1;
+            self.mesh_out
+                .push((peer, MeshMsg::Publish(Box::new((*msg).clone()))));
+        }
+    }
+
+    fn store_retained(&mut self, msg: Rc<Message>) {
+        if msg.payload.is_empty() {
+            if let Some(old) = self.retained.remove(&msg.topic) {
+                self.retained_bytes -= old.payload.len() + old.topic.len();
+            }
+            return;
+        }
+        let size = msg.payload.len() + msg.topic.len();
+        let old_size = self
+            .retained
+            .get(&msg.topic)
+            .map(|m| m.payload.len() + m.topic.len());
+        let new_topic = old_size.is_none();
+        if (new_topic && self.retained.len() >= self.cfg.max_retained_messages)
+            || self.retained_bytes - old_size.unwrap_or(0) + size > self.cfg.max_retained_bytes
+        {
+            self.stats.retained_rejected += 1;
+            return;
+        }
+        self.retained_bytes = self.retained_bytes - old_size.unwrap_or(0) + size;
+        let topic = msg.topic.clone();
+        // Retained copies are delivered with RETAIN=1 but never carry the original publisher.
+        let stored = if msg.origin.is_some() {
+            Rc::new(Message {
+                origin: None,
+                ..(*msg).clone()
+            })
+        } else {
+            msg
+        };
+        self.retained.insert(&topic, stored);
+    }
+
+    fn deliver_local(&mut self, msg: &Rc<Message>) {
+        let mut hits = std::mem::take(&mut self.hits);
+        hits.clear();
+        self.subs
+            .for_each_match(&msg.topic, |v| hits.extend_from_slice(v));
+        if hits.len() > 1 {
+            hits.sort_unstable_by_key(|h| h.session);
+        }
+        let mut i = 0;
+        while i < hits.len() {
+            // Overlapping subscriptions of one session: one copy, at the highest granted QoS.
+            let sidx = hits[i].session;
+            let mut qos = QoS::AtMostOnce;
+            let mut retain_as_published = false;
+            let mut no_local = false;
+            let mut sub_ids = Vec::new();
+            while i < hits.len() && hits[i].session == sidx {
+                let h = hits[i];
+                qos = qos.max(h.options.qos);
+                retain_as_published |= h.options.retain_as_published;
+                no_local |= h.options.no_local;
+                if let Some(id) = h.sub_id {
+                    sub_ids.push(id);
+                }
+                i += 1;
+            }
+            if no_local && self.is_own_message(sidx, msg) {
+                continue;
+            }
+            let q = Queued {
+                msg: msg.clone(),
+                qos: msg.qos.min(qos),
+                retain: retain_as_published && msg.retain,
+                sub_ids,
+            };
+            self.enqueue(sidx, q, msg.origin);
+            self.pump(sidx);
+        }
+        self.hits = hits;
+    }
+
+    fn is_own_message(&self, sidx: u32, msg: &Message) -> bool {
+        match (msg.origin, self.session(sidx).conn) {
+            (Some(o), Some(c)) => o.shard == self.cfg.shard_id && o.conn == c,
+            _ => false,
+        }
+    }
+
+    /// Put a message in a session's queue, applying the bound and the overflow policy.
+    fn enqueue(&mut self, sidx: u32, q: Queued, origin: Option<Origin>) {
+        let soft = self.cfg.max_queued_messages.max(1);
+        let hard = soft + self.cfg.max_in_transit;
+        let shard_id = self.cfg.shard_id;
+        let overflow = self.cfg.overflow;
+        let offline_overflow = self.cfg.offline_overflow;
+        let s = self.sessions[sidx as usize].as_mut().expect("live session");
+        let online = s.conn.is_some();
+        if s.backlog() >= soft {
+            if q.qos == QoS::AtMostOnce {
+                self.stats.dropped_qos0 += 1;
+                s.dropped += 1;
+                return;
+            }
+            let policy = if online { overflow } else { offline_overflow };
+            match policy {
+                OverflowPolicy::DropNewest => {
+                    if online {
+                        self.stats.dropped_qos12 += 1;
+                    } else {
+                        self.stats.dropped_offline += 1;
+                    }
+                    s.dropped += 1;
+                    return;
+                }
+                OverflowPolicy::DropOldest => {
+                    if s.queue.pop_front().is_none() {
+                        // Everything is in flight: the newest gives way instead.
+                        self.stats.dropped_qos12 += 1;
+                        s.dropped += 1;
+                        return;
+                    }
+                    if online {
+                        self.stats.dropped_qos12 += 1;
+                    } else {
+                        self.stats.dropped_offline += 1;
+                    }
+                    s.dropped += 1;
+                }
+                OverflowPolicy::Backpressure => {
+                    if s.backlog() >= hard {
+                        // Publishers overshot the soft bound by more than the pause could stop: bounded memory wins.
+                        self.stats.dropped_qos12 += 1;
+                        s.dropped += 1;
+                        return;
+                    }
+                    // Pause the publisher feeding us, unless it is this session's own connection (a client that
+                    // stops reading while it writes would deadlock with itself).
+                    if let Some(o) = origin {
+                        let own = o.shard == shard_id && Some(o.conn) == s.conn;
+                        if !own && !s.waiters.contains(&o) && s.waiters.len() < 4096 {
+                            s.waiters.push(o);
+                            self.stats.pauses += 1;
+                            tracing::debug!(shard = shard_id, publisher = ?o, "queue full: pausing publisher");
+                            if o.shard == shard_id {
+                                if let Some(c) = self.conns.get_mut(o.conn) {
+                                    c.pause_count += 1;
+                                }
+                            } else {
+                                self.mesh_out.push((o.shard, MeshMsg::Pause(o.conn)));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let s = self.sessions[sidx as usize].as_mut().expect("live session");
+        s.queue.push_back(q);
+    }
+
+    /// Move messages from a session's queue into its connection's output buffer, within the in-flight window
+    /// and the output buffer bound.
+    fn pump(&mut self, sidx: u32) {
+        let max_out = self.cfg.max_out_buffer;
+        let soft = self.cfg.max_queued_messages.max(1);
+        let Some(s) = self
+            .sessions
+            .get_mut(sidx as usize)
+            .and_then(Option::as_mut)
+        else {
+            return;
+        };
+        let Some(key) = s.conn else { return };
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.closing {
+            return;
+        }
+        let version = s.protocol;
+        let mut wrote = false;
+        while conn.out.len() < max_out {
+            let Some(front) = s.queue.front() else { break };
+            // A QoS 0 message behind a blocked QoS 1/2 one waits too: order per topic is preserved.
+            if front.qos != QoS::AtMostOnce && !s.window_open() {
+                break;
+            }
+            let q = s.queue.pop_front().expect("front exists");
+            let packet_id = if q.qos == QoS::AtMostOnce {
+                0
+            } else {
+                s.alloc_packet_id()
+            };
+            let publish = build_publish(&q, packet_id, false, version);
+            if s.client_max_packet > 0
+                && codec::encoded_len(&Packet::Publish(publish.clone()), version)
+                    > s.client_max_packet as usize
+            {
+                // [MQTT-3.1.2-25]: a packet over the client's maximum is discarded as if delivered.
+                self.stats.dropped_too_large += 1;
+                continue;
+            }
+            if codec::encode_publish(&publish, version, &mut conn.out).is_err() {
+                self.stats.dropped_too_large += 1;
+                continue;
+            }
+            self.stats.publishes_out += 1;
+            wrote = true;
+            if q.qos != QoS::AtMostOnce {
+                let state = if q.qos == QoS::AtLeastOnce {
+                    InflightState::AwaitPubAck
+                } else {
+                    InflightState::AwaitPubRec
+                };
+                s.inflight.push_back(Inflight {
+                    packet_id,
+                    state,
+                    q,
+                });
+            }
+        }
+        if wrote && !conn.dirty {
+            conn.dirty = true;
+            self.dirty.push(key);
+        }
+        if !s.waiters.is_empty() && s.backlog() <= soft / 2 {
+            self.release_waiters(sidx);
+        }
+    }
+
+    /// Reconnect of a persistent session: resend unacknowledged PUBLISHes with DUP, and PUBRELs.
+    fn replay_inflight(&mut self, sidx: u32, key: ConnKey) {
+        let s = self.sessions[sidx as usize].as_ref().expect("live session");
+        let version = s.protocol;
+        let mut packets = Vec::with_capacity(s.inflight.len());
+        for f in &s.inflight {
+            packets.push(match f.state {
+                InflightState::AwaitPubComp => Packet::PubRel(PubResp {
+                    packet_id: f.packet_id,
+                    reason: ReasonCode::Success,
+                    properties: None,
+                }),
+                _ => Packet::Publish(build_publish(&f.q, f.packet_id, true, version)),
+            });
+        }
+        for p in packets {
+            self.send(key, &p);
+        }
+    }
+
+    fn release_waiters(&mut self, sidx: u32) {
+        let waiters = std::mem::take(&mut self.session_mut(sidx).waiters);
+        for o in waiters {
+            if o.shard == self.cfg.shard_id {
+                self.resume(o.conn);
+            } else {
+                self.mesh_out.push((o.shard, MeshMsg::Resume(o.conn)));
+            }
+        }
+    }
+
+    fn resume(&mut self, key: ConnKey) {
+        tracing::debug!(shard = self.cfg.shard_id, conn = ?key, "resume publisher");
+        if let Some(c) = self.conns.get_mut(key) {
+            c.pause_count = c.pause_count.saturating_sub(1);
+            if c.pause_count == 0 {
+                self.resumed.push(key);
+            }
+        }
+    }
+
+    // ----- closing ---------------------------------------------------------------------------------------------
+
+    /// Close a connection: detach it from its session (publishing the will when `abnormal`), queue the socket
+    /// for closing. With `reason`, a v5 client is told why first.
+    fn close(&mut self, key: ConnKey, abnormal: bool, reason: Option<ReasonCode>) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.closing {
+            return;
+        }
+        conn.closing = true;
+        conn.partial = BytesMut::new();
+        let sidx = conn.session;
+        self.closing.push(key);
+        if sidx == NO_SESSION {
+            return;
+        }
+        if let Some(reason) = reason {
+            if self.session(sidx).protocol == ProtocolVersion::V5 {
+                self.send_raw(
+                    key,
+                    &Packet::Disconnect(Disconnect {
+                        reason,
+                        properties: None,
+                    }),
+                    ProtocolVersion::V5,
+                );
+            }
+        }
+        let will = self.session_mut(sidx).will.take();
+        if abnormal {
+            if let Some(w) = will {
+                self.publish_will(*w);
+            }
+        }
+        let now = self.now;
+        let s = self.session_mut(sidx);
+        s.conn = None;
+        s.offline_since = now;
+        // Offline sessions do not hold publishers back.
+        self.release_waiters(sidx);
+        if self.session(sidx).is_clean() {
+            self.destroy_session(sidx);
+        }
+    }
+
+    fn publish_will(&mut self, w: codec::Will) {
+        self.stats.wills_published += 1;
+        let properties = w.properties.map(|p| {
+            Box::new(Properties {
+                payload_format_indicator: p.payload_format_indicator,
+                message_expiry_interval: p.message_expiry_interval,
+                content_type: p.content_type,
+                response_topic: p.response_topic,
+                correlation_data: p.correlation_data,
+                user_properties: p.user_properties,
+                ..Properties::default()
+            })
+        });
+        self.route(Message {
+            topic: w.topic,
+            payload: w.payload,
+            qos: w.qos,
+            retain: w.retain,
+            properties,
+            origin: None,
+        });
+    }
+
+    fn close_with(&mut self, key: ConnKey, reason: ReasonCode, why: &'static str) -> ReadOutcome {
+        self.stats.protocol_errors += 1;
+        tracing::debug!(
+            shard = self.cfg.shard_id,
+            ?reason,
+            why,
+            "closing connection"
+        );
+        self.close(key, true, Some(reason));
+        ReadOutcome::Close
+    }
+
+    fn protocol_error(&mut self, key: ConnKey, why: &'static str) -> ReadOutcome {
+        self.close_with(key, ReasonCode::ProtocolError, why)
+    }
+
+    fn decode_error(&mut self, key: ConnKey, e: &DecodeError) {
+        match e {
+            DecodeError::Malformed(_) => self.stats.malformed += 1,
+            _ => self.stats.protocol_errors += 1,
+        }
+        tracing::debug!(shard = self.cfg.shard_id, error = %e, "bad packet; closing connection");
+        let connected = self.conns.get(key).is_some_and(|c| c.session != NO_SESSION);
+        if connected {
+            self.close(key, true, Some(e.reason_code()));
+        } else {
+            // Before CONNECT completes, the answer is a CONNACK with the reason (v3: return code 1 for a protocol
+            // level we do not speak, otherwise just close).
+            let reason = e.reason_code();
+            match (e, self.conns.get(key).and_then(|c| c.decoder.version())) {
+                (DecodeError::UnsupportedProtocolVersion(_), _) => self.connack_error(key, reason),
+                (_, Some(ProtocolVersion::V5)) => self.connack_error(key, reason),
+                _ => self.close(key, false, None),
+            }
+        }
+    }
+
+    fn connack_error(&mut self, key: ConnKey, reason: ReasonCode) {
+        let version = self
+            .conns
+            .get(key)
+            .and_then(|c| c.decoder.version())
+            .unwrap_or(ProtocolVersion::V3_1_1);
+        self.send_raw(
+            key,
+            &Packet::ConnAck(ConnAck {
+                session_present: false,
+                reason,
+                properties: None,
+            }),
+            version,
+        );
+        self.close(key, false, None);
+    }
+
+    // ----- sessions --------------------------------------------------------------------------------------------
+
+    fn session(&self, sidx: u32) -> &Session {
+        self.sessions[sidx as usize].as_ref().expect("live session")
+    }
+
+    fn session_mut(&mut self, sidx: u32) -> &mut Session {
+        self.sessions[sidx as usize].as_mut().expect("live session")
+    }
+
+    fn new_session(&mut self, s: Session) -> u32 {
+        let id = s.client_id.clone();
+        let sidx = match self.free_sessions.pop() {
+            Some(i) => {
+                self.sessions[i as usize] = Some(s);
+                i
+            }
+            None => {
+                self.sessions.push(Some(s));
+                (self.sessions.len() - 1) as u32
+            }
+        };
+        self.by_client.insert(id, sidx);
+        sidx
+    }
+
+    fn destroy_session(&mut self, sidx: u32) {
+        self.release_waiters(sidx);
+        let s = self.sessions[sidx as usize].take().expect("live session");
+        self.by_client.remove(&s.client_id);
+        self.free_sessions.push(sidx);
+        let mut gone = Vec::new();
+        for sub in &s.subs {
+            if self.remove_subscriber(&sub.filter, sidx) {
+                gone.push(sub.filter.clone());
+            }
+        }
+        self.broadcast_interest_removed(gone);
+    }
+
+    /// Remove one session from a filter's subscriber list; true if the filter has no local subscriber left.
+    fn remove_subscriber(&mut self, filter: &str, sidx: u32) -> bool {
+        if let Some(v) = self.subs.get_mut(filter) {
+            v.retain(|s| s.session != sidx);
+        }
+        self.subs.remove_if(filter, |v| v.is_empty()).is_some()
+    }
+
+    fn broadcast_interest_removed(&mut self, gone: Vec<ByteString>) {
+        if gone.is_empty() {
+            return;
+        }
+        for peer in (0..self.cfg.shards).filter(|&p| p != self.cfg.shard_id) {
+            self.mesh_out.push((
+                peer,
+                MeshMsg::InterestRemove {
+                    filters: gone.clone(),
+                },
+            ));
+        }
+    }
+
+    fn expire_sessions(&mut self) {
+        let now = self.now;
+        let expired: Vec<u32> = self
+            .sessions
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                let s = s.as_ref()?;
+                match (s.conn, s.expiry) {
+                    (None, Some(e)) if now.saturating_sub(s.offline_since) >= e => Some(i as u32),
+                    _ => None,
+                }
+            })
+            .collect();
+        for sidx in expired {
+            self.destroy_session(sidx);
+        }
+    }
+
+    // ----- output ----------------------------------------------------------------------------------------------
+
+    fn send(&mut self, key: ConnKey, packet: &Packet) {
+        let version = match self.conns.get(key) {
+            Some(c) if c.session != NO_SESSION => self.session(c.session).protocol,
+            Some(c) => c.decoder.version().unwrap_or(ProtocolVersion::V3_1_1),
+            None => return,
+        };
+        self.send_raw(key, packet, version);
+    }
+
+    fn send_raw(&mut self, key: ConnKey, packet: &Packet, version: ProtocolVersion) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if let Err(e) = codec::encode(packet, version, &mut conn.out) {
+            tracing::error!(error = %e, "encoding a broker packet failed");
+            return;
+        }
+        if !conn.dirty {
+            conn.dirty = true;
+            self.dirty.push(key);
+        }
+    }
+}
+
+fn build_publish(q: &Queued, packet_id: u16, dup: bool, version: ProtocolVersion) -> Publish {
+    let properties = if version == ProtocolVersion::V5 {
+        if q.sub_ids.is_empty() {
+            q.msg.properties.clone()
+        } else {
+            let mut p = q.msg.properties.clone().unwrap_or_default();
+            p.subscription_identifiers = q.sub_ids.clone();
+            Some(p)
+        }
+    } else {
+        None
+    };
+    Publish {
+        dup,
+        qos: q.qos,
+        retain: q.retain,
+        topic: q.msg.topic.clone(),
+        packet_id,
+        properties,
+        payload: q.msg.payload.clone(),
+    }
+}

@@ -1,0 +1,161 @@
+//! The glommio layer: one pinned executor per shard, listeners, the channel mesh, signals. Kept thin: every
+//! protocol decision is in `crate::broker`.
+
+pub mod netpoll;
+pub mod shard_loop;
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{IntoRawFd, RawFd};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::broker::shard::{Shard, ShardConfig};
+use crate::config::Config;
+
+/// The CPUs shards are pinned to: the configured list, else the CPUs this process may run on (so `taskset`
+/// works), in order.
+pub fn shard_cpus(cfg: &Config) -> Vec<usize> {
+    if !cfg.cpus.is_empty() {
+        return cfg.cpus.clone();
+    }
+    let mut cpus = Vec::new();
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0 {
+            for c in 0..libc::CPU_SETSIZE as usize {
+                if libc::CPU_ISSET(c, &set) {
+                    cpus.push(c);
+                }
+            }
+        }
+    }
+    if cpus.is_empty() {
+        cpus.push(0);
+    }
+    cpus
+}
+
+fn listen_socket(addr: SocketAddr, backlog: i32) -> io::Result<Socket> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    s.set_cloexec(true)?;
+    s.bind(&addr.into())?;
+    s.listen(backlog)?;
+    Ok(s)
+}
+
+/// Bind every address once per shard (SO_REUSEPORT spreads connections over shards). Port 0 is resolved by the
+/// first socket and reused by the others. Returns per-shard listener fds and the bound addresses.
+pub fn bind_listeners(
+    cfg: &Config,
+    shards: usize,
+) -> io::Result<(Vec<Vec<RawFd>>, Vec<SocketAddr>)> {
+    let mut per_shard: Vec<Vec<RawFd>> = vec![Vec::new(); shards];
+    let mut bound = Vec::new();
+    for &addr in &cfg.listen {
+        let first = listen_socket(addr, cfg.listen_backlog)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+        let actual = first.local_addr()?.as_socket().expect("inet address");
+        bound.push(actual);
+        per_shard[0].push(first.into_raw_fd());
+        for fds in per_shard.iter_mut().skip(1) {
+            fds.push(listen_socket(actual, cfg.listen_backlog)?.into_raw_fd());
+        }
+    }
+    Ok((per_shard, bound))
+}
+
+pub fn shard_config(cfg: &Config, shard_id: u16, shards: u16) -> ShardConfig {
+    ShardConfig {
+        shard_id,
+        shards,
+        max_packet_size: cfg.max_packet_size,
+        max_keepalive: cfg.max_keepalive,
+        connect_timeout_secs: cfg.connect_timeout,
+        max_inflight: cfg.max_inflight,
+        max_inbound_qos2: cfg.max_inbound_qos2,
+        max_queued_messages: cfg.max_queued_messages,
+        max_in_transit: cfg.mesh_capacity + shard_loop::IN_TRANSIT_SLACK,
+        overflow: cfg.queue_overflow,
+        offline_overflow: cfg.offline_overflow,
+        max_out_buffer: cfg.max_out_buffer,
+        max_subscriptions_per_session: cfg.max_subscriptions_per_session,
+        max_sessions: cfg.max_connections as usize,
+        max_retained_messages: cfg.max_retained_messages,
+        max_retained_bytes: cfg.max_retained_bytes,
+    }
+}
+
+/// Run the broker until `shutdown` is set. `on_bound` is told the listening addresses once they are bound.
+pub fn run(
+    cfg: Config,
+    shutdown: Arc<AtomicBool>,
+    on_bound: impl FnOnce(&[SocketAddr], usize),
+) -> io::Result<()> {
+    let cpus = shard_cpus(&cfg);
+    let shards = if cfg.shards == 0 {
+        cpus.len()
+    } else {
+        cfg.shards
+    }
+    .clamp(1, 64);
+    let (listeners, bound) = bind_listeners(&cfg, shards)?;
+    on_bound(&bound, shards);
+
+    let online = CpuSet::online().map_err(|e| io::Error::other(e.to_string()))?;
+    let placement: Vec<CpuSet> = (0..shards)
+        .map(|i| {
+            let cpu = cpus[i % cpus.len()];
+            online.clone().filter(|l| l.cpu == cpu)
+        })
+        .collect();
+    if placement.iter().any(|s| s.is_empty()) {
+        return Err(io::Error::other(format!("a CPU in {cpus:?} is not online")));
+    }
+    let links: Vec<Option<shard_loop::MeshLink>> =
+        shard_loop::build_mesh(shards, cfg.mesh_capacity)?
+            .into_iter()
+            .map(Some)
+            .collect();
+    let links = Arc::new(Mutex::new(links));
+    let next_id = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let listeners = Arc::new(Mutex::new(listeners));
+    let max_conns = (cfg.max_connections as usize).div_ceil(shards);
+    let cfg = Arc::new(cfg);
+
+    let handles = LocalExecutorPoolBuilder::new(PoolPlacement::Custom(placement))
+        .io_memory(cfg.io_memory)
+        .name("coremq-shard")
+        .on_all_shards(move || {
+            let links = links.clone();
+            let next_id = next_id.clone();
+            let listeners = listeners.clone();
+            let shutdown = shutdown.clone();
+            let cfg = cfg.clone();
+            async move {
+                let id = next_id.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let fds = std::mem::take(&mut listeners.lock().expect("listener table")[id]);
+                let link = links.lock().expect("mesh table")[id]
+                    .take()
+                    .expect("one mesh link per shard");
+                let core = Shard::new(shard_config(&cfg, id as u16, shards as u16));
+                let io = shard_loop::ShardIo::new(core, fds, link, shutdown, max_conns)
+                    .expect("shard epoll set");
+                tracing::info!(shard = id, "shard running");
+                shard_loop::main_loop(io).await;
+            }
+        })
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    for r in handles.join_all() {
+        if let Err(e) = r {
+            return Err(io::Error::other(e.to_string()));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,184 @@
+//! The shard's socket readiness set: one epoll instance per shard, edge-triggered.
+//!
+//! Why not a glommio stream per connection: a pending glommio read keeps a ~400-byte `Source` (with a
+//! `sockaddr_storage` and `msghdr` inside) plus a task per connection, more than our whole per-connection budget.
+//! An epoll registration costs user space nothing (the kernel's epitem is kernel memory), so idle connections
+//! hold only their small slot in the shard core. Reads and writes are plain non-blocking syscalls, which is what
+//! glommio's own `TcpStream` does too; glommio stays in charge of scheduling, timers and the channel mesh.
+
+use std::io;
+use std::os::fd::RawFd;
+
+pub struct Epoll {
+    fd: RawFd,
+}
+
+pub const READABLE: u32 =
+    (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
+pub const WRITABLE: u32 = libc::EPOLLOUT as u32;
+
+fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+impl Epoll {
+    pub fn new() -> io::Result<Self> {
+        let fd = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
+        Ok(Epoll { fd })
+    }
+
+    pub fn raw(&self) -> RawFd {
+        self.fd
+    }
+
+    /// Register a connection socket: edge-triggered for reads and writes, registered once for its lifetime.
+    pub fn add_conn(&self, fd: RawFd, token: u64) -> io::Result<()> {
+        let events = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
+        self.ctl(libc::EPOLL_CTL_ADD, fd, events, token)
+    }
+
+    /// Register a listening socket (level-triggered: we accept until EAGAIN anyway).
+    pub fn add_listener(&self, fd: RawFd, token: u64) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_ADD, fd, libc::EPOLLIN as u32, token)
+    }
+
+    pub fn remove(&self, fd: RawFd) -> io::Result<()> {
+        cvt(unsafe { libc::epoll_ctl(self.fd, libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut()) })
+            .map(|_| ())
+    }
+
+    fn ctl(&self, op: libc::c_int, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
+        let mut ev = libc::epoll_event { events, u64: token };
+        cvt(unsafe { libc::epoll_ctl(self.fd, op, fd, &mut ev) }).map(|_| ())
+    }
+
+    /// Harvest ready events without blocking.
+    pub fn poll_now(&self, events: &mut Vec<libc::epoll_event>) -> io::Result<usize> {
+        events.clear();
+        let cap = events.capacity().max(1);
+        let n = loop {
+            let r =
+                unsafe { libc::epoll_wait(self.fd, events.as_mut_ptr(), cap as libc::c_int, 0) };
+            if r >= 0 {
+                break r as usize;
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        };
+        unsafe { events.set_len(n) };
+        Ok(n)
+    }
+}
+
+/// Block (on a helper thread) until `epfd` has events or `timeout_ms` passes. `poll` on an epoll descriptor
+/// reports readiness without consuming any event, so the shard's own `poll_now` still sees them all.
+pub fn wait_readable(epfd: RawFd, timeout_ms: i32) {
+    let mut p = libc::pollfd {
+        fd: epfd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    unsafe { libc::poll(&mut p, 1, timeout_ms) };
+}
+
+impl Drop for Epoll {
+    fn drop(&mut self) {
+        unsafe { libc::close(self.fd) };
+    }
+}
+
+pub enum IoResult {
+    Done(usize),
+    WouldBlock,
+    Closed,
+    Error(io::Error),
+}
+
+/// recv(2) into the spare capacity of `buf`.
+pub fn recv_into(fd: RawFd, buf: &mut bytes::BytesMut, max: usize) -> IoResult {
+    buf.reserve(max);
+    let spare = buf.spare_capacity_mut();
+    let len = spare.len().min(max);
+    let r = unsafe {
+        libc::recv(
+            fd,
+            spare.as_mut_ptr() as *mut libc::c_void,
+            len,
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if r > 0 {
+        unsafe { buf.set_len(buf.len() + r as usize) };
+        IoResult::Done(r as usize)
+    } else if r == 0 {
+        IoResult::Closed
+    } else {
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::WouldBlock => IoResult::WouldBlock,
+            io::ErrorKind::Interrupted => IoResult::Done(0),
+            _ => IoResult::Error(e),
+        }
+    }
+}
+
+pub fn send(fd: RawFd, data: &[u8]) -> IoResult {
+    let r = unsafe {
+        libc::send(
+            fd,
+            data.as_ptr() as *const libc::c_void,
+            data.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if r >= 0 {
+        IoResult::Done(r as usize)
+    } else {
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::WouldBlock => IoResult::WouldBlock,
+            io::ErrorKind::Interrupted => IoResult::Done(0),
+            _ => IoResult::Error(e),
+        }
+    }
+}
+
+/// accept4 a non-blocking, close-on-exec socket with TCP_NODELAY (we batch writes ourselves).
+pub fn accept(listener: RawFd) -> io::Result<Option<RawFd>> {
+    let fd = unsafe {
+        libc::accept4(
+            listener,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        return match e.kind() {
+            io::ErrorKind::WouldBlock => Ok(None),
+            _ => Err(e),
+        };
+    }
+    let one: libc::c_int = 1;
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            &one as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    Ok(Some(fd))
+}
+
+pub fn close(fd: RawFd) {
+    unsafe { libc::close(fd) };
+}

@@ -1,0 +1,626 @@
+//! One shard's event loop on its glommio executor: sockets -> shard core -> sockets and mesh.
+//!
+//! One task does all the work in rounds: harvest epoll events, drain the mesh channels from the other shards,
+//! read ready connections into one shared scratch buffer, let the core decide, then write every dirty connection
+//! once (writes are batched per round) and hand mesh messages to their channels. When there is nothing to do it
+//! sleeps until the epoll set is readable (watched from glommio's blocking pool; a peer shard rings our eventfd,
+//! which is in that set) or the next clock second (keep-alive sweep).
+//!
+//! Why crossbeam channels and not glommio's channel mesh: in glommio 0.9 a busy executor sees messages from other
+//! executors only when it is preempted (every 100 ms by default), which let a publisher overrun a full queue and
+//! adds 100 ms to cross-shard latency under load; a shorter preempt timer made executors lose timer wake-ups and
+//! stall (reproduced by tests/churn.rs). Draining lock-free bounded channels ourselves each round has neither
+//! problem.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::os::fd::RawFd;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use glommio::timer::Timer;
+
+use crate::broker::message::ConnKey;
+use crate::broker::shard::{MeshMsg, ReadOutcome, Shard};
+use crate::server::netpoll::{self, Epoll, IoResult};
+
+/// Bytes read per recv(2) into the shared scratch buffer.
+const SCRATCH: usize = 64 * 1024;
+/// recv(2) calls per connection per round, so one busy client cannot starve the others.
+const READS_PER_CONN: usize = 4;
+/// Connections read per round before writes are flushed.
+const CONNS_PER_ROUND: usize = 512;
+/// Mesh messages waiting for a full channel, per peer, before this shard stops reading its sockets.
+const OVERFLOW_PAUSE: usize = 1024;
+/// Mesh messages taken from each peer's channel per round.
+const MESH_PER_ROUND: usize = 4096;
+/// Connections accepted per listener event.
+const ACCEPTS_PER_ROUND: usize = 256;
+/// What besides the mesh channel can hold messages already routed to a session: one round's batch, the overflow
+/// before reading stops, and one message from each of up to 4096 distinct local publishers before each is paused.
+pub const IN_TRANSIT_SLACK: usize = MESH_PER_ROUND + OVERFLOW_PAUSE + 4096;
+
+const F_READABLE: u8 = 1;
+const F_IN_READY: u8 = 2;
+const F_WANT_WRITE: u8 = 4;
+
+const LISTENER_IDX: u32 = u32::MAX;
+const DOORBELL_IDX: u32 = u32::MAX - 1;
+
+fn token(key: ConnKey) -> u64 {
+    key.idx as u64 | ((key.gen as u64) << 32)
+}
+
+fn key_of(token: u64) -> ConnKey {
+    ConnKey {
+        idx: token as u32,
+        gen: (token >> 32) as u32,
+    }
+}
+
+/// How other shards wake this one: an eventfd in our epoll set, rung only while we sleep.
+pub struct Doorbell {
+    sleeping: AtomicBool,
+    efd: RawFd,
+}
+
+impl Doorbell {
+    pub fn new() -> std::io::Result<Arc<Doorbell>> {
+        let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if efd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Arc::new(Doorbell {
+            sleeping: AtomicBool::new(false),
+            efd,
+        }))
+    }
+
+    /// Called by a peer after it pushed messages for us.
+    fn ring_if_sleeping(&self) {
+        // Pairs with the fence in `main_loop` before the sleeper checks its channels: either we see `sleeping`,
+        // or the sleeper sees our message.
+        fence(Ordering::SeqCst);
+        if self.sleeping.load(Ordering::SeqCst) {
+            let one: u64 = 1;
+            unsafe { libc::write(self.efd, &one as *const u64 as *const libc::c_void, 8) };
+        }
+    }
+
+    fn drain(&self) {
+        let mut v: u64 = 0;
+        unsafe { libc::read(self.efd, &mut v as *mut u64 as *mut libc::c_void, 8) };
+    }
+}
+
+/// One shard's ends of the mesh: a bounded channel to and from every other shard, and everyone's doorbell.
+pub struct MeshLink {
+    pub to: Vec<Option<Sender<MeshMsg>>>,
+    pub from: Vec<Option<Receiver<MeshMsg>>>,
+    pub doorbells: Vec<Arc<Doorbell>>,
+}
+
+/// The full N x N mesh: `links[i]` belongs to shard i.
+pub fn build_mesh(shards: usize, capacity: usize) -> std::io::Result<Vec<MeshLink>> {
+    let doorbells: Vec<Arc<Doorbell>> = (0..shards)
+        .map(|_| Doorbell::new())
+        .collect::<Result<_, _>>()?;
+    let mut links: Vec<MeshLink> = (0..shards)
+        .map(|_| MeshLink {
+            to: (0..shards).map(|_| None).collect(),
+            from: (0..shards).map(|_| None).collect(),
+            doorbells: doorbells.clone(),
+        })
+        .collect();
+    for a in 0..shards {
+        for b in 0..shards {
+            if a != b {
+                let (tx, rx) = crossbeam_channel::bounded(capacity);
+                links[a].to[b] = Some(tx);
+                links[b].from[a] = Some(rx);
+            }
+        }
+    }
+    Ok(links)
+}
+
+pub struct ShardIo {
+    pub id: u16,
+    pub core: RefCell<Shard>,
+    epoll: Epoll,
+    listeners: Vec<RawFd>,
+    listeners_paused: Cell<bool>,
+    flags: RefCell<Vec<u8>>,
+    ready: RefCell<VecDeque<ConnKey>>,
+    mesh: MeshLink,
+    /// Messages for a peer whose channel was full, in order; retried every round.
+    overflow: RefCell<Vec<VecDeque<MeshMsg>>>,
+    /// Peers we pushed to this round (their doorbells are checked once, after the round).
+    pushed: RefCell<Vec<bool>>,
+    shutdown: Arc<AtomicBool>,
+    max_conns: usize,
+    rejected: Cell<u64>,
+}
+
+impl ShardIo {
+    pub fn new(
+        core: Shard,
+        listeners: Vec<RawFd>,
+        mesh: MeshLink,
+        shutdown: Arc<AtomicBool>,
+        max_conns: usize,
+    ) -> std::io::Result<Rc<Self>> {
+        let epoll = Epoll::new()?;
+        for (i, &l) in listeners.iter().enumerate() {
+            epoll.add_listener(
+                l,
+                token(ConnKey {
+                    idx: LISTENER_IDX,
+                    gen: i as u32,
+                }),
+            )?;
+        }
+        let id = core.id();
+        epoll.add_listener(
+            mesh.doorbells[id as usize].efd,
+            token(ConnKey {
+                idx: DOORBELL_IDX,
+                gen: 0,
+            }),
+        )?;
+        let peers = mesh.to.len().max(1);
+        Ok(Rc::new(ShardIo {
+            id: core.id(),
+            core: RefCell::new(core),
+            epoll,
+            listeners,
+            listeners_paused: Cell::new(false),
+            flags: RefCell::new(Vec::new()),
+            ready: RefCell::new(VecDeque::new()),
+            mesh,
+            overflow: RefCell::new((0..peers).map(|_| VecDeque::new()).collect()),
+            pushed: RefCell::new(vec![false; peers]),
+            shutdown,
+            max_conns,
+            rejected: Cell::new(0),
+        }))
+    }
+
+    fn set_flags(&self, key: ConnKey, f: impl FnOnce(&mut u8)) -> u8 {
+        let mut flags = self.flags.borrow_mut();
+        let i = key.idx as usize;
+        if i >= flags.len() {
+            flags.resize(i + 1, 0);
+        }
+        f(&mut flags[i]);
+        flags[i]
+    }
+
+    fn mark_readable(&self, key: ConnKey) {
+        let before = self.set_flags(key, |_| {});
+        self.set_flags(key, |f| *f |= F_READABLE | F_IN_READY);
+        if before & F_IN_READY == 0 {
+            self.ready.borrow_mut().push_back(key);
+        }
+    }
+
+    fn register(&self, fd: RawFd, key: ConnKey) {
+        self.set_flags(key, |f| *f = 0);
+        if let Err(e) = self.epoll.add_conn(fd, token(key)) {
+            tracing::warn!(error = %e, "epoll registration failed; closing connection");
+            self.core.borrow_mut().on_io_closed(key);
+            return;
+        }
+        // Edge-triggered: bytes may already be waiting, so try a read now.
+        self.mark_readable(key);
+    }
+
+    fn on_event(&self, ev: &libc::epoll_event) {
+        let key = key_of(ev.u64);
+        if key.idx == DOORBELL_IDX {
+            self.mesh.doorbells[self.id as usize].drain();
+            return;
+        }
+        if key.idx == LISTENER_IDX {
+            self.accept(key.gen as usize);
+            return;
+        }
+        if ev.events & netpoll::READABLE != 0 {
+            self.mark_readable(key);
+        }
+        if ev.events & netpoll::WRITABLE != 0 {
+            self.set_flags(key, |f| *f &= !F_WANT_WRITE);
+            self.write_conn(key);
+        }
+    }
+
+    fn accept(&self, listener: usize) {
+        let lfd = self.listeners[listener];
+        for _ in 0..ACCEPTS_PER_ROUND {
+            match netpoll::accept(lfd) {
+                Ok(Some(fd)) => {
+                    if self.core.borrow().connection_count() >= self.max_conns {
+                        netpoll::close(fd);
+                        self.rejected.set(self.rejected.get() + 1);
+                        tracing::warn!(
+                            shard = self.id,
+                            limit = self.max_conns,
+                            "max_connections reached; connection refused"
+                        );
+                        continue;
+                    }
+                    let key = self.core.borrow_mut().accept(fd as u64);
+                    self.register(fd, key);
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    // Out of file descriptors: stop accepting for a second instead of spinning on the listener.
+                    tracing::warn!(shard = self.id, error = %e, "accept failed; pausing accepts for 1 s (see tuning/)");
+                    for &l in &self.listeners {
+                        let _ = self.epoll.remove(l);
+                    }
+                    self.listeners_paused.set(true);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn resume_listeners(&self) {
+        if self.listeners_paused.replace(false) {
+            for (i, &l) in self.listeners.iter().enumerate() {
+                let _ = self.epoll.add_listener(
+                    l,
+                    token(ConnKey {
+                        idx: LISTENER_IDX,
+                        gen: i as u32,
+                    }),
+                );
+            }
+        }
+    }
+
+    /// Read from up to `CONNS_PER_ROUND` ready connections. Returns whether anything was read.
+    fn process_ready(&self, scratch: &mut BytesMut) -> bool {
+        let mut did = false;
+        // Only the connections ready when the round began: one that still has bytes goes to the back of the
+        // line for the next round, after this round's writes and mesh messages are out.
+        let n = self.ready.borrow().len().min(CONNS_PER_ROUND);
+        for _ in 0..n {
+            let Some(key) = self.ready.borrow_mut().pop_front() else {
+                break;
+            };
+            self.set_flags(key, |f| *f &= !F_IN_READY);
+            did |= self.read_conn(key, scratch);
+        }
+        did
+    }
+
+    fn read_conn(&self, key: ConnKey, scratch: &mut BytesMut) -> bool {
+        let mut core = self.core.borrow_mut();
+        let Some(fd) = core.conn_io(key).map(|io| io as RawFd) else {
+            return false;
+        };
+        let mut did = false;
+        for _ in 0..READS_PER_CONN {
+            if !core.can_read(key) {
+                // Paused (backpressure) or closing: keep the readable flag for when reading resumes.
+                return did;
+            }
+            scratch.clear();
+            match netpoll::recv_into(fd, scratch, SCRATCH) {
+                IoResult::Done(0) => continue,
+                IoResult::Done(_) => {
+                    did = true;
+                    match core.on_bytes(key, scratch) {
+                        ReadOutcome::Continue => {}
+                        ReadOutcome::Paused | ReadOutcome::Close => return did,
+                        ReadOutcome::HandedOff => {
+                            let _ = self.epoll.remove(fd);
+                            self.set_flags(key, |f| *f = 0);
+                            return did;
+                        }
+                    }
+                }
+                IoResult::WouldBlock => {
+                    self.set_flags(key, |f| *f &= !F_READABLE);
+                    return did;
+                }
+                IoResult::Closed | IoResult::Error(_) => {
+                    core.on_io_closed(key);
+                    return true;
+                }
+            }
+        }
+        drop(core);
+        // More may be waiting: go to the back of the line.
+        let f = self.set_flags(key, |_| {});
+        if f & F_READABLE != 0 && f & F_IN_READY == 0 {
+            self.set_flags(key, |f| *f |= F_IN_READY);
+            self.ready.borrow_mut().push_back(key);
+        }
+        did
+    }
+
+    fn write_conn(&self, key: ConnKey) {
+        let mut core = self.core.borrow_mut();
+        let Some(fd) = core.conn_io(key).map(|io| io as RawFd) else {
+            return;
+        };
+        loop {
+            let Some(out) = core.out_buf(key) else { return };
+            if out.is_empty() {
+                break;
+            }
+            match netpoll::send(fd, &out[..]) {
+                IoResult::Done(n) => out.advance(n),
+                IoResult::WouldBlock => {
+                    drop(core);
+                    self.set_flags(key, |f| *f |= F_WANT_WRITE);
+                    return;
+                }
+                IoResult::Closed | IoResult::Error(_) => {
+                    core.on_io_closed(key);
+                    return;
+                }
+            }
+        }
+        // Empty: free the buffer and let the session queue refill it.
+        core.flushed(key);
+    }
+
+    fn flush(&self, keys: &mut Vec<ConnKey>) {
+        // Refilling from session queues can dirty connections again; a few passes, then the next round.
+        for _ in 0..4 {
+            keys.clear();
+            self.core.borrow_mut().take_dirty(keys);
+            if keys.is_empty() {
+                break;
+            }
+            for &key in keys.iter() {
+                let f = self.set_flags(key, |_| {});
+                if f & F_WANT_WRITE == 0 {
+                    self.write_conn(key);
+                }
+            }
+        }
+    }
+
+    fn close_finished(&self, keys: &mut Vec<ConnKey>) {
+        keys.clear();
+        self.core.borrow_mut().take_closing(keys);
+        for &key in keys.iter() {
+            let mut core = self.core.borrow_mut();
+            if let Some(fd) = core.conn_io(key).map(|io| io as RawFd) {
+                // Best effort: a CONNACK/DISCONNECT with the reason goes out before the close.
+                if let Some(out) = core.out_buf(key) {
+                    if !out.is_empty() {
+                        let _ = netpoll::send(fd, &out[..]);
+                    }
+                }
+                netpoll::close(fd);
+            }
+            core.release(key);
+            drop(core);
+            self.set_flags(key, |f| *f = 0);
+        }
+    }
+
+    fn resume_paused(&self, keys: &mut Vec<ConnKey>, scratch: &mut BytesMut) {
+        keys.clear();
+        self.core.borrow_mut().take_resumed(keys);
+        for &key in keys.iter() {
+            let mut core = self.core.borrow_mut();
+            if core.has_partial(key) {
+                scratch.clear();
+                let out = core.on_bytes(key, scratch);
+                if out != ReadOutcome::Continue {
+                    continue;
+                }
+            }
+            drop(core);
+            if self.set_flags(key, |_| {}) & F_READABLE != 0 {
+                self.mark_readable(key);
+            }
+        }
+    }
+
+    /// Take what the other shards sent us (a bounded batch per peer per round).
+    fn drain_mesh(&self) -> bool {
+        let mut did = false;
+        for (from, rx) in self.mesh.from.iter().enumerate() {
+            let Some(rx) = rx else { continue };
+            for _ in 0..MESH_PER_ROUND {
+                let Ok(msg) = rx.try_recv() else { break };
+                did = true;
+                match msg {
+                    MeshMsg::Adopt(a) => {
+                        let fd = a.io as RawFd;
+                        let (key, _outcome) = self.core.borrow_mut().adopt(*a);
+                        self.register(fd, key);
+                    }
+                    other => self.core.borrow_mut().on_mesh(from as u16, other),
+                }
+            }
+        }
+        did
+    }
+
+    fn mesh_pending(&self) -> bool {
+        self.mesh.from.iter().flatten().any(|rx| !rx.is_empty())
+    }
+
+    /// Hand messages to their peers' channels, in order; a full channel keeps the rest in `overflow`.
+    fn send_mesh(&self, out: &mut Vec<(u16, MeshMsg)>) {
+        self.retry_overflow();
+        let mut overflow = self.overflow.borrow_mut();
+        let mut pushed = self.pushed.borrow_mut();
+        for (peer, msg) in out.drain(..) {
+            let p = peer as usize;
+            let Some(tx) = &self.mesh.to[p] else { continue };
+            if !overflow[p].is_empty() {
+                overflow[p].push_back(msg);
+                continue;
+            }
+            match tx.try_send(msg) {
+                Ok(()) => pushed[p] = true,
+                Err(TrySendError::Full(m)) => overflow[p].push_back(m),
+                Err(TrySendError::Disconnected(_)) => {
+                    tracing::error!(shard = self.id, peer, "mesh channel closed; message lost");
+                }
+            }
+        }
+    }
+
+    fn retry_overflow(&self) {
+        let mut overflow = self.overflow.borrow_mut();
+        let mut pushed = self.pushed.borrow_mut();
+        for (p, q) in overflow.iter_mut().enumerate() {
+            let Some(tx) = &self.mesh.to[p] else { continue };
+            while let Some(m) = q.pop_front() {
+                match tx.try_send(m) {
+                    Ok(()) => pushed[p] = true,
+                    Err(TrySendError::Full(m)) => {
+                        q.push_front(m);
+                        break;
+                    }
+                    Err(TrySendError::Disconnected(_)) => q.clear(),
+                }
+            }
+        }
+    }
+
+    /// Wake the peers we sent to this round, if they sleep.
+    fn ring_peers(&self) {
+        let mut pushed = self.pushed.borrow_mut();
+        for (p, flag) in pushed.iter_mut().enumerate() {
+            if std::mem::take(flag) {
+                self.mesh.doorbells[p].ring_if_sleeping();
+            }
+        }
+    }
+
+    fn overflow_pending(&self) -> bool {
+        self.overflow.borrow().iter().any(|q| !q.is_empty())
+    }
+
+    fn mesh_congested(&self) -> bool {
+        self.overflow
+            .borrow()
+            .iter()
+            .any(|q| q.len() >= OVERFLOW_PAUSE)
+    }
+
+    /// Everything the core left behind after a batch of events.
+    fn after_work(
+        &self,
+        keys: &mut Vec<ConnKey>,
+        mesh: &mut Vec<(u16, MeshMsg)>,
+        scratch: &mut BytesMut,
+    ) {
+        self.resume_paused(keys, scratch);
+        self.core.borrow_mut().take_mesh(mesh);
+        self.send_mesh(mesh);
+        self.flush(keys);
+        self.close_finished(keys);
+        // Closing can publish wills, which can produce mesh messages and writes.
+        self.core.borrow_mut().take_mesh(mesh);
+        self.send_mesh(mesh);
+        self.flush(keys);
+        self.ring_peers();
+    }
+
+    /// Shutdown: stop listening. Connection sockets close with the process.
+    fn close_all(&self) {
+        for &l in &self.listeners {
+            let _ = self.epoll.remove(l);
+            netpoll::close(l);
+        }
+    }
+}
+
+pub async fn main_loop(io: Rc<ShardIo>) {
+    let mut events: Vec<libc::epoll_event> = Vec::with_capacity(1024);
+    let mut scratch = BytesMut::with_capacity(SCRATCH);
+    let mut keys = Vec::new();
+    let mut mesh = Vec::new();
+    let start = Instant::now();
+    let mut last_sec = 0u32;
+    let mut blocking: Option<Pin<Box<dyn Future<Output = ()>>>> = None;
+    loop {
+        if io.shutdown.load(Ordering::Relaxed) {
+            io.close_all();
+            return;
+        }
+        let mut progress = false;
+        match io.epoll.poll_now(&mut events) {
+            Ok(n) => progress |= n > 0,
+            Err(e) => tracing::error!(shard = io.id, error = %e, "epoll_wait failed"),
+        }
+        for ev in events.iter() {
+            io.on_event(ev);
+        }
+        progress |= io.drain_mesh();
+        let congested = io.mesh_congested();
+        if !congested {
+            progress |= io.process_ready(&mut scratch);
+        }
+        io.after_work(&mut keys, &mut mesh, &mut scratch);
+
+        let elapsed = start.elapsed();
+        let sec = elapsed.as_secs() as u32;
+        if sec != last_sec {
+            last_sec = sec;
+            io.resume_listeners();
+            io.core.borrow_mut().tick(sec);
+            io.after_work(&mut keys, &mut mesh, &mut scratch);
+        }
+
+        let more = io.mesh_pending() || (!congested && !io.ready.borrow().is_empty());
+        if progress || more {
+            // Let other glommio tasks (none on the hot path today) run between rounds.
+            futures_lite::future::yield_now().await;
+            continue;
+        }
+        // About to sleep: tell peers to ring us, then look once more (see `Doorbell::ring_if_sleeping`).
+        let bell = &io.mesh.doorbells[io.id as usize];
+        bell.sleeping.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        if io.mesh_pending() {
+            bell.sleeping.store(false, Ordering::SeqCst);
+            continue;
+        }
+        // Nothing to do: sleep until sockets, peers or the clock need us.
+        if blocking.is_none() {
+            let epfd = io.epoll.raw();
+            blocking = Some(Box::pin(
+                glommio::executor().spawn_blocking(move || netpoll::wait_readable(epfd, 1000)),
+            ));
+        }
+        let mut until_tick =
+            Duration::from_secs(sec as u64 + 1).saturating_sub(elapsed) + Duration::from_millis(1);
+        if io.overflow_pending() {
+            // A peer's channel was full: retry soon rather than wait for our own sockets.
+            until_tick = until_tick.min(Duration::from_millis(1));
+        }
+        let sockets = async {
+            blocking.as_mut().expect("blocking wait armed").await;
+            true
+        };
+        let timer = async {
+            Timer::new(until_tick).await;
+            false
+        };
+        let sockets_ready = futures_lite::future::or(sockets, timer).await;
+        bell.sleeping.store(false, Ordering::SeqCst);
+        if sockets_ready {
+            blocking = None;
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! Shared test support: run the real `coremq` binary on a free port, and a raw blocking MQTT client built on our
+//! codec for checks that need byte-level control (malformed input, retransmissions, silence).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use coremq::codec::{
+    self, Connect, Decoder, Packet, ProtocolVersion, Publish, QoS, Subscribe, SubscribeFilter,
+    SubscriptionOptions,
+};
+
+pub struct Broker {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Broker {
+    /// Start the broker with 2 shards (so cross-shard paths run) plus `extra` arguments.
+    pub fn start(extra: &[&str]) -> Broker {
+        let level = std::env::var("COREMQ_TEST_LOG").unwrap_or_else(|_| "warn".into());
+        let mut args = vec![
+            "--listen",
+            "127.0.0.1:0",
+            "--shards",
+            "2",
+            "--log-level",
+            &level,
+        ];
+        args.extend_from_slice(extra);
+        Self::start_args(&args)
+    }
+
+    pub fn start_args(args: &[&str]) -> Broker {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_coremq"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start coremq");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let line = lines
+            .next()
+            .expect("coremq printed nothing")
+            .expect("read stdout");
+        let addr = line
+            .strip_prefix("coremq listening on ")
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+            .parse()
+            .unwrap();
+        // Keep draining stdout so the broker never blocks on it.
+        std::thread::spawn(move || for _ in lines {});
+        Broker { child, addr }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident set size in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("broker did not exit within 10 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A blocking MQTT client on a raw socket, speaking through coremq's codec.
+pub struct Raw {
+    pub stream: TcpStream,
+    pub version: ProtocolVersion,
+    decoder: Decoder,
+    buf: BytesMut,
+}
+
+impl Raw {
+    pub fn connect_tcp(addr: SocketAddr, version: ProtocolVersion) -> Raw {
+        let stream = TcpStream::connect(addr).expect("tcp connect");
+        stream.set_nodelay(true).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        Raw {
+            stream,
+            version,
+            decoder: Decoder::new_client(version, 1 << 24),
+            buf: BytesMut::new(),
+        }
+    }
+
+    pub fn connect_packet(
+        client_id: &str,
+        clean: bool,
+        keep_alive: u16,
+        version: ProtocolVersion,
+    ) -> Connect {
+        Connect {
+            protocol: version,
+            clean_start: clean,
+            keep_alive,
+            client_id: client_id.into(),
+            will: None,
+            username: None,
+            password: None,
+            properties: None,
+        }
+    }
+
+    /// TCP connect, send CONNECT, return the client and the CONNACK.
+    pub fn connect(addr: SocketAddr, c: Connect) -> (Raw, codec::ConnAck) {
+        let mut r = Raw::connect_tcp(addr, c.protocol);
+        r.send(&Packet::Connect(Box::new(c)));
+        match r.recv() {
+            Some(Packet::ConnAck(a)) => (r, a),
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    pub fn send(&mut self, p: &Packet) {
+        let mut out = BytesMut::new();
+        codec::encode(p, self.version, &mut out).unwrap();
+        self.stream.write_all(&out).unwrap();
+    }
+
+    pub fn send_bytes(&mut self, b: &[u8]) {
+        self.stream.write_all(b).unwrap();
+    }
+
+    /// Next packet, or None when the broker closed the connection (or nothing came within the timeout).
+    pub fn recv(&mut self) -> Option<Packet> {
+        loop {
+            match self.decoder.decode(&mut self.buf) {
+                Ok(Some(p)) => return Some(p),
+                Ok(None) => {}
+                Err(e) => panic!("broker sent a bad packet: {e}"),
+            }
+            let mut chunk = [0u8; 65536];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return None
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    pub fn set_timeout(&self, d: Duration) {
+        self.stream.set_read_timeout(Some(d)).unwrap();
+    }
+
+    /// True if the broker closes the connection within `within`.
+    pub fn closed_within(&mut self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        self.set_timeout(Duration::from_millis(100));
+        while Instant::now() < deadline {
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return true,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => return true,
+            }
+        }
+        false
+    }
+
+    pub fn subscribe(&mut self, packet_id: u16, filter: &str, qos: QoS) -> Vec<codec::ReasonCode> {
+        self.send(&Packet::Subscribe(Subscribe {
+            packet_id,
+            filters: vec![SubscribeFilter {
+                filter: filter.into(),
+                options: SubscriptionOptions {
+                    qos,
+                    ..Default::default()
+                },
+            }],
+            properties: None,
+        }));
+        loop {
+            match self.recv() {
+                Some(Packet::SubAck(a)) => {
+                    assert_eq!(a.packet_id, packet_id);
+                    return a.reasons;
+                }
+                Some(_) => continue,
+                None => panic!("no SUBACK"),
+            }
+        }
+    }
+
+    pub fn publish(
+        &mut self,
+        topic: &str,
+        qos: QoS,
+        packet_id: u16,
+        payload: &[u8],
+        retain: bool,
+        dup: bool,
+    ) {
+        self.send(&Packet::Publish(Publish {
+            dup,
+            qos,
+            retain,
+            topic: topic.into(),
+            packet_id,
+            properties: None,
+            payload: bytes::Bytes::copy_from_slice(payload),
+        }));
+    }
+}
+
+pub fn publish(p: Option<Packet>) -> Publish {
+    match p {
+        Some(Packet::Publish(p)) => p,
+        other => panic!("expected PUBLISH, got {other:?}"),
+    }
+}
+
+/// A client id that the broker places on the given shard (of `shards`), to steer cross-shard tests.
+pub fn id_on_shard(prefix: &str, shard: u16, shards: u16) -> String {
+    (0..)
+        .map(|i| format!("{prefix}-{i}"))
+        .find(|id| coremq::broker::shard::owner_shard(id, shards) == shard)
+        .unwrap()
+}

@@ -105,6 +105,23 @@ pub fn run(
         cfg.shards
     }
     .clamp(1, 64);
+    // Open files and locked memory bound how many connections and shards can really run: say so at start.
+    match crate::limits::raise_nofile_limit() {
+        Ok(n) => tracing::debug!(
+            open_files = n,
+            "RLIMIT_NOFILE soft limit raised to the hard limit"
+        ),
+        Err(e) => tracing::warn!("cannot raise RLIMIT_NOFILE: {e}"),
+    }
+    for w in crate::limits::check_limits(cfg.max_connections, shards, cfg.io_memory as u64) {
+        tracing::warn!(
+            setting = w.setting,
+            current = w.current,
+            required = w.required,
+            "{}",
+            w.message
+        );
+    }
     let (listeners, bound) = bind_listeners(&cfg, shards)?;
     on_bound(&bound, shards);
 

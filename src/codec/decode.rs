@@ -2,13 +2,14 @@
 //! whole frame is split off the input and every string/payload is a slice of it.
 
 use bytes::{Buf, Bytes, BytesMut};
+use bytestring::ByteString;
 
 use super::error::DecodeError;
 use super::properties::{self, PropCtx};
 use super::reason::{self, ReasonCtx};
 use super::topic;
 use super::types::*;
-use super::wire::{read_varint, Reader, MAX_FRAME_LEN};
+use super::wire::{self, read_varint, Reader, MAX_FRAME_LEN};
 
 /// The parsed fixed header of the frame at the front of a buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -263,12 +264,69 @@ fn connack(r: &mut Reader<'_>, version: ProtocolVersion) -> Result<ConnAck, Deco
     })
 }
 
+/// Field offsets of a PUBLISH on the fast path.
+struct FastLayout {
+    topic: std::ops::Range<usize>,
+    packet_id: u16,
+    payload_start: usize,
+}
+
+/// The common PUBLISH (non-empty ASCII topic without wildcards or U+0000, valid packet id, no properties) parsed
+/// on the raw bytes, so reference counts are touched only once at the end; anything else returns `None` and takes
+/// the general path, which also produces the precise error.
+#[inline(always)]
+fn publish_fast_layout(frame: &[u8], start: usize, qos: QoS, v5: bool) -> Option<FastLayout> {
+    let b = frame.get(start..)?;
+    let len = usize::from(u16::from_be_bytes([*b.first()?, *b.get(1)?]));
+    if len == 0 {
+        return None;
+    }
+    let (ascii, bad) = wire::scan_topic(b.get(2..2 + len)?);
+    if !ascii || bad {
+        return None;
+    }
+    let mut pos = 2 + len;
+    let mut packet_id = 0;
+    if qos != QoS::AtMostOnce {
+        packet_id = u16::from_be_bytes([*b.get(pos)?, *b.get(pos + 1)?]);
+        if packet_id == 0 {
+            return None;
+        }
+        pos += 2;
+    }
+    if v5 {
+        if *b.get(pos)? != 0 {
+            return None;
+        }
+        pos += 1;
+    }
+    Some(FastLayout {
+        topic: start + 2..start + 2 + len,
+        packet_id,
+        payload_start: start + pos,
+    })
+}
+
 fn publish(mut frame: Bytes, start: usize, flags: u8, v5: bool) -> Result<Publish, DecodeError> {
     let dup = flags & 0x08 != 0;
     let qos = QoS::from_u8((flags >> 1) & 0x03).ok_or(DecodeError::Malformed("PUBLISH QoS 3"))?;
     let retain = flags & 0x01 != 0;
     if dup && qos == QoS::AtMostOnce {
         return Err(DecodeError::Malformed("DUP set on a QoS 0 PUBLISH"));
+    }
+    if let Some(l) = publish_fast_layout(&frame, start, qos, v5) {
+        // SAFETY: `publish_fast_layout` checked that the topic bytes are all ASCII, hence valid UTF-8.
+        let topic = unsafe { ByteString::from_bytes_unchecked(frame.slice(l.topic.clone())) };
+        frame.advance(l.payload_start);
+        return Ok(Publish {
+            dup,
+            qos,
+            retain,
+            topic,
+            packet_id: l.packet_id,
+            properties: None,
+            payload: frame,
+        });
     }
     let mut r = Reader::new(&frame, start);
     let topic = r.topic_name()?;

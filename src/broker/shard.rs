@@ -776,6 +776,15 @@ impl Shard {
             properties,
             ..
         } = connect;
+        // Everything kept past this packet gets its own exact-size allocation: decoded strings are slices of the
+        // shard's shared 64 KiB read buffer, and keeping one would pin that whole buffer per connection.
+        let client_id = ByteString::from(&*client_id);
+        let will = will.map(|w| codec::Will {
+            topic: ByteString::from(&*w.topic),
+            payload: bytes::Bytes::copy_from_slice(&w.payload),
+            properties: w.properties.map(|p| Box::new(owned_properties(&p))),
+            ..w
+        });
         let props = properties.as_deref();
         let expiry = if protocol == ProtocolVersion::V5 {
             match props.and_then(|p| p.session_expiry_interval).unwrap_or(0) {
@@ -909,9 +918,10 @@ impl Shard {
                 return ReadOutcome::Continue;
             }
         }
-        let properties = p.properties.take().map(|mut pr| {
-            pr.subscription_identifiers.clear();
-            pr
+        let properties = p.properties.take().map(|pr| {
+            let mut owned = owned_properties(&pr);
+            owned.subscription_identifiers.clear();
+            Box::new(owned)
         });
         let msg = Message {
             // Exact-size copies: the decoded slices point into the shared read buffer.
@@ -950,7 +960,9 @@ impl Shard {
         let mut reasons = Vec::with_capacity(sub.filters.len());
         let mut new_filters = Vec::new();
         let mut retained = Vec::new();
-        for f in sub.filters {
+        for mut f in sub.filters {
+            // Stored in the session: an exact-size copy, not a slice of the read buffer.
+            f.filter = ByteString::from(&*f.filter);
             if parse_shared(&f.filter).ok().flatten().is_some() {
                 reasons.push(if v5 {
                     ReasonCode::SharedSubscriptionsNotSupported
@@ -1090,7 +1102,7 @@ impl Shard {
                 None => false,
             };
             if existed && self.remove_subscriber(f, sidx) {
-                gone.push(f.clone());
+                gone.push(ByteString::from(&**f));
             }
             reasons.push(if existed {
                 ReasonCode::Success
@@ -1670,5 +1682,29 @@ fn build_publish(q: &Queued, packet_id: u16, dup: bool, version: ProtocolVersion
         packet_id,
         properties,
         payload: q.msg.payload.clone(),
+    }
+}
+
+/// A deep copy of v5 properties whose strings and binary data own their bytes.
+fn owned_properties(p: &Properties) -> Properties {
+    let s = |v: &Option<ByteString>| v.as_ref().map(|x| ByteString::from(&**x));
+    let b = |v: &Option<bytes::Bytes>| v.as_ref().map(|x| bytes::Bytes::copy_from_slice(x));
+    Properties {
+        content_type: s(&p.content_type),
+        response_topic: s(&p.response_topic),
+        correlation_data: b(&p.correlation_data),
+        assigned_client_identifier: s(&p.assigned_client_identifier),
+        authentication_method: s(&p.authentication_method),
+        authentication_data: b(&p.authentication_data),
+        response_information: s(&p.response_information),
+        server_reference: s(&p.server_reference),
+        reason_string: s(&p.reason_string),
+        user_properties: p
+            .user_properties
+            .iter()
+            .map(|(k, v)| (ByteString::from(&**k), ByteString::from(&**v)))
+            .collect(),
+        subscription_identifiers: p.subscription_identifiers.clone(),
+        ..p.clone()
     }
 }

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The runs behind the issue-4 performance table: each broker alone, pinned to CPU 0, loadgen pinned to CPU 1,
+# one JSON line per run appended to $OUT. Brokers: mosquitto (Debian), coremq (1 shard, pinned), coremq2 (2 shards,
+# unpinned, loadgen unpinned). For side-by-side tables and plots of any brokers see benches/compare.sh.
+#
+#   cargo build --release --workspace && benches/issue4-runs.sh            # BROKERS="coremq" to run one
+set -u
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+LG="${LG:-$ROOT/target/release/coremq-loadgen}"
+CQ="${CQ:-$ROOT/target/release/coremq}"
+PORT="${PORT:-18850}"
+OUT="${OUT:-$ROOT/target/issue4-runs.jsonl}"
+CONF="$(mktemp)"
+printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages 100000\npersistence false\nset_tcp_nodelay true\n' "$PORT" > "$CONF"
+ulimit -n 20000 2>/dev/null || true
+
+BPID=""
+start_broker() {
+  case $1 in
+    mosquitto) taskset -c 0 mosquitto -c "$CONF" >/dev/null 2>&1 & ;;
+    coremq) taskset -c 0 "$CQ" --listen "127.0.0.1:$PORT" --log-level error >/dev/null 2>&1 & ;;
+    coremq2) "$CQ" --listen "127.0.0.1:$PORT" --shards 2 --log-level error >/dev/null 2>&1 & ;;
+    *) echo "unknown broker $1" >&2; exit 2 ;;
+  esac
+  BPID=$!
+  sleep 0.7
+}
+stop_broker() { kill "$BPID" 2>/dev/null; wait "$BPID" 2>/dev/null; sleep 0.3; }
+trap 'stop_broker; rm -f "$CONF"' EXIT
+
+run() {
+  local b=$1; shift
+  local pin=(taskset -c 1)
+  [ "$b" = coremq2 ] && pin=()
+  start_broker "$b"
+  "${pin[@]}" "$LG" "$@" --broker "127.0.0.1:$PORT" --threads 1 --broker-pid "$BPID" --label "$b" --json 2>/dev/null | tail -1 | tee -a "$OUT"
+  stop_broker
+}
+
+for b in ${BROKERS:-mosquitto coremq coremq2}; do
+  run "$b" fanin --publishers 8 --qos 0 --duration 5
+  run "$b" fanin --publishers 8 --qos 1 --duration 5
+  run "$b" fanout --subscribers 100 --qos 0 --duration 5
+  run "$b" pairs --pairs 100 --qos 0 --duration 5
+  run "$b" pairs --pairs 100 --qos 1 --duration 5
+  run "$b" pairs --pairs 10 --qos 0 --rate 10000 --duration 10
+  run "$b" conn --connections 15000 --connect-rate 3000 --duration 8 --source 127.0.0.2-127.0.0.3
+done
+echo "results: $OUT (coremq-loadgen table $OUT prints them side by side)"

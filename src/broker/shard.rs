@@ -190,6 +190,8 @@ struct Conn {
     pause_count: u16,
     dirty: bool,
     closing: bool,
+    /// Reading stopped because the peer is not reading our output (acks would pile up in `out`).
+    out_blocked: bool,
 }
 
 #[derive(Debug)]
@@ -369,6 +371,7 @@ impl Shard {
             pause_count: 0,
             dirty: false,
             closing: false,
+            out_blocked: false,
         });
         self.wheel
             .insert(key, self.now + self.cfg.connect_timeout_secs, self.now);
@@ -406,7 +409,7 @@ impl Shard {
     pub fn can_read(&self, key: ConnKey) -> bool {
         self.conns
             .get(key)
-            .is_some_and(|c| c.pause_count == 0 && !c.closing)
+            .is_some_and(|c| c.pause_count == 0 && !c.out_blocked && !c.closing)
     }
 
     /// Whether the connection holds unprocessed bytes (to resume after a pause).
@@ -467,6 +470,12 @@ impl Shard {
                 return ReadOutcome::Close;
             }
             if conn.pause_count > 0 {
+                return ReadOutcome::Paused;
+            }
+            // Every inbound packet may add an ack to `out`: a peer that writes but never reads would grow it
+            // without bound, so stop reading it until its output drains (see `flushed`).
+            if conn.out.len() >= self.cfg.max_out_buffer * 2 {
+                conn.out_blocked = true;
                 return ReadOutcome::Paused;
             }
             let packet = match conn.decoder.decode(buf) {
@@ -619,6 +628,10 @@ impl Shard {
         if c.out.is_empty() {
             c.out = BytesMut::new();
         }
+        if c.out_blocked && c.out.len() < self.cfg.max_out_buffer {
+            c.out_blocked = false;
+            self.resumed.push(key);
+        }
         let s = c.session;
         if s != NO_SESSION && !c.closing {
             self.pump(s);
@@ -657,36 +670,12 @@ impl Shard {
             }
             Packet::PubRec(r) => {
                 let known = self.session_mut(session).on_pubrec(r.packet_id);
-                let reason = if known {
-                    ReasonCode::Success
-                } else {
-                    ReasonCode::PacketIdentifierNotFound
-                };
-                self.send(
-                    key,
-                    &Packet::PubRel(PubResp {
-                        packet_id: r.packet_id,
-                        reason,
-                        properties: None,
-                    }),
-                );
+                self.send_ack(key, Packet::PubRel, r.packet_id, known);
                 ReadOutcome::Continue
             }
             Packet::PubRel(r) => {
                 let known = self.session_mut(session).inbound_qos2_release(r.packet_id);
-                let reason = if known {
-                    ReasonCode::Success
-                } else {
-                    ReasonCode::PacketIdentifierNotFound
-                };
-                self.send(
-                    key,
-                    &Packet::PubComp(PubResp {
-                        packet_id: r.packet_id,
-                        reason,
-                        properties: None,
-                    }),
-                );
+                self.send_ack(key, Packet::PubComp, r.packet_id, known);
                 ReadOutcome::Continue
             }
             Packet::PubComp(r) => {
@@ -1638,6 +1627,23 @@ impl Shard {
 
     // ----- output ----------------------------------------------------------------------------------------------
 
+    /// PUBREL/PUBCOMP answering a known packet id, or reporting it unknown (v5 reason 0x92).
+    fn send_ack(&mut self, key: ConnKey, make: fn(PubResp) -> Packet, packet_id: u16, known: bool) {
+        let reason = if known {
+            ReasonCode::Success
+        } else {
+            ReasonCode::PacketIdentifierNotFound
+        };
+        self.send(
+            key,
+            &make(PubResp {
+                packet_id,
+                reason,
+                properties: None,
+            }),
+        );
+    }
+
     fn send(&mut self, key: ConnKey, packet: &Packet) {
         let version = match self.conns.get(key) {
             Some(c) if c.session != NO_SESSION => self.session(c.session).protocol,
@@ -1706,6 +1712,70 @@ fn owned_properties(p: &Properties) -> Properties {
             .collect(),
         subscription_identifiers: p.subscription_identifiers.clone(),
         ..p.clone()
+    }
+}
+
+#[cfg(test)]
+mod output_bound {
+    use super::*;
+
+    fn frame(p: &Packet, v: ProtocolVersion) -> BytesMut {
+        let mut b = BytesMut::new();
+        codec::encode(p, v, &mut b).unwrap();
+        b
+    }
+
+    /// A client that publishes QoS 1 but never reads: its PUBACKs must not pile up without bound. Reading stops
+    /// at twice `max_out_buffer` and resumes once the output is written.
+    #[test]
+    fn a_peer_that_does_not_read_stops_being_read() {
+        let v = ProtocolVersion::V3_1_1;
+        let mut shard = Shard::new(ShardConfig {
+            max_out_buffer: 1024,
+            ..ShardConfig::default()
+        });
+        let key = shard.accept(7);
+        let connect = Connect {
+            protocol: v,
+            clean_start: true,
+            keep_alive: 0,
+            client_id: "flood".into(),
+            will: None,
+            username: None,
+            password: None,
+            properties: None,
+        };
+        let mut input = frame(&Packet::Connect(Box::new(connect)), v);
+        for id in 1..=5000u16 {
+            let p = Publish {
+                dup: false,
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                topic: "t".into(),
+                packet_id: id,
+                properties: None,
+                payload: bytes::Bytes::from_static(b"x"),
+            };
+            input.extend_from_slice(&frame(&Packet::Publish(p), v));
+        }
+        assert_eq!(shard.on_bytes(key, &mut input), ReadOutcome::Paused);
+        assert!(!shard.can_read(key));
+        let out = shard.out_buf(key).unwrap().len();
+        assert!(out <= 2 * 1024 + 64, "output grew to {out} bytes");
+        assert!(
+            shard.has_partial(key),
+            "unread publishes are kept, not dropped"
+        );
+        // The peer reads everything: reading resumes and the kept bytes are processed.
+        shard.out_buf(key).unwrap().clear();
+        shard.flushed(key);
+        let mut resumed = Vec::new();
+        shard.take_resumed(&mut resumed);
+        assert_eq!(resumed, vec![key]);
+        assert!(shard.can_read(key));
+        let mut empty = BytesMut::new();
+        shard.on_bytes(key, &mut empty);
+        assert!(shard.stats.publishes_in > 0);
     }
 }
 

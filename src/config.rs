@@ -33,6 +33,9 @@ pub struct Config {
     pub io_memory: usize,
     pub listen_backlog: i32,
     pub log_level: String,
+    pub persistence: bool,
+    pub data_dir: std::path::PathBuf,
+    pub store: crate::store::StoreConfig,
 }
 
 #[derive(Debug, thiserror::Error)]

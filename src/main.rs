@@ -36,6 +36,15 @@ struct Cli {
     /// Soft bound on messages held per session.
     #[arg(long, value_name = "N")]
     max_queued_messages: Option<usize>,
+    /// Directory of the durable log (persistent sessions, retained messages). Default ./data.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Keep everything in memory: nothing is written to disk, nothing survives a restart.
+    #[arg(long)]
+    no_persistence: bool,
+    /// Log fsync policy: interval:<N>ms (default interval:10ms), always, or never (benchmarks only).
+    #[arg(long, value_name = "POLICY")]
+    fsync: Option<coremq::store::FsyncPolicy>,
     /// Log filter, e.g. info, debug, coremq=debug.
     #[arg(long)]
     log_level: Option<String>,
@@ -60,6 +69,15 @@ fn load(cli: &Cli) -> Result<Config, String> {
     }
     if let Some(n) = cli.max_queued_messages {
         cfg.max_queued_messages = n;
+    }
+    if let Some(d) = &cli.data_dir {
+        cfg.data_dir = d.clone();
+    }
+    if cli.no_persistence {
+        cfg.persistence = false;
+    }
+    if let Some(f) = cli.fsync {
+        cfg.store.fsync = f;
     }
     if let Some(l) = &cli.log_level {
         cfg.log_level = l.clone();

@@ -15,13 +15,33 @@ use crate::codec::{ProtocolVersion, QoS, SubscriptionOptions, Will};
 /// A message waiting to be sent to this session.
 #[derive(Debug, Clone)]
 pub struct Queued {
-    pub msg: Rc<Message>,
+    /// `None` while the body lives only in the log (offline persistent session, or restored at start); it is
+    /// read back when the message is sent, so offline queues do not hold payloads in memory.
+    pub msg: Option<Rc<Message>>,
+    /// Id of the body in the shard's log; 0 = not persisted (QoS 0, or a session that is not persistent).
+    pub msg_id: u64,
     /// min(published QoS, granted QoS).
     pub qos: QoS,
     /// RETAIN flag to send (true for retained-on-subscribe, or v5 retain-as-published).
     pub retain: bool,
+    /// Restored from the log: QoS, RETAIN and subscription ids are derived from the body and the session's
+    /// subscriptions when it is loaded.
+    pub restored: bool,
     /// v5 subscription identifiers of the matching subscriptions.
     pub sub_ids: Vec<u32>,
+}
+
+impl Queued {
+    pub fn new(msg: Rc<Message>, qos: QoS, retain: bool, sub_ids: Vec<u32>) -> Self {
+        Queued {
+            msg: Some(msg),
+            msg_id: 0,
+            qos,
+            retain,
+            restored: false,
+            sub_ids,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +93,8 @@ pub struct Session {
     /// v5 maximum packet size the client accepts (0 = protocol maximum).
     pub client_max_packet: u32,
     pub dropped: u64,
+    /// The session is in the shard's log (persistent: it outlives its connection).
+    pub persisted: bool,
 }
 
 impl Session {
@@ -93,6 +115,7 @@ impl Session {
             waiters: Vec::new(),
             client_max_packet: 0,
             dropped: 0,
+            persisted: false,
         }
     }
 
@@ -116,6 +139,13 @@ impl Session {
         }
     }
 
+    /// After in-flight messages were restored: continue packet ids after the highest one in use.
+    pub fn resume_packet_ids(&mut self) {
+        if let Some(max) = self.inflight.iter().map(|f| f.packet_id).max() {
+            self.next_packet_id = if max == u16::MAX { 1 } else { max + 1 };
+        }
+    }
+
     /// Space in the in-flight window.
     pub fn window_open(&self) -> bool {
         self.inflight.len() < self.window.max(1) as usize
@@ -125,36 +155,35 @@ impl Session {
         self.inflight.iter().position(|f| f.packet_id == packet_id)
     }
 
-    /// PUBACK from the client: completes a QoS 1 delivery. Returns whether the id was known.
-    pub fn on_puback(&mut self, packet_id: u16) -> bool {
+    /// PUBACK from the client: completes a QoS 1 delivery. Returns the completed delivery if the id was known.
+    pub fn on_puback(&mut self, packet_id: u16) -> Option<Inflight> {
         match self.find_inflight(packet_id) {
             Some(i) if self.inflight[i].state == InflightState::AwaitPubAck => {
-                self.inflight.remove(i);
-                true
+                self.inflight.remove(i)
             }
-            _ => false,
+            _ => None,
         }
     }
 
-    /// PUBREC from the client: the QoS 2 message is now the client's; we answer PUBREL. Returns whether known.
-    pub fn on_pubrec(&mut self, packet_id: u16) -> bool {
+    /// PUBREC from the client: the QoS 2 message is now the client's; we answer PUBREL. Returns the stored
+    /// message id (0 if not persisted) if the packet id was known.
+    pub fn on_pubrec(&mut self, packet_id: u16) -> Option<u64> {
         match self.find_inflight(packet_id) {
             Some(i) if self.inflight[i].state != InflightState::AwaitPubAck => {
                 self.inflight[i].state = InflightState::AwaitPubComp;
-                true
+                Some(self.inflight[i].q.msg_id)
             }
-            _ => false,
+            _ => None,
         }
     }
 
     /// PUBCOMP from the client: completes a QoS 2 delivery.
-    pub fn on_pubcomp(&mut self, packet_id: u16) -> bool {
+    pub fn on_pubcomp(&mut self, packet_id: u16) -> Option<Inflight> {
         match self.find_inflight(packet_id) {
             Some(i) if self.inflight[i].state == InflightState::AwaitPubComp => {
-                self.inflight.remove(i);
-                true
+                self.inflight.remove(i)
             }
-            _ => false,
+            _ => None,
         }
     }
 
@@ -190,8 +219,8 @@ mod tests {
     use bytes::Bytes;
 
     fn q() -> Queued {
-        Queued {
-            msg: Rc::new(Message {
+        Queued::new(
+            Rc::new(Message {
                 topic: "t".into(),
                 payload: Bytes::from_static(b"x"),
                 qos: QoS::ExactlyOnce,
@@ -199,10 +228,10 @@ mod tests {
                 properties: None,
                 origin: None,
             }),
-            qos: QoS::ExactlyOnce,
-            retain: false,
-            sub_ids: vec![],
-        }
+            QoS::ExactlyOnce,
+            false,
+            vec![],
+        )
     }
 
     #[test]
@@ -216,13 +245,16 @@ mod tests {
             q: q(),
         });
         assert!(
-            !s.on_puback(id),
+            s.on_puback(id).is_none(),
             "PUBACK must not complete a QoS 2 delivery"
         );
-        assert!(!s.on_pubcomp(id), "PUBCOMP before PUBREC is ignored");
-        assert!(s.on_pubrec(id));
+        assert!(
+            s.on_pubcomp(id).is_none(),
+            "PUBCOMP before PUBREC is ignored"
+        );
+        assert!(s.on_pubrec(id).is_some());
         assert_eq!(s.inflight[0].state, InflightState::AwaitPubComp);
-        assert!(s.on_pubcomp(id));
+        assert!(s.on_pubcomp(id).is_some());
         assert!(s.inflight.is_empty());
     }
 

@@ -11,6 +11,7 @@ use std::rc::Rc;
 use bytes::BytesMut;
 use bytestring::ByteString;
 
+use crate::broker::durability::Durability;
 use crate::broker::keepalive::{Deadline, Secs, Wheel};
 use crate::broker::message::{ConnKey, Message, Origin};
 use crate::broker::session::{Inflight, InflightState, Queued, Session, Subscription};
@@ -20,6 +21,10 @@ use crate::codec::{
     self, ConnAck, Connect, DecodeError, Decoder, Disconnect, Packet, Properties, ProtocolVersion,
     PubResp, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe,
 };
+use crate::store::{DeliveryState, Store};
+
+#[path = "shard_persist.rs"]
+mod persist;
 
 /// What to do with a QoS 1/2 message for an online session whose queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -98,10 +103,15 @@ pub struct Adopt {
 /// Messages between shards (over the SPSC channel mesh).
 #[derive(Debug)]
 pub enum MeshMsg {
-    /// Deliver to matching local sessions; never forwarded further.
-    Publish(Box<Message>),
-    /// Replicate a retained message (an empty payload clears the topic).
-    Retain(Box<Message>),
+    /// Deliver to matching local sessions; never forwarded further. A non-zero sequence number asks for a
+    /// `Durable` confirmation once what the message caused is in the receiver's log (write-ahead PUBACK).
+    Publish(Box<Message>, u64),
+    /// Replicate a retained message (an empty payload clears the topic); sequence number as for `Publish`.
+    Retain(Box<Message>, u64),
+    /// Everything numbered up to `seq` that the receiver sent us is durable in our log.
+    Durable {
+        seq: u64,
+    },
     /// The sender has its first local subscriber for these filters; answer `InterestAck { token }`.
     InterestAdd {
         filters: Vec<ByteString>,
@@ -153,6 +163,10 @@ pub struct Stats {
     pub retained_rejected: u64,
     pub wills_published: u64,
     pub pauses: u64,
+    /// Log appends, commits or reads that failed (logged each time).
+    pub persist_errors: u64,
+    /// QoS>0 publishes refused because the log is full or failed.
+    pub publishes_refused: u64,
 }
 
 impl Stats {
@@ -310,10 +324,21 @@ pub struct Shard {
     // Reused scratch for matching.
     hits: Vec<Subscriber>,
     pub stats: Stats,
+    /// The shard's durable log; `None` = persistence off.
+    store: Option<Store>,
+    dur: Durability,
+    /// Wall-clock second of shard time 0.
+    epoch_unix: u64,
+    /// The message `deliver_local` is routing and the id of its stored body (0 until first stored), so a
+    /// message reaching several persistent sessions is written once.
+    cur_body: Option<(*const Message, u64)>,
+    /// Recovery is rebuilding state from the log: nothing is written back.
+    restoring: bool,
 }
 
 impl Shard {
     pub fn new(cfg: ShardConfig) -> Self {
+        let (cfg_shard, cfg_shards) = (cfg.shard_id, cfg.shards);
         Shard {
             wheel: Wheel::new(4096),
             cfg,
@@ -336,6 +361,11 @@ impl Shard {
             resumed: Vec::new(),
             hits: Vec::new(),
             stats: Stats::default(),
+            store: None,
+            dur: Durability::new(cfg_shard, cfg_shards),
+            epoch_unix: 0,
+            cur_body: None,
+            restoring: false,
         }
     }
 
@@ -509,15 +539,28 @@ impl Shard {
         if self.conns.remove(key).is_some() {
             self.stats.connections_closed += 1;
         }
+        self.dur.forget(key);
     }
 
     pub fn on_mesh(&mut self, from: u16, msg: MeshMsg) {
         match msg {
-            MeshMsg::Publish(m) => {
+            MeshMsg::Publish(m, seq) => {
                 let m = Rc::new(*m);
                 self.deliver_local(&m);
+                if seq > 0 {
+                    self.dur.on_peer_msg(from, seq);
+                }
             }
-            MeshMsg::Retain(m) => self.store_retained(Rc::new(*m)),
+            MeshMsg::Retain(m, seq) => {
+                self.store_retained(Rc::new(*m));
+                if seq > 0 {
+                    self.dur.on_peer_msg(from, seq);
+                }
+            }
+            MeshMsg::Durable { seq } => {
+                self.dur.on_peer_durable(from, seq);
+                self.poll_durable();
+            }
             MeshMsg::InterestAdd { filters, token } => {
                 for f in &filters {
                     *self.interest.get_or_insert_with(f, || 0) |= 1u64 << from;
@@ -587,6 +630,7 @@ impl Shard {
         if now % 10 == 0 {
             self.expire_sessions();
         }
+        self.store_maintenance();
         let drops = self.stats.drops();
         if drops != self.last_drop_log {
             tracing::warn!(
@@ -663,23 +707,37 @@ impl Shard {
         match packet {
             Packet::Publish(p) => self.on_publish(key, session, p),
             Packet::PubAck(r) => {
-                if self.session_mut(session).on_puback(r.packet_id) {
+                if let Some(done) = self.session_mut(session).on_puback(r.packet_id) {
+                    self.persist_ack(session, done.q.msg_id);
                     self.pump(session);
                 }
                 ReadOutcome::Continue
             }
             Packet::PubRec(r) => {
                 let known = self.session_mut(session).on_pubrec(r.packet_id);
-                self.send_ack(key, Packet::PubRel, r.packet_id, known);
+                if let Some(msg_id) = known {
+                    self.persist_delivery(session, msg_id, r.packet_id, DeliveryState::PubRelSent);
+                }
+                self.send_ack(key, Packet::PubRel, r.packet_id, known.is_some());
                 ReadOutcome::Continue
             }
             Packet::PubRel(r) => {
                 let known = self.session_mut(session).inbound_qos2_release(r.packet_id);
+                if known {
+                    // PUBCOMP frees the packet id for a new message: the release must be durable first, or a
+                    // restart would take the next message with this id for a duplicate.
+                    let work = self.dur.work();
+                    self.persist_qos2_in(session, r.packet_id, false);
+                    if self.dur.work() != work {
+                        self.hold_output(key);
+                    }
+                }
                 self.send_ack(key, Packet::PubComp, r.packet_id, known);
                 ReadOutcome::Continue
             }
             Packet::PubComp(r) => {
-                if self.session_mut(session).on_pubcomp(r.packet_id) {
+                if let Some(done) = self.session_mut(session).on_pubcomp(r.packet_id) {
+                    self.persist_ack(session, done.q.msg_id);
                     self.pump(session);
                 }
                 ReadOutcome::Continue
@@ -833,6 +891,13 @@ impl Shard {
             s.window = window;
             s.client_max_packet = client_max_packet;
         }
+        if self.store.is_some() {
+            if expiry == Some(0) {
+                self.unpersist_session(sidx);
+            } else {
+                self.persist_session(sidx);
+            }
+        }
         let now = self.now;
         let Some(conn) = self.conns.get_mut(key) else {
             return ReadOutcome::Close;
@@ -885,6 +950,36 @@ impl Shard {
                 "topic alias not allowed",
             );
         }
+        if p.qos != QoS::AtMostOnce {
+            let size = p.topic.len() + p.payload.len() + 64;
+            if let Some(e) = self.log_refuses(size) {
+                // Refused, not dropped: the publisher keeps the message and may retry.
+                self.stats.publishes_refused += 1;
+                tracing::warn!(shard = self.cfg.shard_id, error = %e, "log cannot take a QoS>0 publish; refusing it");
+                if self.session(sidx).protocol == ProtocolVersion::V5 {
+                    let make = if p.qos == QoS::AtLeastOnce {
+                        Packet::PubAck
+                    } else {
+                        Packet::PubRec
+                    };
+                    self.send(
+                        key,
+                        &make(PubResp {
+                            packet_id: p.packet_id,
+                            reason: ReasonCode::QuotaExceeded,
+                            properties: None,
+                        }),
+                    );
+                    return ReadOutcome::Continue;
+                }
+                return self.close_with(
+                    key,
+                    ReasonCode::QuotaExceeded,
+                    "log full: cannot accept QoS>0 publishes",
+                );
+            }
+        }
+        let work = self.dur.work();
         if p.qos == QoS::ExactlyOnce {
             let s = self.session_mut(sidx);
             let first = s.inbound_qos2_first(p.packet_id);
@@ -895,17 +990,12 @@ impl Shard {
                     "too many QoS 2 messages awaiting PUBREL",
                 );
             }
-            self.send(
-                key,
-                &Packet::PubRec(PubResp {
-                    packet_id: p.packet_id,
-                    reason: ReasonCode::Success,
-                    properties: None,
-                }),
-            );
             if !first {
+                // A retransmission: acknowledge again, do not route again (exactly once).
+                self.send_pub_resp(key, Packet::PubRec, p.packet_id);
                 return ReadOutcome::Continue;
             }
+            self.persist_qos2_in(sidx, p.packet_id, true);
         }
         let properties = p.properties.take().map(|pr| {
             let mut owned = owned_properties(&pr);
@@ -927,17 +1017,30 @@ impl Shard {
         let packet_id = p.packet_id;
         let qos = p.qos;
         self.route(msg);
-        if qos == QoS::AtLeastOnce {
-            self.send(
-                key,
-                &Packet::PubAck(PubResp {
-                    packet_id,
-                    reason: ReasonCode::Success,
-                    properties: None,
-                }),
-            );
+        if qos != QoS::AtMostOnce {
+            // Write-ahead: the acknowledgement leaves once what routing wrote (here and on peer shards) is durable.
+            if self.dur.work() != work {
+                self.hold_output(key);
+            }
+            let make = if qos == QoS::AtLeastOnce {
+                Packet::PubAck
+            } else {
+                Packet::PubRec
+            };
+            self.send_pub_resp(key, make, packet_id);
         }
         ReadOutcome::Continue
+    }
+
+    fn send_pub_resp(&mut self, key: ConnKey, make: fn(PubResp) -> Packet, packet_id: u16) {
+        self.send(
+            key,
+            &make(PubResp {
+                packet_id,
+                reason: ReasonCode::Success,
+                properties: None,
+            }),
+        );
     }
 
     fn on_subscribe(&mut self, key: ConnKey, sidx: u32, sub: Subscribe) -> ReadOutcome {
@@ -996,6 +1099,7 @@ impl Shard {
                     None => s.subs.push(record),
                 }
             }
+            self.persist_sub(sidx, &f.filter, options.to_byte(), sub_id.unwrap_or(0));
             reasons.push(match options.qos {
                 QoS::AtMostOnce => ReasonCode::Success,
                 QoS::AtLeastOnce => ReasonCode::GrantedQoS1,
@@ -1054,6 +1158,10 @@ impl Shard {
         {
             return;
         }
+        if self.session(p.session).persisted {
+            // A persistent subscription is acknowledged once it is durable.
+            self.hold_output(p.conn);
+        }
         self.send(
             p.conn,
             &Packet::SubAck(SubAck {
@@ -1067,12 +1175,12 @@ impl Shard {
             self.retained
                 .for_each_matched_by(&filter, |m| found.push(m.clone()));
             for m in found {
-                let q = Queued {
-                    qos: m.qos.min(options.qos),
-                    retain: true,
-                    sub_ids: sub_id.into_iter().collect(),
-                    msg: m,
-                };
+                let q = Queued::new(
+                    m.clone(),
+                    m.qos.min(options.qos),
+                    true,
+                    sub_id.into_iter().collect(),
+                );
                 self.enqueue(p.session, q, None);
             }
         }
@@ -1086,6 +1194,7 @@ impl Shard {
             let existed = match self.session(sidx).find_sub(f) {
                 Some(i) => {
                     self.session_mut(sidx).subs.swap_remove(i);
+                    self.persist_unsub(sidx, f);
                     true
                 }
                 None => false,
@@ -1139,9 +1248,11 @@ impl Shard {
         let msg = Rc::new(msg);
         if msg.retain {
             self.store_retained(msg.clone());
-            for peer in (0..self.cfg.shards).filter(|&p| p != self.cfg.shard_id) {
+            let me = self.cfg.shard_id;
+            for peer in (0..self.cfg.shards).filter(|&p| p != me) {
+                let seq = self.peer_seq(peer, &msg);
                 self.mesh_out
-                    .push((peer, MeshMsg::Retain(Box::new((*msg).clone()))));
+                    .push((peer, MeshMsg::Retain(Box::new((*msg).clone()), seq)));
             }
         }
         self.deliver_local(&msg);
@@ -1151,8 +1262,19 @@ impl Shard {
         while mask != 0 {
             let peer = mask.trailing_zeros() as u16;
             mask &= mask - 1;
+            let seq = self.peer_seq(peer, &msg);
             self.mesh_out
-                .push((peer, MeshMsg::Publish(Box::new((*msg).clone()))));
+                .push((peer, MeshMsg::Publish(Box::new((*msg).clone()), seq)));
+        }
+    }
+
+    /// A sequence number asking `peer` to confirm durability, for QoS>0 messages a client waits to have
+    /// acknowledged (0 = no confirmation needed).
+    fn peer_seq(&mut self, peer: u16, msg: &Message) -> u64 {
+        if self.store.is_some() && msg.qos != QoS::AtMostOnce && msg.origin.is_some() {
+            self.dur.next_seq(peer)
+        } else {
+            0
         }
     }
 
@@ -1160,6 +1282,7 @@ impl Shard {
         if msg.payload.is_empty() {
             if let Some(old) = self.retained.remove(&msg.topic) {
                 self.retained_bytes -= old.payload.len() + old.topic.len();
+                self.persist_retained(&msg, true);
             }
             return;
         }
@@ -1177,6 +1300,7 @@ impl Shard {
         }
         self.retained_bytes = self.retained_bytes - old_size.unwrap_or(0) + size;
         let topic = msg.topic.clone();
+        self.persist_retained(&msg, !new_topic);
         // Retained copies are delivered with RETAIN=1 but never carry the original publisher.
         let stored = if msg.origin.is_some() {
             Rc::new(Message {
@@ -1192,6 +1316,7 @@ impl Shard {
     fn deliver_local(&mut self, msg: &Rc<Message>) {
         let mut hits = std::mem::take(&mut self.hits);
         hits.clear();
+        self.cur_body = Some((Rc::as_ptr(msg), 0));
         self.subs
             .for_each_match(&msg.topic, |v| hits.extend_from_slice(v));
         if hits.len() > 1 {
@@ -1218,15 +1343,16 @@ impl Shard {
             if no_local && self.is_own_message(sidx, msg) {
                 continue;
             }
-            let q = Queued {
-                msg: msg.clone(),
-                qos: msg.qos.min(qos),
-                retain: retain_as_published && msg.retain,
+            let q = Queued::new(
+                msg.clone(),
+                msg.qos.min(qos),
+                retain_as_published && msg.retain,
                 sub_ids,
-            };
+            );
             self.enqueue(sidx, q, msg.origin);
             self.pump(sidx);
         }
+        self.cur_body = None;
         self.hits = hits;
     }
 
@@ -1238,12 +1364,13 @@ impl Shard {
     }
 
     /// Put a message in a session's queue, applying the bound and the overflow policy.
-    fn enqueue(&mut self, sidx: u32, q: Queued, origin: Option<Origin>) {
+    fn enqueue(&mut self, sidx: u32, mut q: Queued, origin: Option<Origin>) {
         let soft = self.cfg.max_queued_messages.max(1);
         let hard = soft + self.cfg.max_in_transit;
         let shard_id = self.cfg.shard_id;
         let overflow = self.cfg.overflow;
         let offline_overflow = self.cfg.offline_overflow;
+        let mut dropped_id = 0;
         let s = self.sessions[sidx as usize].as_mut().expect("live session");
         let online = s.conn.is_some();
         if s.backlog() >= soft {
@@ -1264,12 +1391,13 @@ impl Shard {
                     return;
                 }
                 OverflowPolicy::DropOldest => {
-                    if s.queue.pop_front().is_none() {
+                    let Some(oldest) = s.queue.pop_front() else {
                         // Everything is in flight: the newest gives way instead.
                         self.stats.dropped_qos12 += 1;
                         s.dropped += 1;
                         return;
-                    }
+                    };
+                    dropped_id = oldest.msg_id;
                     if online {
                         self.stats.dropped_qos12 += 1;
                     } else {
@@ -1304,75 +1432,115 @@ impl Shard {
                 }
             }
         }
+        self.persist_ack(sidx, dropped_id);
+        self.persist_enqueue(sidx, &mut q);
         let s = self.sessions[sidx as usize].as_mut().expect("live session");
         s.queue.push_back(q);
     }
 
     /// Move messages from a session's queue into its connection's output buffer, within the in-flight window
-    /// and the output buffer bound.
+    /// and the output buffer bound. Bodies of persisted messages are read back from the log here, as they go.
     fn pump(&mut self, sidx: u32) {
         let max_out = self.cfg.max_out_buffer;
         let soft = self.cfg.max_queued_messages.max(1);
-        let Some(s) = self
+        let Some(key) = self
             .sessions
-            .get_mut(sidx as usize)
-            .and_then(Option::as_mut)
+            .get(sidx as usize)
+            .and_then(Option::as_ref)
+            .and_then(|s| s.conn)
         else {
             return;
         };
-        let Some(key) = s.conn else { return };
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
-        if conn.closing {
-            return;
-        }
-        let version = s.protocol;
         let mut wrote = false;
-        while conn.out.len() < max_out {
+        loop {
+            let s = self.sessions[sidx as usize].as_ref().expect("live session");
+            let Some(conn) = self.conns.get(key) else {
+                return;
+            };
+            if conn.closing {
+                return;
+            }
+            if conn.out.len() >= max_out {
+                break;
+            }
             let Some(front) = s.queue.front() else { break };
+            if front.msg.is_none() {
+                let mut q = self
+                    .session_mut(sidx)
+                    .queue
+                    .pop_front()
+                    .expect("front exists");
+                if self.load_body(sidx, &mut q) {
+                    self.session_mut(sidx).queue.push_front(q);
+                }
+                continue;
+            }
             // A QoS 0 message behind a blocked QoS 1/2 one waits too: order per topic is preserved.
             if front.qos != QoS::AtMostOnce && !s.window_open() {
                 break;
             }
+            let s = self.sessions[sidx as usize].as_mut().expect("live session");
+            let version = s.protocol;
+            let client_max_packet = s.client_max_packet;
             let q = s.queue.pop_front().expect("front exists");
             let packet_id = if q.qos == QoS::AtMostOnce {
                 0
             } else {
                 s.alloc_packet_id()
             };
-            let publish = build_publish(&q, packet_id, false, version);
-            if s.client_max_packet > 0
+            let Some(publish) = build_publish(&q, packet_id, false, version) else {
+                continue;
+            };
+            if client_max_packet > 0
                 && codec::encoded_len(&Packet::Publish(publish.clone()), version)
-                    > s.client_max_packet as usize
+                    > client_max_packet as usize
             {
                 // [MQTT-3.1.2-25]: a packet over the client's maximum is discarded as if delivered.
                 self.stats.dropped_too_large += 1;
+                self.persist_ack(sidx, q.msg_id);
                 continue;
             }
+            if q.msg_id != 0 && q.qos != QoS::AtMostOnce {
+                self.persist_delivery(sidx, q.msg_id, packet_id, DeliveryState::PublishSent);
+                if q.qos == QoS::ExactlyOnce {
+                    // A QoS 2 PUBLISH leaves only once its packet id is durable: after a restart it is resent
+                    // with the same id, so the client can tell it is the same message.
+                    self.hold_output(key);
+                }
+            }
+            let conn = self.conns.get_mut(key).expect("connection checked above");
             if codec::encode_publish(&publish, version, &mut conn.out).is_err() {
                 self.stats.dropped_too_large += 1;
+                self.persist_ack(sidx, q.msg_id);
                 continue;
             }
             self.stats.publishes_out += 1;
             wrote = true;
-            if q.qos != QoS::AtMostOnce {
+            if q.qos == QoS::AtMostOnce {
+                // Restored message whose subscription was downgraded to QoS 0: sent, so done.
+                self.persist_ack(sidx, q.msg_id);
+            } else {
                 let state = if q.qos == QoS::AtLeastOnce {
                     InflightState::AwaitPubAck
                 } else {
                     InflightState::AwaitPubRec
                 };
-                s.inflight.push_back(Inflight {
+                self.session_mut(sidx).inflight.push_back(Inflight {
                     packet_id,
                     state,
                     q,
                 });
             }
         }
-        if wrote && !conn.dirty {
-            conn.dirty = true;
-            self.dirty.push(key);
+        if wrote {
+            if let Some(conn) = self.conns.get_mut(key) {
+                if !conn.dirty {
+                    conn.dirty = true;
+                    self.dirty.push(key);
+                }
+            }
         }
+        let s = self.session(sidx);
         if !s.waiters.is_empty() && s.backlog() <= soft / 2 {
             self.release_waiters(sidx);
         }
@@ -1390,7 +1558,10 @@ impl Shard {
                     reason: ReasonCode::Success,
                     properties: None,
                 }),
-                _ => Packet::Publish(build_publish(&f.q, f.packet_id, true, version)),
+                _ => match build_publish(&f.q, f.packet_id, true, version) {
+                    Some(p) => Packet::Publish(p),
+                    None => continue,
+                },
             });
         }
         for p in packets {
@@ -1463,6 +1634,14 @@ impl Shard {
         self.release_waiters(sidx);
         if self.session(sidx).is_clean() {
             self.destroy_session(sidx);
+        } else if self.session(sidx).persisted {
+            self.persist_session(sidx);
+            // Offline, the log holds the bodies: memory keeps only references (in-flight ones stay for replay).
+            for q in self.session_mut(sidx).queue.iter_mut() {
+                if q.msg_id != 0 {
+                    q.msg = None;
+                }
+            }
         }
     }
 
@@ -1573,6 +1752,7 @@ impl Shard {
     fn destroy_session(&mut self, sidx: u32) {
         self.release_waiters(sidx);
         let s = self.sessions[sidx as usize].take().expect("live session");
+        self.delete_persisted(&s);
         self.by_client.remove(&s.client_id);
         self.free_sessions.push(sidx);
         let mut gone = Vec::new();
@@ -1668,27 +1848,35 @@ impl Shard {
     }
 }
 
-fn build_publish(q: &Queued, packet_id: u16, dup: bool, version: ProtocolVersion) -> Publish {
+/// The PUBLISH for a queued message; `None` if its body is not loaded (never the case for a message being sent:
+/// `pump` loads bodies first, and in-flight messages always have theirs).
+fn build_publish(
+    q: &Queued,
+    packet_id: u16,
+    dup: bool,
+    version: ProtocolVersion,
+) -> Option<Publish> {
+    let msg = q.msg.as_ref()?;
     let properties = if version == ProtocolVersion::V5 {
         if q.sub_ids.is_empty() {
-            q.msg.properties.clone()
+            msg.properties.clone()
         } else {
-            let mut p = q.msg.properties.clone().unwrap_or_default();
+            let mut p = msg.properties.clone().unwrap_or_default();
             p.subscription_identifiers = q.sub_ids.clone();
             Some(p)
         }
     } else {
         None
     };
-    Publish {
+    Some(Publish {
         dup,
         qos: q.qos,
         retain: q.retain,
-        topic: q.msg.topic.clone(),
+        topic: msg.topic.clone(),
         packet_id,
         properties,
-        payload: q.msg.payload.clone(),
-    }
+        payload: msg.payload.clone(),
+    })
 }
 
 /// A deep copy of v5 properties whose strings and binary data own their bytes.

@@ -569,3 +569,24 @@ pub fn write(buf: &mut BytesMut, p: Option<&Properties>, content: usize, strip: 
         buf.put_u8(v);
     }
 }
+
+/// PUBLISH properties as a standalone block (length prefix + content), e.g. to store a message; `None` encodes as
+/// an empty slice.
+pub fn encode_publish_block(p: Option<&Properties>) -> Result<bytes::Bytes, EncodeError> {
+    let Some(p) = p else {
+        return Ok(bytes::Bytes::new());
+    };
+    let content = content_len(Some(p), PropCtx::Publish, Strip::default())?;
+    let mut buf = BytesMut::with_capacity(block_len(content));
+    write(&mut buf, Some(p), content, Strip::default());
+    Ok(buf.freeze())
+}
+
+/// Inverse of `encode_publish_block`.
+pub fn decode_publish_block(block: &bytes::Bytes) -> Result<Props, DecodeError> {
+    if block.is_empty() {
+        return Ok(None);
+    }
+    let mut r = Reader::new(block, 0);
+    decode(&mut r, PropCtx::Publish)
+}

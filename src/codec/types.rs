@@ -209,6 +209,34 @@ pub struct SubscriptionOptions {
     pub retain_handling: RetainHandling,
 }
 
+impl SubscriptionOptions {
+    /// The v5 wire byte (QoS bits 0-1, no local, retain as published, retain handling); used for storage too.
+    pub fn to_byte(self) -> u8 {
+        self.qos as u8
+            | (u8::from(self.no_local) << 2)
+            | (u8::from(self.retain_as_published) << 3)
+            | ((self.retain_handling as u8) << 4)
+    }
+
+    /// Inverse of `to_byte`; `None` for QoS 3, retain handling 3 or reserved bits.
+    pub fn from_byte(b: u8) -> Option<SubscriptionOptions> {
+        if b & 0xC0 != 0 {
+            return None;
+        }
+        Some(SubscriptionOptions {
+            qos: QoS::from_u8(b & 0x03)?,
+            no_local: b & 0x04 != 0,
+            retain_as_published: b & 0x08 != 0,
+            retain_handling: match (b >> 4) & 0x03 {
+                0 => RetainHandling::SendAtSubscribe,
+                1 => RetainHandling::SendIfNew,
+                2 => RetainHandling::DoNotSend,
+                _ => return None,
+            },
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubscribeFilter {
     pub filter: ByteString,

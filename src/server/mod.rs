@@ -13,8 +13,86 @@ use std::sync::{Arc, Mutex};
 use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
 use socket2::{Domain, Protocol, Socket, Type};
 
+use bytestring::ByteString;
+
 use crate::broker::shard::{Shard, ShardConfig};
 use crate::config::Config;
+use crate::store::{DirLock, State, Store};
+
+/// One shard's recovered log, handed to its executor.
+type Recovered = Option<(Store, State)>;
+
+/// Lock the data directory and replay every shard's log, before anything is accepted. Returns the lock, each
+/// shard's store and state, and each shard's subscribed filters (for the others' interest summaries).
+fn recover(
+    cfg: &Config,
+    shards: usize,
+) -> io::Result<(DirLock, Vec<Recovered>, Vec<Vec<ByteString>>)> {
+    let dir = &cfg.data_dir;
+    let lock = DirLock::lock_data_dir(dir).map_err(|e| io::Error::other(e.to_string()))?;
+    // Sessions live on the shard that owns hash(client id) % shards: another shard count would put them on the
+    // wrong shard, so refuse it clearly.
+    let marker = dir.join("SHARDS");
+    match std::fs::read_to_string(&marker) {
+        Ok(text) => {
+            let was: usize = text.trim().parse().unwrap_or(0);
+            if was != shards {
+                return Err(io::Error::other(format!(
+                    "data directory {} was written by {was} shards; start with --shards {was} (or use another \
+                     --data-dir)",
+                    dir.display()
+                )));
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            std::fs::write(&marker, format!("{shards}\n"))?
+        }
+        Err(e) => return Err(e),
+    }
+    let mut stores = Vec::with_capacity(shards);
+    let mut filters = Vec::with_capacity(shards);
+    for id in 0..shards {
+        let (store, rec) = Store::open(dir, id as u32, cfg.store.clone())
+            .map_err(|e| io::Error::other(format!("shard {id} log in {}: {e}", dir.display())))?;
+        let r = &rec.report;
+        tracing::info!(
+            shard = id,
+            sessions = rec.state.sessions.len(),
+            retained = rec.state.retained.len(),
+            records = r.records,
+            segments = r.segments,
+            corrupt_records = r.corruption_count,
+            truncated = r.truncated_at.is_some(),
+            elapsed_ms = r.elapsed.as_millis() as u64,
+            "log recovered"
+        );
+        for c in &r.corruptions {
+            tracing::warn!(
+                shard = id,
+                segment = c.segment,
+                offset = c.offset,
+                skipped_bytes = c.skipped_bytes,
+                reason = %c.reason,
+                "corrupt log record skipped"
+            );
+        }
+        let mut f: Vec<ByteString> = rec
+            .state
+            .sessions
+            .iter()
+            .flat_map(|s| {
+                s.subscriptions
+                    .iter()
+                    .map(|x| ByteString::from(x.filter.as_str()))
+            })
+            .collect();
+        f.sort_unstable();
+        f.dedup();
+        filters.push(f);
+        stores.push(Some((store, rec.state)));
+    }
+    Ok((lock, stores, filters))
+}
 
 /// The CPUs shards are pinned to: the configured list, else the CPUs this process may run on (so `taskset`
 /// works), in order.
@@ -122,6 +200,22 @@ pub fn run(
             w.message
         );
     }
+    let (data_lock, recovered, filters) = if cfg.persistence {
+        let (l, r, f) = recover(&cfg, shards)?;
+        (Some(l), r, f)
+    } else {
+        (
+            (None),
+            (0..shards).map(|_| None).collect(),
+            vec![Vec::new(); shards],
+        )
+    };
+    let recovered = Arc::new(Mutex::new(recovered));
+    let filters = Arc::new(filters);
+    let epoch_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let (listeners, bound) = bind_listeners(&cfg, shards)?;
     on_bound(&bound, shards);
 
@@ -155,13 +249,26 @@ pub fn run(
             let listeners = listeners.clone();
             let shutdown = shutdown.clone();
             let cfg = cfg.clone();
+            let recovered = recovered.clone();
+            let filters = filters.clone();
             async move {
                 let id = next_id.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let fds = std::mem::take(&mut listeners.lock().expect("listener table")[id]);
                 let link = links.lock().expect("mesh table")[id]
                     .take()
                     .expect("one mesh link per shard");
-                let core = Shard::new(shard_config(&cfg, id as u16, shards as u16));
+                let mut core = Shard::new(shard_config(&cfg, id as u16, shards as u16));
+                let rec = recovered.lock().expect("recovery table")[id].take();
+                if let Some((store, state)) = rec {
+                    // Held acknowledgements are released when the log syncs: let the syncer wake us.
+                    let bell = link.doorbells[id].clone();
+                    store.set_durable_notify(Arc::new(move || bell.ring_if_sleeping()));
+                    core.attach_store(store, epoch_unix);
+                    core.restore(state);
+                    for (peer, f) in filters.iter().enumerate().filter(|(p, _)| *p != id) {
+                        core.add_peer_interest(peer as u16, f);
+                    }
+                }
                 let io = shard_loop::ShardIo::new(core, fds, link, shutdown, max_conns)
                     .expect("shard epoll set");
                 tracing::info!(shard = id, "shard running");
@@ -174,5 +281,6 @@ pub fn run(
             return Err(io::Error::other(e.to_string()));
         }
     }
+    drop(data_lock);
     Ok(())
 }

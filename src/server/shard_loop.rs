@@ -22,7 +22,7 @@ use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use glommio::timer::Timer;
 
@@ -83,7 +83,7 @@ impl Doorbell {
     }
 
     /// Called by a peer after it pushed messages for us.
-    fn ring_if_sleeping(&self) {
+    pub fn ring_if_sleeping(&self) {
         // Pairs with the fence in `main_loop` before the sleeper checks its channels: either we see `sleeping`,
         // or the sleeper sees our message.
         fence(Ordering::SeqCst);
@@ -354,12 +354,15 @@ impl ShardIo {
             return;
         };
         loop {
-            let Some(out) = core.out_buf(key) else { return };
-            if out.is_empty() {
+            // Only the bytes before a held acknowledgement (waiting for the log) may go.
+            let Some((out, writable)) = core.out_writable(key) else {
+                return;
+            };
+            if writable == 0 {
                 break;
             }
-            match netpoll::send(fd, &out[..]) {
-                IoResult::Done(n) => out.advance(n),
+            match netpoll::send(fd, &out[..writable]) {
+                IoResult::Done(n) => core.consumed(key, n),
                 IoResult::WouldBlock => {
                     drop(core);
                     self.set_flags(key, |f| *f |= F_WANT_WRITE);
@@ -398,10 +401,11 @@ impl ShardIo {
         for &key in keys.iter() {
             let mut core = self.core.borrow_mut();
             if let Some(fd) = core.conn_io(key).map(|io| io as RawFd) {
-                // Best effort: a CONNACK/DISCONNECT with the reason goes out before the close.
-                if let Some(out) = core.out_buf(key) {
-                    if !out.is_empty() {
-                        let _ = netpoll::send(fd, &out[..]);
+                // Best effort: a CONNACK/DISCONNECT with the reason goes out before the close (never bytes still
+                // held for the log: the client retransmits what it has no acknowledgement for).
+                if let Some((out, writable)) = core.out_writable(key) {
+                    if writable > 0 {
+                        let _ = netpoll::send(fd, &out[..writable]);
                     }
                 }
                 netpoll::close(fd);
@@ -524,12 +528,15 @@ impl ShardIo {
         mesh: &mut Vec<(u16, MeshMsg)>,
         scratch: &mut BytesMut,
     ) {
+        // One log group per round: commit what the round appended, release what became durable.
+        self.core.borrow_mut().end_round();
         self.resume_paused(keys, scratch);
         self.core.borrow_mut().take_mesh(mesh);
         self.send_mesh(mesh);
         self.flush(keys);
         self.close_finished(keys);
-        // Closing can publish wills, which can produce mesh messages and writes.
+        // Closing can publish wills, which can produce log records, mesh messages and writes.
+        self.core.borrow_mut().end_round();
         self.core.borrow_mut().take_mesh(mesh);
         self.send_mesh(mesh);
         self.flush(keys);
@@ -592,7 +599,8 @@ pub async fn main_loop(io: Rc<ShardIo>) {
         let bell = &io.mesh.doorbells[io.id as usize];
         bell.sleeping.store(true, Ordering::SeqCst);
         fence(Ordering::SeqCst);
-        if io.mesh_pending() {
+        // The same for the log's syncer, which rings us when held acknowledgements may go.
+        if io.mesh_pending() || io.core.borrow().durable_progress() {
             bell.sleeping.store(false, Ordering::SeqCst);
             continue;
         }
@@ -605,6 +613,10 @@ pub async fn main_loop(io: Rc<ShardIo>) {
         }
         let mut until_tick =
             Duration::from_secs(sec as u64 + 1).saturating_sub(elapsed) + Duration::from_millis(1);
+        if io.core.borrow().durability_waiting() {
+            // Safety net behind the syncer's doorbell.
+            until_tick = until_tick.min(Duration::from_millis(5));
+        }
         if io.overflow_pending() {
             // A peer's channel was full: retry soon rather than wait for our own sockets.
             until_tick = until_tick.min(Duration::from_millis(1));

@@ -959,6 +959,12 @@ impl Store {
         Lsn(self.shared.durable.load(Ordering::Acquire))
     }
 
+    /// Calls `f` (from the syncer thread) each time the durable LSN advances, so an executor sleeping on
+    /// held acknowledgements can be woken.
+    pub fn set_durable_notify(&self, f: syncer::DurableNotify) {
+        *self.shared.notify.lock().unwrap_or_else(|e| e.into_inner()) = Some(f);
+    }
+
     /// LSN of the last commit.
     pub fn committed_lsn(&self) -> Lsn {
         self.committed

@@ -47,14 +47,29 @@ pub(crate) struct SyncShared {
     pub syncs: AtomicU64,
     lock: Mutex<()>,
     cond: Condvar,
+    /// Called after the durable LSN advanced (the broker rings its shard's doorbell).
+    pub notify: Mutex<Option<DurableNotify>>,
 }
+
+/// Wakes whoever waits on the durable LSN; called from the syncer thread.
+pub type DurableNotify = Arc<dyn Fn() + Send + Sync>;
 
 impl SyncShared {
     pub fn publish(&self, lsn: u64) {
         if lsn > self.durable.load(Ordering::Acquire) {
             self.durable.store(lsn, Ordering::Release);
-            let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-            self.cond.notify_all();
+            {
+                let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+                self.cond.notify_all();
+            }
+            let notify = self
+                .notify
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            if let Some(f) = notify {
+                f();
+            }
         }
     }
 

@@ -16,12 +16,24 @@ use coremq::codec::{
 pub struct Broker {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The data directory of a broker started with `start` (removed with the broker).
+    pub data: Option<tempfile::TempDir>,
 }
 
 impl Broker {
-    /// Start the broker with 2 shards (so cross-shard paths run) plus `extra` arguments.
+    /// Start the broker with 2 shards (so cross-shard paths run) and a fresh data directory, plus `extra`
+    /// arguments.
     pub fn start(extra: &[&str]) -> Broker {
+        let dir = tempfile::tempdir().expect("data dir");
+        let mut b = Self::start_in(dir.path(), extra);
+        b.data = Some(dir);
+        b
+    }
+
+    /// Start the broker with 2 shards on the data directory `dir` (which outlives it: restart tests).
+    pub fn start_in(dir: &std::path::Path, extra: &[&str]) -> Broker {
         let level = std::env::var("COREMQ_TEST_LOG").unwrap_or_else(|_| "warn".into());
+        let dir = dir.to_str().expect("utf-8 path").to_string();
         let mut args = vec![
             "--listen",
             "127.0.0.1:0",
@@ -29,9 +41,17 @@ impl Broker {
             "2",
             "--log-level",
             &level,
+            "--data-dir",
+            &dir,
         ];
         args.extend_from_slice(extra);
         Self::start_args(&args)
+    }
+
+    /// kill -9: no shutdown path runs.
+    pub fn kill9(&mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
+        let _ = self.child.wait();
     }
 
     pub fn start_args(args: &[&str]) -> Broker {
@@ -55,7 +75,11 @@ impl Broker {
             .unwrap();
         // Keep draining stdout so the broker never blocks on it.
         std::thread::spawn(move || for _ in lines {});
-        Broker { child, addr }
+        Broker {
+            child,
+            addr,
+            data: None,
+        }
     }
 
     pub fn port(&self) -> u16 {

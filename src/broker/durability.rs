@@ -1,0 +1,291 @@
+//! Write-ahead acknowledgements: which bytes of a connection's output must wait until what they acknowledge is
+//! durable, here and on the other shards.
+//!
+//! A PUBACK/PUBREC/PUBCOMP (or a first QoS 2 PUBLISH to a persistent subscriber) may only leave once every log
+//! record it vouches for is on disk. Those records can be in this shard's log (the publisher's session, local
+//! subscribers) or in a peer's (subscribers on other shards). Per round the shard core:
+//! - marks a *hold* at the current end of a connection's output before writing such a packet; the I/O layer
+//!   writes only the bytes before the first unreleased hold (packet order on the wire is kept);
+//! - numbers every QoS>0 message it forwards to a peer (`next_seq`); the peer answers `Durable { seq }` once the
+//!   round that handled it is durable in its own log (`on_peer_msg` / `end_round` / `poll`);
+//! - ends the round (`end_round`) with the LSN of its commit: holds of that round are released when that LSN is
+//!   durable and every peer has confirmed the sequence numbers sent to it up to then (`poll`).
+//!
+//! Pure bookkeeping, no I/O: cumulative sequence numbers work because each shard-to-shard channel is FIFO.
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::broker::message::ConnKey;
+use crate::store::Lsn;
+
+struct Barrier {
+    round: u64,
+    lsn: Lsn,
+    /// Per peer: the last sequence number sent to it in or before this round.
+    peer_seq: Box<[u64]>,
+}
+
+pub struct Durability {
+    shard: u16,
+    round: u64,
+    /// A hold was marked in the current round, so it needs a barrier.
+    hold_this_round: bool,
+    barriers: VecDeque<Barrier>,
+    /// Holds of rounds up to this one are released.
+    released_round: u64,
+    peer_sent: Vec<u64>,
+    peer_acked: Vec<u64>,
+    /// Highest sequence number received from each peer since the last `end_round` (0 = none).
+    recv_seq: Vec<u64>,
+    /// Per peer: confirmations to send once the LSN is durable, in order.
+    owed: Vec<VecDeque<(u64, Lsn)>>,
+    /// Connection -> (offset in its output buffer, round) of each unreleased hold, oldest first. Only
+    /// connections with a hold have an entry, so idle connections cost nothing here.
+    held: HashMap<ConnKey, VecDeque<(usize, u64)>>,
+    /// Records appended plus sequence numbers sent: a publish that changed neither needs no hold.
+    work: u64,
+    /// The durable LSN seen by the last `poll`.
+    polled: Lsn,
+}
+
+impl Durability {
+    pub fn new(shard: u16, shards: u16) -> Self {
+        let n = shards.max(1) as usize;
+        Durability {
+            shard,
+            round: 1,
+            hold_this_round: false,
+            barriers: VecDeque::new(),
+            released_round: 0,
+            peer_sent: vec![0; n],
+            peer_acked: vec![0; n],
+            recv_seq: vec![0; n],
+            owed: (0..n).map(|_| VecDeque::new()).collect(),
+            held: HashMap::new(),
+            work: 0,
+            polled: Lsn(0),
+        }
+    }
+
+    /// Counter that moves whenever something was appended or numbered for a peer.
+    pub fn work(&self) -> u64 {
+        self.work
+    }
+
+    pub fn note_append(&mut self) {
+        self.work += 1;
+    }
+
+    /// Sequence number for a QoS>0 message forwarded to `peer`.
+    pub fn next_seq(&mut self, peer: u16) -> u64 {
+        self.work += 1;
+        let s = &mut self.peer_sent[peer as usize];
+        *s += 1;
+        *s
+    }
+
+    /// Hold everything written to `conn` from `out_len` on until this round is durable.
+    pub fn hold(&mut self, conn: ConnKey, out_len: usize) {
+        self.hold_this_round = true;
+        let marks = self.held.entry(conn).or_default();
+        // An earlier hold of this round already covers everything after it.
+        if marks.back().is_some_and(|&(_, r)| r == self.round) {
+            return;
+        }
+        marks.push_back((out_len, self.round));
+    }
+
+    /// How many leading bytes of a `out_len`-byte output may be written now.
+    pub fn writable(&self, conn: ConnKey, out_len: usize) -> usize {
+        match self.held.get(&conn).and_then(|m| m.front()) {
+            Some(&(mark, _)) => mark.min(out_len),
+            None => out_len,
+        }
+    }
+
+    /// The I/O layer removed `n` bytes from the front of the output (never past the first hold).
+    pub fn consumed(&mut self, conn: ConnKey, n: usize) {
+        if let Some(marks) = self.held.get_mut(&conn) {
+            for m in marks.iter_mut() {
+                m.0 = m.0.saturating_sub(n);
+            }
+        }
+    }
+
+    pub fn is_held(&self, conn: ConnKey) -> bool {
+        self.held.contains_key(&conn)
+    }
+
+    /// The connection is gone: its held bytes go with it (the client retransmits what was not acknowledged).
+    pub fn forget(&mut self, conn: ConnKey) {
+        self.held.remove(&conn);
+    }
+
+    /// A numbered message arrived from `from`.
+    pub fn on_peer_msg(&mut self, from: u16, seq: u64) {
+        let r = &mut self.recv_seq[from as usize];
+        *r = (*r).max(seq);
+    }
+
+    /// A peer confirmed everything we numbered for it up to `seq`.
+    pub fn on_peer_durable(&mut self, from: u16, seq: u64) {
+        let a = &mut self.peer_acked[from as usize];
+        *a = (*a).max(seq);
+    }
+
+    /// End of a round whose records were committed up to `committed`.
+    pub fn end_round(&mut self, committed: Lsn) {
+        for (peer, seq) in self.recv_seq.iter_mut().enumerate() {
+            if *seq > 0 {
+                self.owed[peer].push_back((std::mem::take(seq), committed));
+            }
+        }
+        if self.hold_this_round {
+            self.barriers.push_back(Barrier {
+                round: self.round,
+                lsn: committed,
+                peer_seq: self.peer_sent.clone().into_boxed_slice(),
+            });
+            self.hold_this_round = false;
+        }
+        self.round += 1;
+    }
+
+    /// Release what `durable` allows: confirmations owed to peers go to `confirm(peer, seq)`, connections whose
+    /// output became writable to `writable(conn)`.
+    pub fn poll(
+        &mut self,
+        durable: Lsn,
+        mut confirm: impl FnMut(u16, u64),
+        mut writable: impl FnMut(ConnKey),
+    ) {
+        self.polled = durable;
+        for (peer, q) in self.owed.iter_mut().enumerate() {
+            let mut last = None;
+            while q.front().is_some_and(|&(_, lsn)| lsn <= durable) {
+                last = q.pop_front().map(|(s, _)| s);
+            }
+            if let Some(seq) = last {
+                confirm(peer as u16, seq);
+            }
+        }
+        let before = self.released_round;
+        while let Some(b) = self.barriers.front() {
+            let peers_done = b
+                .peer_seq
+                .iter()
+                .zip(&self.peer_acked)
+                .enumerate()
+                .all(|(p, (sent, acked))| p == self.shard as usize || acked >= sent);
+            if b.lsn > durable || !peers_done {
+                break;
+            }
+            self.released_round = b.round;
+            self.barriers.pop_front();
+        }
+        if self.released_round == before {
+            return;
+        }
+        let released = self.released_round;
+        self.held.retain(|&conn, marks| {
+            let mut freed = false;
+            while marks.front().is_some_and(|&(_, r)| r <= released) {
+                marks.pop_front();
+                freed = true;
+            }
+            if freed {
+                writable(conn);
+            }
+            !marks.is_empty()
+        });
+    }
+
+    pub fn polled(&self) -> Lsn {
+        self.polled
+    }
+
+    /// Something is waiting on the log or on a peer (the I/O layer then wakes up when the log syncs).
+    pub fn waiting(&self) -> bool {
+        !self.barriers.is_empty() || self.owed.iter().any(|q| !q.is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn k(i: u32) -> ConnKey {
+        ConnKey { idx: i, gen: 0 }
+    }
+
+    #[test]
+    fn a_hold_waits_for_the_local_log_and_keeps_order() {
+        let mut d = Durability::new(0, 1);
+        let c = k(1);
+        // 10 bytes already written before the hold may go; the held PUBACK and everything after it waits.
+        d.hold(c, 10);
+        assert_eq!(d.writable(c, 14), 10);
+        d.end_round(Lsn(100));
+        let mut woke = vec![];
+        d.poll(Lsn(99), |_, _| panic!("no peers"), |c| woke.push(c));
+        assert!(woke.is_empty());
+        assert_eq!(d.writable(c, 30), 10, "later bytes stay behind the hold");
+        d.consumed(c, 10);
+        assert_eq!(d.writable(c, 20), 0);
+        d.poll(Lsn(100), |_, _| {}, |c| woke.push(c));
+        assert_eq!(woke, vec![c]);
+        assert_eq!(d.writable(c, 20), 20);
+        assert!(!d.is_held(c));
+    }
+
+    #[test]
+    fn a_hold_waits_for_every_peer_it_sent_to() {
+        let mut d = Durability::new(0, 3);
+        let c = k(1);
+        let s1 = d.next_seq(1);
+        let s2 = d.next_seq(2);
+        d.hold(c, 0);
+        d.end_round(Lsn(0));
+        let mut woke = 0;
+        d.poll(Lsn(0), |_, _| {}, |_| woke += 1);
+        assert_eq!(woke, 0);
+        d.on_peer_durable(1, s1);
+        d.poll(Lsn(0), |_, _| {}, |_| woke += 1);
+        assert_eq!(woke, 0, "peer 2 has not confirmed");
+        d.on_peer_durable(2, s2);
+        d.poll(Lsn(0), |_, _| {}, |_| woke += 1);
+        assert_eq!(woke, 1);
+    }
+
+    #[test]
+    fn holds_of_a_later_round_are_released_after_earlier_ones() {
+        let mut d = Durability::new(0, 1);
+        let c = k(1);
+        d.hold(c, 0);
+        d.end_round(Lsn(10));
+        d.hold(c, 4);
+        d.end_round(Lsn(20));
+        d.poll(Lsn(10), |_, _| {}, |_| {});
+        assert_eq!(d.writable(c, 8), 4, "the second round is not durable yet");
+        d.poll(Lsn(20), |_, _| {}, |_| {});
+        assert_eq!(d.writable(c, 8), 8);
+    }
+
+    #[test]
+    fn confirmations_to_peers_are_cumulative_and_wait_for_the_log() {
+        let mut d = Durability::new(1, 2);
+        d.on_peer_msg(0, 5);
+        d.on_peer_msg(0, 7);
+        d.end_round(Lsn(50));
+        d.on_peer_msg(0, 9);
+        d.end_round(Lsn(60));
+        let mut sent = vec![];
+        d.poll(Lsn(49), |p, s| sent.push((p, s)), |_| {});
+        assert!(sent.is_empty());
+        d.poll(Lsn(55), |p, s| sent.push((p, s)), |_| {});
+        assert_eq!(sent, vec![(0, 7)]);
+        d.poll(Lsn(60), |p, s| sent.push((p, s)), |_| {});
+        assert_eq!(sent, vec![(0, 7), (0, 9)]);
+        assert!(!d.waiting());
+    }
+}

@@ -1,0 +1,603 @@
+//! The shard's side of durable sessions: what goes into the shard's log (`crate::store`), when output must wait
+//! for it (`Durability`), and rebuilding sessions, subscriptions and retained messages from it at start.
+//!
+//! Persisted: sessions that outlive their connection (3.1.1 clean session = 0, v5 session expiry > 0) with their
+//! subscriptions, their QoS 1/2 queue and in-flight state, their inbound QoS 2 packet ids; retained messages (each
+//! shard logs its own replica). Not persisted: clean sessions and QoS 0 messages.
+//!
+//! Still sans-io in the sense that matters: the store is a value the shard calls, and tests drive it without a
+//! runtime; the I/O layer only calls `end_round` / `poll_durable` and writes `out_writable` bytes.
+
+use std::rc::Rc;
+
+use bytes::BytesMut;
+use bytestring::ByteString;
+
+use super::{Shard, Stats, Subscriber};
+use crate::broker::message::{ConnKey, Message};
+use crate::broker::session::{Inflight, InflightState, Queued, Session, Subscription};
+use crate::codec::properties::{decode_publish_block, encode_publish_block};
+use crate::codec::topic::topic_matches;
+use crate::codec::{ProtocolVersion, QoS, SubscriptionOptions};
+use crate::store::{DeliveryState, MsgRef, Record, State, Store, StoreError};
+
+use crate::broker::durability::Durability;
+
+/// Bytes of compaction work per clock second (bounded so a second's round stays short).
+const COMPACT_BUDGET: usize = 4 << 20;
+
+/// Append one record; failures are logged and counted, never fatal (the in-memory state stays authoritative for
+/// this run, and capacity problems are refused earlier by `check_capacity`).
+pub(super) fn log(
+    store: &mut Option<Store>,
+    dur: &mut Durability,
+    stats: &mut Stats,
+    rec: &Record<'_>,
+) -> bool {
+    let Some(store) = store.as_mut() else {
+        return false;
+    };
+    match store.append(rec) {
+        Ok(_) => {
+            dur.note_append();
+            true
+        }
+        Err(e) => {
+            stats.persist_errors += 1;
+            tracing::error!(error = %e, record = ?std::mem::discriminant(rec), "log append failed");
+            false
+        }
+    }
+}
+
+fn version_of(level: u8) -> ProtocolVersion {
+    match level {
+        3 => ProtocolVersion::V3_1,
+        5 => ProtocolVersion::V5,
+        _ => ProtocolVersion::V3_1_1,
+    }
+}
+
+/// The message a stored body stands for.
+fn message_of(stored: crate::store::StoredMessage) -> Result<Message, String> {
+    let properties = decode_publish_block(&stored.properties).map_err(|e| e.to_string())?;
+    Ok(Message {
+        topic: ByteString::try_from(stored.topic.as_str()).map_err(|e| e.to_string())?,
+        payload: stored.payload,
+        qos: QoS::from_u8(stored.qos).ok_or("bad QoS")?,
+        retain: stored.retain,
+        properties,
+        origin: None,
+    })
+}
+
+impl Shard {
+    /// Give the shard its log (before any connection). `epoch_unix` is the wall-clock second of shard time 0, used
+    /// for session expiry across restarts.
+    pub fn attach_store(&mut self, store: Store, epoch_unix: u64) {
+        self.store = Some(store);
+        self.epoch_unix = epoch_unix;
+    }
+
+    pub fn persistence_enabled(&self) -> bool {
+        self.store.is_some()
+    }
+
+    fn unix_now(&self) -> u64 {
+        self.epoch_unix + self.now as u64
+    }
+
+    /// The session is in the log now (created, or its expiry/connection state changed).
+    pub(super) fn persist_session(&mut self, sidx: u32) {
+        let disconnected_at = match self.session(sidx).conn {
+            Some(_) => 0,
+            None => self.unix_now().max(1),
+        };
+        let s = self.sessions[sidx as usize].as_mut().expect("live session");
+        let rec = Record::SessionUpsert {
+            client_id: &s.client_id,
+            protocol_level: s.protocol.level(),
+            expiry_secs: s.expiry.unwrap_or(u32::MAX),
+            clean: false,
+            disconnected_at,
+        };
+        let newly = !s.persisted;
+        if log(&mut self.store, &mut self.dur, &mut self.stats, &rec) {
+            s.persisted = true;
+        }
+        if newly && s.persisted {
+            // A session that becomes persistent brings what it already holds.
+            let subs: Vec<(ByteString, u8, u32)> = s
+                .subs
+                .iter()
+                .map(|x| (x.filter.clone(), x.options.to_byte(), x.sub_id.unwrap_or(0)))
+                .collect();
+            for (filter, options, id) in subs {
+                self.persist_sub(sidx, &filter, options, id);
+            }
+        }
+    }
+
+    /// The session stops being persistent (v5 reconnect with expiry 0): load its stored bodies back into memory,
+    /// then delete it from the log.
+    pub(super) fn unpersist_session(&mut self, sidx: u32) {
+        if !self.session(sidx).persisted {
+            return;
+        }
+        let mut queue = std::mem::take(&mut self.session_mut(sidx).queue);
+        queue.retain_mut(|q| self.load_body(sidx, q));
+        for q in queue.iter_mut() {
+            q.msg_id = 0;
+        }
+        let s = self.sessions[sidx as usize].as_mut().expect("live session");
+        s.queue = queue;
+        for f in s.inflight.iter_mut() {
+            f.q.msg_id = 0;
+        }
+        s.persisted = false;
+        let rec = Record::SessionDelete {
+            client_id: &s.client_id,
+        };
+        log(&mut self.store, &mut self.dur, &mut self.stats, &rec);
+    }
+
+    pub(super) fn delete_persisted(&mut self, s: &Session) {
+        if s.persisted {
+            let rec = Record::SessionDelete {
+                client_id: &s.client_id,
+            };
+            log(&mut self.store, &mut self.dur, &mut self.stats, &rec);
+        }
+    }
+
+    pub(super) fn persist_sub(&mut self, sidx: u32, filter: &str, options: u8, sub_id: u32) {
+        let s = self.sessions[sidx as usize].as_ref().expect("live session");
+        if !s.persisted {
+            return;
+        }
+        let rec = Record::SubAdd {
+            client_id: &s.client_id,
+            filter,
+            options,
+            subscription_id: sub_id,
+        };
+        log(&mut self.store, &mut self.dur, &mut self.stats, &rec);
+    }
+
+    pub(super) fn persist_unsub(&mut self, sidx: u32, filter: &str) {
+        let s = self.sessions[sidx as usize].as_ref().expect("live session");
+        if !s.persisted {
+            return;
+        }
+        let rec = Record::SubRemove {
+            client_id: &s.client_id,
+            filter,
+        };
+        log(&mut self.store, &mut self.dur, &mut self.stats, &rec);
+    }
+
+    /// Writes a message body; returns its id, or 0 if it could not be stored.
+    pub(super) fn persist_body(&mut self, msg: &Message, retain: bool) -> u64 {
+        let Some(store) = self.store.as_mut() else {
+            return 0;
+        };
+        let props = match encode_publish_block(msg.properties.as_deref()) {
+            Ok(p) => p,
+            Err(e) => {
+                self.stats.persist_errors += 1;
+                tracing::error!(error = %e, "cannot encode message properties for the log");
+                return 0;
+            }
+        };
+        let msg_id = store.alloc_msg_id();
+        let rec = Record::Message {
+            msg_id,
+            topic: &msg.topic,
+            qos: msg.qos as u8,
+            retain,
+            payload: &msg.payload,
+            properties: &props,
+        };
+        if log(&mut self.store, &mut self.dur, &mut self.stats, &rec) {
+            msg_id
+        } else {
+            0
+        }
+    }
+
+    /// A QoS 1/2 message is being queued for a persistent session: reference its body (written once per
+    /// routed message, shared by every session of this shard it reaches) from the session's queue.
+    pub(super) fn persist_enqueue(&mut self, sidx: u32, q: &mut Queued) {
+        if q.qos == QoS::AtMostOnce || !self.session(sidx).persisted {
+            return;
+        }
+        let Some(msg) = q.msg.clone() else { return };
+        let shared = match self.cur_body {
+            Some((ptr, id)) if ptr == Rc::as_ptr(&msg) && id != 0 && !q.retain => id,
+            _ => 0,
+        };
+        let body = if shared != 0 {
+            shared
+        } else {
+            let id = self.persist_body(&msg, q.retain);
+            if let Some((ptr, cached)) = self.cur_body.as_mut() {
+                if *ptr == Rc::as_ptr(&msg) && !q.retain {
+                    *cached = id;
+                }
+            }
+            id
+        };
+        if body == 0 {
+            return;
+        }
+        let s = self.sessions[sidx as usize].as_ref().expect("live session");
+        let rec = Record::Enqueue {
+            client_id: &s.client_id,
+            msg_id: body,
+        };
+        if log(&mut self.store, &mut self.dur, &mut self.stats, &rec) {
+            q.msg_id = body;
+            if s.conn.is_none() {
+                // Offline: the log holds the body; keep only the reference in memory.
+                q.msg = None;
+            }
+        }
+    }
+
+    pub(super) fn persist_ack(&mut self, sidx: u32, msg_id: u64) {
+        if msg_id == 0 {
+            return;
+        }
+        let s = self.sessions[sidx as usize].as_ref().expect("live session");
+        let rec = Record::Ack {
+            client_id: &s.client_id,
+            msg_id,
+        };
+        log(&mut self.store, &mut self.dur, &mut self.stats, &rec);
+    }
+
+    pub(super) fn persist_delivery(
+        &mut self,
+        sidx: u32,
+        msg_id: u64,
+        packet_id: u16,
+        state: DeliveryState,
+    ) {
+        if msg_id == 0 {
+            return;
+        }
+        let s = self.sessions[sidx as usize].as_ref().expect("live session");
+        let rec = Record::Delivery {
+            client_id: &s.client_id,
+            msg_id,
+            packet_id,
+            state,
+        };
+        log(&mut self.store, &mut self.dur, &mut self.stats, &rec);
+    }
+
+    pub(super) fn persist_qos2_in(&mut self, sidx: u32, packet_id: u16, pending: bool) {
+        let s = self.sessions[sidx as usize].as_ref().expect("live session");
+        if !s.persisted {
+            return;
+        }
+        let rec = if pending {
+            Record::Qos2InPending {
+                client_id: &s.client_id,
+                packet_id,
+            }
+        } else {
+            Record::Qos2InReleased {
+                client_id: &s.client_id,
+                packet_id,
+            }
+        };
+        log(&mut self.store, &mut self.dur, &mut self.stats, &rec);
+    }
+
+    pub(super) fn persist_retained(&mut self, msg: &Message, replaced: bool) {
+        if self.store.is_none() || self.restoring {
+            return;
+        }
+        if msg.payload.is_empty() {
+            if replaced {
+                let rec = Record::RetainedClear { topic: &msg.topic };
+                log(&mut self.store, &mut self.dur, &mut self.stats, &rec);
+            }
+            return;
+        }
+        let id = self.persist_body(msg, true);
+        if id != 0 {
+            let rec = Record::RetainedSet {
+                topic: &msg.topic,
+                msg_id: id,
+            };
+            log(&mut self.store, &mut self.dur, &mut self.stats, &rec);
+        }
+    }
+
+    /// Read a queued message's body back from the log (and, for restored entries, work out its QoS, RETAIN and
+    /// subscription ids). False if it is unreadable: then it is acknowledged away, counted and logged.
+    pub(super) fn load_body(&mut self, sidx: u32, q: &mut Queued) -> bool {
+        if q.msg.is_some() {
+            return true;
+        }
+        let read = match self.store.as_ref() {
+            Some(st) => st
+                .read_message(MsgRef(q.msg_id))
+                .map_err(|e| e.to_string())
+                .and_then(message_of),
+            None => Err("no log".into()),
+        };
+        match read {
+            Ok(m) => {
+                if q.restored {
+                    let s = self.session(sidx);
+                    let mut granted = None::<QoS>;
+                    let mut sub_ids = Vec::new();
+                    for sub in &s.subs {
+                        if topic_matches(&sub.filter, &m.topic) {
+                            granted =
+                                Some(granted.map_or(sub.options.qos, |g| g.max(sub.options.qos)));
+                            sub_ids.extend(sub.sub_id);
+                        }
+                    }
+                    q.qos = m.qos.min(granted.unwrap_or(m.qos));
+                    q.retain = m.retain;
+                    q.sub_ids = sub_ids;
+                    q.restored = false;
+                }
+                q.msg = Some(Rc::new(m));
+                true
+            }
+            Err(e) => {
+                self.stats.persist_errors += 1;
+                self.stats.dropped_offline += 1;
+                tracing::error!(msg_id = q.msg_id, error = %e, "stored message unreadable; dropped");
+                self.persist_ack(sidx, q.msg_id);
+                false
+            }
+        }
+    }
+
+    /// Rebuild sessions, subscriptions, queues and retained messages from the log at start. Returns the filters
+    /// with a local subscriber (the other shards add them to their interest summaries).
+    pub fn restore(&mut self, state: State) -> Vec<ByteString> {
+        self.restoring = true;
+        let unix_now = self.unix_now();
+        let mut expired = Vec::new();
+        for rs in state.sessions {
+            let meta = rs.meta;
+            let expiry = match meta.expiry_secs {
+                u32::MAX => None,
+                e => {
+                    // A crash while connected counts as a disconnect at restart.
+                    let off = if meta.disconnected_at == 0 {
+                        unix_now
+                    } else {
+                        meta.disconnected_at
+                    };
+                    let gone = unix_now.saturating_sub(off);
+                    if gone >= e as u64 {
+                        expired.push(rs.client_id.clone());
+                        continue;
+                    }
+                    Some(e - gone as u32)
+                }
+            };
+            let client_id = ByteString::from(rs.client_id.as_str());
+            let mut session = Session::new(client_id, version_of(meta.protocol_level), expiry);
+            session.persisted = true;
+            session.offline_since = self.now;
+            for sub in &rs.subscriptions {
+                let Some(options) = SubscriptionOptions::from_byte(sub.options) else {
+                    tracing::warn!(client = %rs.client_id, filter = %sub.filter, "bad stored subscription options");
+                    continue;
+                };
+                session.subs.push(Subscription {
+                    filter: ByteString::from(sub.filter.as_str()),
+                    options,
+                    sub_id: (sub.subscription_id != 0).then_some(sub.subscription_id),
+                });
+            }
+            session.inbound_qos2 = rs.inbound_qos2.clone();
+            let sidx = self.new_session(session);
+            let subs = self.session(sidx).subs.clone();
+            for sub in &subs {
+                let entry = Subscriber {
+                    session: sidx,
+                    options: sub.options,
+                    sub_id: sub.sub_id,
+                };
+                self.subs
+                    .get_or_insert_with(&sub.filter, Vec::new)
+                    .push(entry);
+            }
+            for qm in rs.queue {
+                let mut q = Queued {
+                    msg: None,
+                    msg_id: qm.msg.0,
+                    qos: QoS::ExactlyOnce,
+                    retain: false,
+                    restored: true,
+                    sub_ids: Vec::new(),
+                };
+                match qm.delivery {
+                    Some(d) => {
+                        if !self.load_body(sidx, &mut q) {
+                            continue;
+                        }
+                        let state = match d.state {
+                            DeliveryState::PubRelSent => InflightState::AwaitPubComp,
+                            DeliveryState::PublishSent if q.qos == QoS::ExactlyOnce => {
+                                InflightState::AwaitPubRec
+                            }
+                            DeliveryState::PublishSent => InflightState::AwaitPubAck,
+                        };
+                        if q.qos == QoS::AtMostOnce {
+                            // Subscription downgraded to QoS 0 since: send again as QoS 0.
+                            self.session_mut(sidx).queue.push_back(q);
+                            continue;
+                        }
+                        self.session_mut(sidx).inflight.push_back(Inflight {
+                            packet_id: d.packet_id,
+                            state,
+                            q,
+                        });
+                    }
+                    None => self.session_mut(sidx).queue.push_back(q),
+                }
+            }
+            self.session_mut(sidx).resume_packet_ids();
+        }
+        for client_id in expired {
+            let rec = Record::SessionDelete {
+                client_id: &client_id,
+            };
+            log(&mut self.store, &mut self.dur, &mut self.stats, &rec);
+        }
+        for (topic, msg) in state.retained {
+            let read = match self.store.as_ref() {
+                Some(st) => st
+                    .read_message(msg)
+                    .map_err(|e| e.to_string())
+                    .and_then(message_of),
+                None => continue,
+            };
+            match read {
+                Ok(m) => self.store_retained(Rc::new(m)),
+                Err(e) => {
+                    self.stats.persist_errors += 1;
+                    tracing::error!(%topic, error = %e, "stored retained message unreadable; skipped");
+                }
+            }
+        }
+        self.restoring = false;
+        let mut filters = Vec::new();
+        self.subs.for_each(|f, v| {
+            if !v.is_empty() {
+                filters.push(ByteString::from(f));
+            }
+        });
+        if let Some(st) = self.store.as_mut() {
+            if let Err(e) = st.commit() {
+                tracing::error!(error = %e, "log commit after recovery failed");
+            }
+        }
+        filters
+    }
+
+    /// Interest of a peer shard restored from its log (before any connection is accepted).
+    pub fn add_peer_interest(&mut self, peer: u16, filters: &[ByteString]) {
+        for f in filters {
+            *self.interest.get_or_insert_with(f, || 0) |= 1u64 << peer;
+        }
+    }
+
+    /// End of an I/O round: commit what the round appended (one group) and close the round's holds.
+    pub fn end_round(&mut self) {
+        let Some(store) = self.store.as_mut() else {
+            return;
+        };
+        let committed = match store.commit() {
+            Ok(l) => l,
+            Err(e) => {
+                self.stats.persist_errors += 1;
+                tracing::error!(error = %e, "log commit failed");
+                store.committed_lsn()
+            }
+        };
+        self.dur.end_round(committed);
+        self.poll_durable();
+    }
+
+    /// Release output and peer confirmations that became durable.
+    pub fn poll_durable(&mut self) {
+        let Some(store) = self.store.as_ref() else {
+            return;
+        };
+        let durable = store.durable_lsn();
+        let mesh = &mut self.mesh_out;
+        let conns = &mut self.conns;
+        let dirty = &mut self.dirty;
+        self.dur.poll(
+            durable,
+            |peer, seq| mesh.push((peer, super::MeshMsg::Durable { seq })),
+            |key| {
+                if let Some(c) = conns.get_mut(key) {
+                    if !c.dirty {
+                        c.dirty = true;
+                        dirty.push(key);
+                    }
+                }
+            },
+        );
+    }
+
+    /// Output or a peer waits for the log to sync (the I/O layer wakes on sync, or polls soon).
+    pub fn durability_waiting(&self) -> bool {
+        self.store.is_some() && self.dur.waiting()
+    }
+
+    /// Everything written to this connection from now on waits until the current round is durable.
+    pub(super) fn hold_output(&mut self, key: ConnKey) {
+        if self.store.is_none() {
+            return;
+        }
+        if let Some(c) = self.conns.get(key) {
+            self.dur.hold(key, c.out.len());
+        }
+    }
+
+    /// The connection's output and how many leading bytes of it may be written now.
+    pub fn out_writable(&mut self, key: ConnKey) -> Option<(&mut BytesMut, usize)> {
+        let c = self.conns.get_mut(key)?;
+        let n = self.dur.writable(key, c.out.len());
+        Some((&mut c.out, n))
+    }
+
+    /// The I/O layer wrote (and removed) `n` bytes from the front of the connection's output.
+    pub fn consumed(&mut self, key: ConnKey, n: usize) {
+        if let Some(c) = self.conns.get_mut(key) {
+            bytes::Buf::advance(&mut c.out, n);
+        }
+        self.dur.consumed(key, n);
+    }
+
+    /// Once a second: bounded compaction, and dropping read pages of the log from memory.
+    pub(super) fn store_maintenance(&mut self) {
+        let Some(store) = self.store.as_mut() else {
+            return;
+        };
+        match store.compact_step(COMPACT_BUDGET) {
+            Ok(p) if p.deleted_segments > 0 => {
+                tracing::debug!(
+                    shard = self.cfg.shard_id,
+                    deleted = p.deleted_segments,
+                    "log compacted"
+                )
+            }
+            Ok(_) => {}
+            Err(StoreError::SyncFailed(_)) => {}
+            Err(e) => {
+                self.stats.persist_errors += 1;
+                tracing::error!(error = %e, "log compaction failed");
+            }
+        }
+        store.release_cached_pages();
+    }
+
+    /// Refuse a QoS>0 publish when the log cannot take it (disk full, budget exhausted, sync failed).
+    pub(super) fn log_refuses(&mut self, bytes: usize) -> Option<StoreError> {
+        let store = self.store.as_mut()?;
+        store.check_capacity(bytes).err()
+    }
+
+    /// The log synced past what the last `poll_durable` saw, with something waiting on it.
+    pub fn durable_progress(&self) -> bool {
+        match self.store.as_ref() {
+            Some(st) => self.dur.waiting() && st.durable_lsn() > self.dur.polled(),
+            None => false,
+        }
+    }
+}

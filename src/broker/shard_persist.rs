@@ -62,7 +62,7 @@ fn version_of(level: u8) -> ProtocolVersion {
 fn message_of(stored: crate::store::StoredMessage) -> Result<Message, String> {
     let properties = decode_publish_block(&stored.properties).map_err(|e| e.to_string())?;
     Ok(Message {
-        topic: ByteString::try_from(stored.topic.as_str()).map_err(|e| e.to_string())?,
+        topic: ByteString::from(stored.topic.as_str()),
         payload: stored.payload,
         qos: QoS::from_u8(stored.qos).ok_or("bad QoS")?,
         retain: stored.retain,

@@ -601,3 +601,207 @@ impl Shard {
         }
     }
 }
+
+impl Shard {
+    /// Block until everything committed is durable (shutdown, tests). Never on the hot path.
+    pub fn sync_log(&mut self) {
+        if let Some(st) = self.store.as_mut() {
+            if let Err(e) = st.sync() {
+                tracing::error!(error = %e, "log sync failed");
+            }
+        }
+        self.poll_durable();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{ReadOutcome, ShardConfig};
+    use super::*;
+    use crate::codec::{self, Connect, Packet, Publish, Subscribe, SubscribeFilter};
+    use crate::store::{FsyncPolicy, StoreConfig};
+    use std::time::Duration;
+
+    const V: ProtocolVersion = ProtocolVersion::V3_1_1;
+
+    fn frame(p: &Packet) -> BytesMut {
+        let mut b = BytesMut::new();
+        codec::encode(p, V, &mut b).unwrap();
+        b
+    }
+
+    fn connect(shard: &mut Shard, io: u64, id: &str, clean: bool) -> ConnKey {
+        let key = shard.accept(io);
+        let c = Connect {
+            protocol: V,
+            clean_start: clean,
+            keep_alive: 0,
+            client_id: id.into(),
+            will: None,
+            username: None,
+            password: None,
+            properties: None,
+        };
+        let mut b = frame(&Packet::Connect(Box::new(c)));
+        assert_eq!(shard.on_bytes(key, &mut b), ReadOutcome::Continue);
+        key
+    }
+
+    fn take_output(shard: &mut Shard, key: ConnKey) -> Vec<Packet> {
+        let (out, n) = shard.out_writable(key).unwrap();
+        let mut bytes = BytesMut::from(&out[..n]);
+        shard.consumed(key, n);
+        let mut d = codec::Decoder::new_client(V, 1 << 20);
+        let mut v = Vec::new();
+        while let Some(p) = d.decode(&mut bytes).unwrap() {
+            v.push(p);
+        }
+        v
+    }
+
+    fn shard_with_log(dir: &std::path::Path) -> Shard {
+        let cfg = StoreConfig {
+            // Long enough that nothing becomes durable unless the test syncs.
+            fsync: FsyncPolicy::Interval(Duration::from_secs(10)),
+            segment_size: 1 << 20,
+            ..StoreConfig::default()
+        };
+        let (store, rec) = Store::open(dir, 0, cfg).unwrap();
+        let mut shard = Shard::new(ShardConfig::default());
+        shard.attach_store(store, 1_000_000);
+        shard.restore(rec.state);
+        shard
+    }
+
+    fn publish(qos: QoS, id: u16) -> BytesMut {
+        frame(&Packet::Publish(Publish {
+            dup: false,
+            qos,
+            retain: false,
+            topic: "t/1".into(),
+            packet_id: id,
+            properties: None,
+            payload: bytes::Bytes::from_static(b"hello"),
+        }))
+    }
+
+    #[test]
+    fn puback_waits_for_the_log_only_when_it_vouches_for_persistent_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut shard = shard_with_log(dir.path());
+        let p = connect(&mut shard, 1, "pub", true);
+        take_output(&mut shard, p);
+
+        // No persistent subscriber: nothing to make durable, the PUBACK goes at once.
+        shard.on_bytes(p, &mut publish(QoS::AtLeastOnce, 1));
+        shard.end_round();
+        assert!(matches!(
+            take_output(&mut shard, p)[..],
+            [Packet::PubAck(_)]
+        ));
+
+        // A persistent subscriber, now offline.
+        let s = connect(&mut shard, 2, "sub", false);
+        let mut sub = frame(&Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            filters: vec![SubscribeFilter {
+                filter: "t/#".into(),
+                options: SubscriptionOptions {
+                    qos: QoS::AtLeastOnce,
+                    ..Default::default()
+                },
+            }],
+            properties: None,
+        }));
+        shard.on_bytes(s, &mut sub);
+        shard.end_round();
+        assert!(
+            take_output(&mut shard, s)
+                .iter()
+                .all(|p| !matches!(p, Packet::SubAck(_))),
+            "a persistent SUBACK waits for the log"
+        );
+        shard.sync_log();
+        assert!(take_output(&mut shard, s)
+            .iter()
+            .any(|p| matches!(p, Packet::SubAck(_))));
+        shard.on_io_closed(s);
+        shard.release(s);
+
+        shard.on_bytes(p, &mut publish(QoS::AtLeastOnce, 2));
+        shard.on_bytes(p, &mut publish(QoS::AtMostOnce, 0));
+        shard.end_round();
+        assert!(
+            take_output(&mut shard, p).is_empty(),
+            "the PUBACK (and what follows it) waits until the queued message is durable"
+        );
+        shard.sync_log();
+        assert!(matches!(
+            take_output(&mut shard, p)[..],
+            [Packet::PubAck(_)]
+        ));
+
+        // The offline queue holds a reference only; the body is read back from the log on reconnect.
+        let sidx = shard.by_client["sub"];
+        let q = &shard.session(sidx).queue;
+        assert_eq!(q.len(), 2);
+        assert!(q[0].msg.is_none() && q[0].msg_id != 0);
+        assert!(
+            q[1].msg.is_some() && q[1].msg_id == 0,
+            "QoS 0 is never persisted"
+        );
+        let s = connect(&mut shard, 3, "sub", false);
+        let got = take_output(&mut shard, s);
+        assert!(
+            matches!(&got[..], [Packet::ConnAck(a), Packet::Publish(m), Packet::Publish(m0)]
+            if a.session_present && &m.payload[..] == b"hello" && m.qos == QoS::AtLeastOnce
+                && m0.qos == QoS::AtMostOnce)
+        );
+    }
+
+    #[test]
+    fn restore_rebuilds_sessions_queues_and_interest() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut shard = shard_with_log(dir.path());
+            let s = connect(&mut shard, 1, "sub", false);
+            let mut sub = frame(&Packet::Subscribe(Subscribe {
+                packet_id: 1,
+                filters: vec![SubscribeFilter {
+                    filter: "t/+".into(),
+                    options: SubscriptionOptions {
+                        qos: QoS::ExactlyOnce,
+                        ..Default::default()
+                    },
+                }],
+                properties: None,
+            }));
+            shard.on_bytes(s, &mut sub);
+            shard.on_io_closed(s);
+            shard.release(s);
+            let p = connect(&mut shard, 2, "pub", true);
+            for i in 1..=3 {
+                shard.on_bytes(p, &mut publish(QoS::ExactlyOnce, i));
+            }
+            shard.end_round();
+            shard.sync_log();
+        }
+        let mut shard = shard_with_log(dir.path());
+        let mut filters = Vec::new();
+        shard.subs.for_each(|f, _| filters.push(f.to_string()));
+        assert_eq!(filters, vec!["t/+".to_string()]);
+        let s = connect(&mut shard, 1, "sub", false);
+        shard.end_round();
+        shard.sync_log();
+        let got = take_output(&mut shard, s);
+        let publishes: Vec<_> = got
+            .iter()
+            .filter_map(|p| match p {
+                Packet::Publish(m) => Some((m.qos, m.packet_id)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(publishes.len(), 3, "{got:?}");
+        assert!(publishes.iter().all(|(q, _)| *q == QoS::ExactlyOnce));
+    }
+}

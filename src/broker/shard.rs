@@ -176,6 +176,8 @@ impl Stats {
             + self.dropped_offline
             + self.dropped_too_large
             + self.retained_rejected
+            + self.publishes_refused
+            + self.persist_errors
     }
 }
 
@@ -640,7 +642,9 @@ impl Shard {
                 offline = self.stats.dropped_offline,
                 too_large = self.stats.dropped_too_large,
                 retained_rejected = self.stats.retained_rejected,
-                "messages dropped (totals since start)"
+                refused_publishes = self.stats.publishes_refused,
+                log_errors = self.stats.persist_errors,
+                "messages dropped or refused (totals since start)"
             );
             self.last_drop_log = drops;
         }
@@ -953,30 +957,8 @@ impl Shard {
         if p.qos != QoS::AtMostOnce {
             let size = p.topic.len() + p.payload.len() + 64;
             if let Some(e) = self.log_refuses(size) {
-                // Refused, not dropped: the publisher keeps the message and may retry.
-                self.stats.publishes_refused += 1;
-                tracing::warn!(shard = self.cfg.shard_id, error = %e, "log cannot take a QoS>0 publish; refusing it");
-                if self.session(sidx).protocol == ProtocolVersion::V5 {
-                    let make = if p.qos == QoS::AtLeastOnce {
-                        Packet::PubAck
-                    } else {
-                        Packet::PubRec
-                    };
-                    self.send(
-                        key,
-                        &make(PubResp {
-                            packet_id: p.packet_id,
-                            reason: ReasonCode::QuotaExceeded,
-                            properties: None,
-                        }),
-                    );
-                    return ReadOutcome::Continue;
-                }
-                return self.close_with(
-                    key,
-                    ReasonCode::QuotaExceeded,
-                    "log full: cannot accept QoS>0 publishes",
-                );
+                tracing::debug!(shard = self.cfg.shard_id, error = %e, "log cannot take a QoS>0 publish");
+                return self.refuse_publish(key, sidx, p.qos, p.packet_id);
             }
         }
         let work = self.dur.work();
@@ -1016,7 +998,15 @@ impl Shard {
         };
         let packet_id = p.packet_id;
         let qos = p.qos;
+        let failures = self.stats.persist_errors;
         self.route(msg);
+        if qos != QoS::AtMostOnce && self.stats.persist_errors != failures {
+            // Part of it did not reach the log: it may be delivered, but it must not be acknowledged as safe.
+            if qos == QoS::ExactlyOnce {
+                self.session_mut(sidx).inbound_qos2_release(packet_id);
+            }
+            return self.refuse_publish(key, sidx, qos, packet_id);
+        }
         if qos != QoS::AtMostOnce {
             // Write-ahead: the acknowledgement leaves once what routing wrote (here and on peer shards) is durable.
             if self.dur.work() != work {
@@ -1030,6 +1020,34 @@ impl Shard {
             self.send_pub_resp(key, make, packet_id);
         }
         ReadOutcome::Continue
+    }
+
+    /// The log cannot take a QoS>0 publish (disk full, budget used up, sync failed): refuse it rather than
+    /// acknowledge what would not survive. v5 gets Quota exceeded in the PUBACK/PUBREC; 3.1.1 has no negative
+    /// acknowledgement, so the connection is closed and the client retries after reconnecting.
+    fn refuse_publish(&mut self, key: ConnKey, sidx: u32, qos: QoS, packet_id: u16) -> ReadOutcome {
+        self.stats.publishes_refused += 1;
+        if self.session(sidx).protocol == ProtocolVersion::V5 {
+            let make = if qos == QoS::AtLeastOnce {
+                Packet::PubAck
+            } else {
+                Packet::PubRec
+            };
+            self.send(
+                key,
+                &make(PubResp {
+                    packet_id,
+                    reason: ReasonCode::QuotaExceeded,
+                    properties: None,
+                }),
+            );
+            return ReadOutcome::Continue;
+        }
+        self.close_with(
+            key,
+            ReasonCode::QuotaExceeded,
+            "log full: cannot accept QoS>0 publishes",
+        )
     }
 
     fn send_pub_resp(&mut self, key: ConnKey, make: fn(PubResp) -> Packet, packet_id: u16) {

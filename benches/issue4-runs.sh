@@ -11,6 +11,7 @@ CQ="${CQ:-$ROOT/target/release/coremq}"
 PORT="${PORT:-18850}"
 OUT="${OUT:-$ROOT/target/issue4-runs.jsonl}"
 CONF="$(mktemp)"
+DATA="$(mktemp -d)"
 printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages 100000\npersistence false\nset_tcp_nodelay true\n' "$PORT" > "$CONF"
 ulimit -n 20000 2>/dev/null || true
 
@@ -18,15 +19,15 @@ BPID=""
 start_broker() {
   case $1 in
     mosquitto) taskset -c 0 mosquitto -c "$CONF" >/dev/null 2>&1 & ;;
-    coremq) taskset -c 0 "$CQ" --listen "127.0.0.1:$PORT" --log-level error >/dev/null 2>&1 & ;;
-    coremq2) "$CQ" --listen "127.0.0.1:$PORT" --shards 2 --log-level error >/dev/null 2>&1 & ;;
+    coremq) rm -rf "$DATA"; taskset -c 0 "$CQ" --listen "127.0.0.1:$PORT" --data-dir "$DATA" --log-level error >/dev/null 2>&1 & ;;
+    coremq2) rm -rf "$DATA"; "$CQ" --listen "127.0.0.1:$PORT" --shards 2 --data-dir "$DATA" --log-level error >/dev/null 2>&1 & ;;
     *) echo "unknown broker $1" >&2; exit 2 ;;
   esac
   BPID=$!
   sleep 0.7
 }
 stop_broker() { kill "$BPID" 2>/dev/null; wait "$BPID" 2>/dev/null; sleep 0.3; }
-trap 'stop_broker; rm -f "$CONF"' EXIT
+trap 'stop_broker; rm -rf "$CONF" "$DATA"' EXIT
 
 run() {
   local b=$1; shift

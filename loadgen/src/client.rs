@@ -721,11 +721,15 @@ async fn subscriber(
         index,
         ..Default::default()
     };
+    // A persistent session that already exists gets its queued messages right after CONNACK, possibly before the
+    // SUBACK: keep them and count them once subscribed.
+    let mut early = Vec::new();
     let subscribed = async {
         conn.queue(&mqtt::subscribe_packet(1, filter, cfg.qos))?;
         conn.flush().await?;
         loop {
             match conn.recv().await? {
+                Packet::Publish(p) => early.push(p),
                 Packet::SubAck(ack) if ack.packet_id == 1 => {
                     return match ack.reasons.first() {
                         Some(r) if !r.is_error() => Ok(()),
@@ -771,6 +775,21 @@ async fn subscriber(
         }
     }
     result.subscribed = true;
+    if !early.is_empty() {
+        let mut now = 0;
+        let mut got = 0;
+        for p in &early {
+            got += record_publish(
+                &mut conn,
+                &mut stats.borrow_mut(),
+                &mut result,
+                p,
+                0,
+                &mut now,
+            )?;
+        }
+        shared.received.fetch_add(got, Relaxed);
+    }
     shared.sub_ok[index].store(true, Relaxed);
     shared.ready.fetch_add(1, Relaxed);
     let outcome = receive_loop(&mut conn, cfg, shared, stats, index, &mut result).await;
@@ -870,40 +889,53 @@ fn drain_publishes(
             st.error(format!("subscriber:unexpected_{:?}", p.packet_type()));
             continue;
         };
-        match publish.qos {
-            QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => conn.queue(&Packet::PubAck(mqtt::resp(publish.packet_id)))?,
-            QoS::ExactlyOnce => conn.queue(&Packet::PubRec(mqtt::resp(publish.packet_id)))?,
-        }
-        let Some(stamp) = read_stamp(&publish.payload) else {
-            st.foreign += 1;
-            continue;
-        };
-        if stamp.sent_ns < oldest_ns {
-            st.stale += 1;
-            continue;
-        }
-        if now == 0 {
-            now = now_ns();
-        }
-        let streams = result.streams.len();
-        let tracker = match result.streams.get_mut(&stamp.publisher) {
-            Some(t) => t,
-            None if streams >= MAX_STREAMS_PER_SUBSCRIBER => {
-                st.foreign += 1;
-                continue;
-            }
-            None => result.streams.entry(stamp.publisher).or_default(),
-        };
-        use crate::seqtrack::Arrival;
-        if tracker.record(stamp.seq) != Arrival::Duplicate {
-            unique += 1;
-            st.latency
-                .saturating_record(now.saturating_sub(stamp.sent_ns).max(1));
-        }
+        unique += record_publish(conn, &mut st, result, &publish, oldest_ns, &mut now)?;
     }
     if now != 0 {
         st.last_recv_ns = now;
     }
     Ok(unique)
+}
+
+/// Acknowledges one PUBLISH and tracks its sequence number; 1 if it was new.
+fn record_publish(
+    conn: &mut Conn,
+    st: &mut WorkerStats,
+    result: &mut SubResult,
+    publish: &mqtt::Publish,
+    oldest_ns: u64,
+    now: &mut u64,
+) -> Result<u64, String> {
+    match publish.qos {
+        QoS::AtMostOnce => {}
+        QoS::AtLeastOnce => conn.queue(&Packet::PubAck(mqtt::resp(publish.packet_id)))?,
+        QoS::ExactlyOnce => conn.queue(&Packet::PubRec(mqtt::resp(publish.packet_id)))?,
+    }
+    let Some(stamp) = read_stamp(&publish.payload) else {
+        st.foreign += 1;
+        return Ok(0);
+    };
+    if stamp.sent_ns < oldest_ns {
+        st.stale += 1;
+        return Ok(0);
+    }
+    if *now == 0 {
+        *now = now_ns();
+    }
+    let streams = result.streams.len();
+    let tracker = match result.streams.get_mut(&stamp.publisher) {
+        Some(t) => t,
+        None if streams >= MAX_STREAMS_PER_SUBSCRIBER => {
+            st.foreign += 1;
+            return Ok(0);
+        }
+        None => result.streams.entry(stamp.publisher).or_default(),
+    };
+    use crate::seqtrack::Arrival;
+    if tracker.record(stamp.seq) != Arrival::Duplicate {
+        st.latency
+            .saturating_record(now.saturating_sub(stamp.sent_ns).max(1));
+        return Ok(1);
+    }
+    Ok(0)
 }

@@ -23,7 +23,7 @@
 //!   (and CONNACK/SUBACK/UNSUBACK of persistent state, if it wants them durable) until `durable_lsn() >= lsn`
 //!   of the commit that covered the change**; it polls `durable_lsn()` each tick (an atomic load).
 //! - [`FsyncPolicy`]: `Always` syncs each commit as soon as it reaches the syncer; `Interval(d)` (default 10 ms)
-//!   syncs every `d`, coalescing the commits in between, or earlier once `sync_bytes` (256 KiB) are waiting, so
+//!   syncs every `d`, coalescing the commits in between, or earlier once `sync_bytes` (32 KiB) are waiting, so
 //!   a burst's acknowledgements are not held for the whole interval; `Never` reports every commit as durable at once
 //!   and never syncs: data survives a process crash (it is in the page cache) but **not a power loss or kernel
 //!   crash**. `Never` is for benchmarks; opening a store with it logs a warning.
@@ -190,7 +190,8 @@ pub struct StoreConfig {
     pub max_group_bytes: usize,
     /// Compact the oldest segment when its live ratio, or the whole log's, is below this. Default 0.5.
     pub compact_live_ratio: f64,
-    /// Under `Interval`, sync early once this many bytes are waiting. Default 256 KiB.
+    /// Under `Interval`, sync early once this many bytes are waiting. Default 32 KiB (measured: 256 KiB held a fan-in of 8 QoS 1
+    /// publishers with 64 in flight each to the interval, 41k msg/s; 32 KiB: 93k msg/s).
     pub sync_bytes: usize,
 }
 
@@ -203,7 +204,7 @@ impl Default for StoreConfig {
             max_segments: 1024,
             max_group_bytes: 64 << 20,
             compact_live_ratio: 0.5,
-            sync_bytes: 256 << 10,
+            sync_bytes: 32 << 10,
         }
     }
 }

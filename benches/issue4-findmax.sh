@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Sustainable throughput (issue 4): the highest offered rate with zero loss and p99 under 10 ms, found by
+# `coremq-loadgen --find-max`, for mosquitto and coremq, each broker alone. MODE=pinned (default: broker on CPU 0,
+# loadgen on CPU 1) or MODE=unpinned; RUNS repetitions (report medians). One JSON line per run in $OUT; the
+# `capacity.max_rate` field is the result.
+#
+#   cargo build --release --workspace && benches/issue4-findmax.sh        # MODE=unpinned RUNS=1 BROKERS=coremq
+set -u
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+LG="${LG:-$ROOT/target/release/coremq-loadgen}"
+CQ="${CQ:-$ROOT/target/release/coremq}"
+PORT="${PORT:-18854}"
+RUNS="${RUNS:-3}"
+MODE="${MODE:-pinned}"
+OUT="${OUT:-$ROOT/target/issue4-findmax-$MODE.jsonl}"
+DATA="$(mktemp -d)"
+CONF="$DATA.mosquitto.conf"
+printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages 100000\npersistence false\nset_tcp_nodelay true\n' "$PORT" > "$CONF"
+ulimit -n 20000 2>/dev/null || true
+SEARCH=(--find-max --p99-max-ms 10 --start-rate 8000 --step-duration 3 --bisect-steps 3)
+
+BROKER_PIN=(taskset -c 0)
+LG_PIN=(taskset -c 1)
+if [ "$MODE" = unpinned ]; then BROKER_PIN=(); LG_PIN=(); fi
+
+BPID=""
+start_broker() {
+  rm -rf "$DATA"; mkdir -p "$DATA"
+  case $1 in
+    mosquitto) "${BROKER_PIN[@]}" mosquitto -c "$CONF" >/dev/null 2>&1 & ;;
+    # Unpinned coremq runs one shard per CPU (2 here); pinned, the one CPU it may use.
+    coremq) "${BROKER_PIN[@]}" "$CQ" --listen "127.0.0.1:$PORT" --data-dir "$DATA" --log-level error >/dev/null 2>&1 & ;;
+    *) echo "unknown broker $1" >&2; exit 2 ;;
+  esac
+  BPID=$!
+  sleep 0.7
+}
+stop_broker() { kill "$BPID" 2>/dev/null; wait "$BPID" 2>/dev/null; sleep 0.3; }
+trap 'stop_broker; rm -rf "$DATA" "$CONF"' EXIT
+
+run() {
+  local b=$1; shift
+  start_broker "$b"
+  "${LG_PIN[@]}" "$LG" "$@" "${SEARCH[@]}" --broker "127.0.0.1:$PORT" --threads 1 --broker-pid "$BPID" --label "$b-$MODE" --json 2>/dev/null | tail -1 >> "$OUT"
+  tail -1 "$OUT" | python3 -c 'import json,sys; r=json.load(sys.stdin); print(r["scenario"], r["broker"], r["qos"], "max_rate", r["capacity"]["max_rate"], "cpu%", round(r.get("broker_cpu_pct", 0)))' >&2
+  stop_broker
+}
+
+for i in $(seq "$RUNS"); do
+  for b in ${BROKERS:-mosquitto coremq}; do
+    echo "# run $i: $b ($MODE)" >&2
+    run "$b" fanin --publishers 8 --qos 0
+    run "$b" fanout --subscribers 100 --qos 0
+    run "$b" pairs --pairs 100 --qos 0
+    run "$b" fanin --publishers 8 --qos 1
+  done
+done
+echo "results: $OUT" >&2

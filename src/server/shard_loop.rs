@@ -14,9 +14,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::future::Future;
 use std::os::fd::RawFd;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::Arc;
@@ -24,7 +22,6 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use glommio::timer::Timer;
 
 use crate::broker::message::ConnKey;
 use crate::broker::shard::{MeshMsg, ReadOutcome, Shard};
@@ -40,6 +37,8 @@ const CONNS_PER_ROUND: usize = 512;
 const OVERFLOW_PAUSE: usize = 1024;
 /// Mesh messages taken from each peer's channel per round.
 const MESH_PER_ROUND: usize = 4096;
+/// How long an idle shard keeps polling before it sleeps in the kernel.
+const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(100);
 /// Connections accepted per listener event.
 const ACCEPTS_PER_ROUND: usize = 256;
 /// What besides the mesh channel can hold messages already routed to a session: one round's batch, the overflow
@@ -559,7 +558,7 @@ pub async fn main_loop(io: Rc<ShardIo>) {
     let mut mesh = Vec::new();
     let start = Instant::now();
     let mut last_sec = 0u32;
-    let mut blocking: Option<Pin<Box<dyn Future<Output = ()>>>> = None;
+    let mut idle_since: Option<Instant> = None;
     loop {
         if io.shutdown.load(Ordering::Relaxed) {
             io.close_all();
@@ -591,10 +590,19 @@ pub async fn main_loop(io: Rc<ShardIo>) {
 
         let more = io.mesh_pending() || (!congested && !io.ready.borrow().is_empty());
         if progress || more {
+            idle_since = None;
             // Let other glommio tasks (none on the hot path today) run between rounds.
             futures_lite::future::yield_now().await;
             continue;
         }
+        // Under steady traffic the next packet is usually microseconds away: look again for a short while
+        // before paying for a sleep and a kernel wake-up (latency), then really sleep (CPU).
+        let idle = *idle_since.get_or_insert_with(Instant::now);
+        if idle.elapsed() < SPIN_BEFORE_SLEEP {
+            futures_lite::future::yield_now().await;
+            continue;
+        }
+        idle_since = None;
         // About to sleep: tell peers to ring us, then look once more (see `Doorbell::ring_if_sleeping`).
         let bell = &io.mesh.doorbells[io.id as usize];
         bell.sleeping.store(true, Ordering::SeqCst);
@@ -604,13 +612,10 @@ pub async fn main_loop(io: Rc<ShardIo>) {
             bell.sleeping.store(false, Ordering::SeqCst);
             continue;
         }
-        // Nothing to do: sleep until sockets, peers or the clock need us.
-        if blocking.is_none() {
-            let epfd = io.epoll.raw();
-            blocking = Some(Box::pin(
-                glommio::executor().spawn_blocking(move || netpoll::wait_readable(epfd, 1000)),
-            ));
-        }
+        // Nothing to do: sleep until sockets, peers, the log's syncer or the clock need us. The thread blocks in
+        // poll(2) on the epoll set itself: this task is the shard's only work, and a direct kernel wake-up is
+        // much cheaper than the blocking-pool hop plus a glommio timer (measured at a steady 10k msg/s: shard
+        // CPU and tail latency were dominated by those context switches).
         let mut until_tick =
             Duration::from_secs(sec as u64 + 1).saturating_sub(elapsed) + Duration::from_millis(1);
         if io.core.borrow().durability_waiting() {
@@ -621,18 +626,7 @@ pub async fn main_loop(io: Rc<ShardIo>) {
             // A peer's channel was full: retry soon rather than wait for our own sockets.
             until_tick = until_tick.min(Duration::from_millis(1));
         }
-        let sockets = async {
-            blocking.as_mut().expect("blocking wait armed").await;
-            true
-        };
-        let timer = async {
-            Timer::new(until_tick).await;
-            false
-        };
-        let sockets_ready = futures_lite::future::or(sockets, timer).await;
+        netpoll::wait_readable(io.epoll.raw(), until_tick.as_millis().max(1) as i32);
         bell.sleeping.store(false, Ordering::SeqCst);
-        if sockets_ready {
-            blocking = None;
-        }
     }
 }

@@ -11,6 +11,7 @@ use std::rc::Rc;
 use bytes::BytesMut;
 use bytestring::ByteString;
 
+use crate::broker::client_index::ClientIndex;
 use crate::broker::keepalive::{Deadline, Secs, Wheel};
 use crate::broker::message::{ConnKey, Message, Origin};
 use crate::broker::session::{Inflight, InflightState, Queued, Session, Subscription};
@@ -290,7 +291,7 @@ pub struct Shard {
     conns: Slab<Conn>,
     sessions: Vec<Option<Session>>,
     free_sessions: Vec<u32>,
-    by_client: HashMap<ByteString, u32>,
+    by_client: ClientIndex,
     subs: Trie<Vec<Subscriber>>,
     /// Cross-shard interest summary: filter -> bitmask of peer shards with a local subscriber for it.
     interest: Trie<u64>,
@@ -320,7 +321,7 @@ impl Shard {
             conns: Slab::new(),
             sessions: Vec::new(),
             free_sessions: Vec::new(),
-            by_client: HashMap::new(),
+            by_client: ClientIndex::new(),
             subs: Trie::new(),
             interest: Trie::new(),
             retained: Trie::new(),
@@ -787,21 +788,21 @@ impl Shard {
         };
 
         let mut session_present = false;
-        if let Some(&sidx) = self.by_client.get(&client_id) {
+        if let Some(&sidx) = self.by_client.get(&self.sessions, &client_id) {
             if let Some(old) = self.session(sidx).conn {
                 // Closing the old connection may end a clean session, so look the session up again after.
                 self.stats.takeovers += 1;
                 self.close(old, true, Some(ReasonCode::SessionTakenOver));
             }
         }
-        if let Some(&sidx) = self.by_client.get(&client_id) {
+        if let Some(&sidx) = self.by_client.get(&self.sessions, &client_id) {
             if clean_start {
                 self.destroy_session(sidx);
             } else {
                 session_present = true;
             }
         }
-        let sidx = match self.by_client.get(&client_id) {
+        let sidx = match self.by_client.get(&self.sessions, &client_id) {
             Some(&s) => s,
             None => {
                 if self.by_client.len() >= self.cfg.max_sessions {
@@ -1555,7 +1556,6 @@ impl Shard {
     }
 
     fn new_session(&mut self, s: Session) -> u32 {
-        let id = s.client_id.clone();
         let sidx = match self.free_sessions.pop() {
             Some(i) => {
                 self.sessions[i as usize] = Some(s);
@@ -1566,14 +1566,14 @@ impl Shard {
                 (self.sessions.len() - 1) as u32
             }
         };
-        self.by_client.insert(id, sidx);
+        self.by_client.insert(&self.sessions, sidx);
         sidx
     }
 
     fn destroy_session(&mut self, sidx: u32) {
         self.release_waiters(sidx);
         let s = self.sessions[sidx as usize].take().expect("live session");
-        self.by_client.remove(&s.client_id);
+        self.by_client.remove(&s.client_id, sidx);
         self.free_sessions.push(sidx);
         let mut gone = Vec::new();
         for sub in &s.subs {

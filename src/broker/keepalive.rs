@@ -4,6 +4,10 @@
 //! falls in, capped at the wheel's span). Activity does not move it: when a slot fires, each entry's real deadline
 //! is asked of the caller and the entry is re-filed if it has moved. So a busy connection costs nothing per packet
 //! beyond storing its last-seen second, and an idle one costs one `ConnKey` (8 bytes) in one slot.
+//!
+//! A key may be filed twice (the caller files an earlier deadline without removing the later entry, which would
+//! mean scanning a slot): `advance` reports each key at most once per call and merges duplicates that come due
+//! together, so a duplicate costs one more check, never a double expiry.
 
 use crate::broker::message::ConnKey;
 
@@ -79,6 +83,11 @@ impl Wheel {
             }
         }
         self.cursor = now + 1;
+        // One entry per key: duplicates fired in this call collapse to the earliest deadline.
+        refile.sort_unstable_by_key(|&(k, at)| (k.idx, k.gen, at));
+        refile.dedup_by_key(|&mut (k, _)| k);
+        expired.sort_unstable_by_key(|k| (k.idx, k.gen));
+        expired.dedup();
         for (key, at) in refile {
             self.insert(key, at, self.cursor);
         }
@@ -127,6 +136,34 @@ mod tests {
             }
         }
         assert!(deadlines.is_empty());
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn a_key_filed_twice_expires_once_and_merges() {
+        let mut w = Wheel::new(64);
+        // Filed at 5 and again at 2, as a short keep-alive after the CONNECT-timeout entry is.
+        w.insert(key(7), 5, 0);
+        w.insert(key(7), 2, 0);
+        let mut dead = Vec::new();
+        let mut checks = 0;
+        w.advance(
+            4,
+            |_| {
+                checks += 1;
+                Deadline::At(6)
+            },
+            &mut dead,
+        );
+        assert_eq!((checks, w.len()), (1, 2), "entry at 2 re-filed at 6");
+        // Entries at 5 and 6 fire in one call and re-file at the same second: they merge.
+        w.advance(8, |_| Deadline::At(20), &mut dead);
+        assert!(dead.is_empty());
+        assert_eq!(w.len(), 1, "duplicates due together merge");
+        // A key filed twice that expires is reported once.
+        w.insert(key(7), 21, 9);
+        w.advance(25, |_| Deadline::Expired, &mut dead);
+        assert_eq!(dead, vec![key(7)]);
         assert!(w.is_empty());
     }
 

@@ -1,4 +1,5 @@
 //! Sans-io broker logic: sessions, subscriptions, routing, retained messages, keep-alive. No sockets, no runtime.
+pub mod client_index;
 pub mod durability;
 pub mod keepalive;
 pub mod message;

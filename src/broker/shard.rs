@@ -11,6 +11,7 @@ use std::rc::Rc;
 use bytes::BytesMut;
 use bytestring::ByteString;
 
+use crate::broker::client_index::ClientIndex;
 use crate::broker::durability::Durability;
 use crate::broker::keepalive::{Deadline, Secs, Wheel};
 use crate::broker::message::{ConnKey, Message, Origin};
@@ -195,8 +196,9 @@ struct Conn {
     io: u64,
     session: u32,
     decoder: Decoder,
-    /// Bytes of an incomplete frame (or unprocessed while paused). Empty, and unallocated, while idle.
-    partial: BytesMut,
+    /// Bytes of an incomplete frame (or unprocessed while paused). `None` while idle: boxed because it is rare and
+    /// a `BytesMut` inline would cost every idle connection 24 bytes more.
+    partial: Option<Box<BytesMut>>,
     /// Encoded packets not yet written. Released by the I/O layer once flushed.
     out: BytesMut,
     keep_alive: u16,
@@ -306,7 +308,7 @@ pub struct Shard {
     conns: Slab<Conn>,
     sessions: Vec<Option<Session>>,
     free_sessions: Vec<u32>,
-    by_client: HashMap<ByteString, u32>,
+    by_client: ClientIndex,
     subs: Trie<Vec<Subscriber>>,
     /// Cross-shard interest summary: filter -> bitmask of peer shards with a local subscriber for it.
     interest: Trie<u64>,
@@ -347,7 +349,7 @@ impl Shard {
             conns: Slab::new(),
             sessions: Vec::new(),
             free_sessions: Vec::new(),
-            by_client: HashMap::new(),
+            by_client: ClientIndex::new(),
             subs: Trie::new(),
             interest: Trie::new(),
             retained: Trie::new(),
@@ -396,7 +398,7 @@ impl Shard {
             io,
             session: NO_SESSION,
             decoder: Decoder::new_server(self.cfg.max_packet_size),
-            partial: BytesMut::new(),
+            partial: None,
             out: BytesMut::new(),
             keep_alive: 0,
             last_seen: self.now,
@@ -446,7 +448,7 @@ impl Shard {
 
     /// Whether the connection holds unprocessed bytes (to resume after a pause).
     pub fn has_partial(&self, key: ConnKey) -> bool {
-        self.conns.get(key).is_some_and(|c| !c.partial.is_empty())
+        self.conns.get(key).is_some_and(|c| c.partial.is_some())
     }
 
     /// Bytes read from a connection. `data` is the I/O layer's scratch buffer: it is left empty (the tail of an
@@ -465,13 +467,14 @@ impl Shard {
             conn.last_seen = now;
         }
         // Work from the connection's own buffer when it holds a partial frame, else from the scratch buffer.
-        let mut buf = if conn.partial.is_empty() {
-            std::mem::take(data)
-        } else {
-            let mut p = std::mem::take(&mut conn.partial);
-            p.extend_from_slice(data);
-            data.clear();
-            p
+        let mut buf = match conn.partial.take() {
+            None => std::mem::take(data),
+            Some(p) => {
+                let mut p = *p;
+                p.extend_from_slice(data);
+                data.clear();
+                p
+            }
         };
         let outcome = self.process(key, &mut buf);
         match outcome {
@@ -479,7 +482,7 @@ impl Shard {
                 if let Some(conn) = self.conns.get_mut(key) {
                     if !buf.is_empty() {
                         // Keep only the unprocessed tail, in an allocation of its own.
-                        conn.partial = BytesMut::from(&buf[..]);
+                        conn.partial = Some(Box::new(BytesMut::from(&buf[..])));
                     }
                 }
             }
@@ -849,21 +852,21 @@ impl Shard {
         };
 
         let mut session_present = false;
-        if let Some(&sidx) = self.by_client.get(&client_id) {
+        if let Some(&sidx) = self.by_client.get(&self.sessions, &client_id) {
             if let Some(old) = self.session(sidx).conn {
                 // Closing the old connection may end a clean session, so look the session up again after.
                 self.stats.takeovers += 1;
                 self.close(old, true, Some(ReasonCode::SessionTakenOver));
             }
         }
-        if let Some(&sidx) = self.by_client.get(&client_id) {
+        if let Some(&sidx) = self.by_client.get(&self.sessions, &client_id) {
             if clean_start {
                 self.destroy_session(sidx);
             } else {
                 session_present = true;
             }
         }
-        let sidx = match self.by_client.get(&client_id) {
+        let sidx = match self.by_client.get(&self.sessions, &client_id) {
             Some(&s) => s,
             None => {
                 if self.by_client.len() >= self.cfg.max_sessions {
@@ -909,8 +912,10 @@ impl Shard {
         conn.session = sidx;
         conn.keep_alive = keep_alive;
         conn.last_seen = now;
-        if keep_alive > 0 {
-            let deadline = now + (keep_alive as u32 * 3).div_ceil(2);
+        // The CONNECT-timeout entry filed at accept (due by `now + connect_timeout_secs`) re-files itself at the
+        // keep-alive deadline when it fires: a second entry is needed only for a deadline earlier than that.
+        let deadline = now + (keep_alive as u32 * 3).div_ceil(2);
+        if keep_alive > 0 && deadline < now + self.cfg.connect_timeout_secs {
             self.wheel.insert(key, deadline, now);
         }
 
@@ -1620,7 +1625,7 @@ impl Shard {
             return;
         }
         conn.closing = true;
-        conn.partial = BytesMut::new();
+        conn.partial = None;
         let sidx = conn.session;
         self.closing.push(key);
         if sidx == NO_SESSION {
@@ -1752,7 +1757,6 @@ impl Shard {
     }
 
     fn new_session(&mut self, s: Session) -> u32 {
-        let id = s.client_id.clone();
         let sidx = match self.free_sessions.pop() {
             Some(i) => {
                 self.sessions[i as usize] = Some(s);
@@ -1763,7 +1767,7 @@ impl Shard {
                 (self.sessions.len() - 1) as u32
             }
         };
-        self.by_client.insert(id, sidx);
+        self.by_client.insert(&self.sessions, sidx);
         sidx
     }
 
@@ -1771,7 +1775,7 @@ impl Shard {
         self.release_waiters(sidx);
         let s = self.sessions[sidx as usize].take().expect("live session");
         self.delete_persisted(&s);
-        self.by_client.remove(&s.client_id);
+        self.by_client.remove(&s.client_id, sidx);
         self.free_sessions.push(sidx);
         let mut gone = Vec::new();
         for sub in &s.subs {
@@ -1988,7 +1992,8 @@ mod output_bound {
 #[cfg(test)]
 mod footprint {
     /// Idle connections are the million-connection cost: a guard so per-connection state only grows on purpose.
-    /// (Measured 2026-11: Session 224 B, Conn slot 104 B; the issue-4 target is 512 B of RSS per connection.)
+    /// (Measured 2026-11: Session 224 B, Conn slot 80 B, client index 4 B + 1 control byte per bucket; the issue-4
+    /// target is 512 B of RSS per connection.)
     #[test]
     fn per_connection_state_stays_small() {
         assert!(
@@ -1997,12 +2002,73 @@ mod footprint {
             std::mem::size_of::<super::Session>()
         );
         assert!(
-            std::mem::size_of::<super::Slot<super::Conn>>() <= 104,
-            "Conn slot grew"
+            std::mem::size_of::<super::Slot<super::Conn>>() <= 80,
+            "Conn slot grew to {}",
+            std::mem::size_of::<super::Slot<super::Conn>>()
         );
         assert!(
             std::mem::size_of::<super::Subscriber>() <= 16,
             "Subscriber grew"
         );
+    }
+}
+
+#[cfg(test)]
+mod keepalive_entries {
+    use super::*;
+
+    fn connect(keep_alive: u16) -> BytesMut {
+        let c = Connect {
+            protocol: ProtocolVersion::V3_1_1,
+            clean_start: true,
+            keep_alive,
+            client_id: format!("ka-{keep_alive}").into(),
+            will: None,
+            username: None,
+            password: None,
+            properties: None,
+        };
+        let mut b = BytesMut::new();
+        codec::encode(
+            &Packet::Connect(Box::new(c)),
+            ProtocolVersion::V3_1_1,
+            &mut b,
+        )
+        .unwrap();
+        b
+    }
+
+    /// An idle connection holds one wheel entry (the CONNECT-timeout one re-files itself), yet expires exactly
+    /// at one and a half keep-alives after its last byte, for keep-alives shorter and longer than the timeout.
+    #[test]
+    fn one_entry_per_idle_connection_and_exact_expiry() {
+        for keep_alive in [1u16, 2, 4, 6, 7, 10, 60, 3000] {
+            let mut shard = Shard::new(ShardConfig {
+                connect_timeout_secs: 10,
+                ..ShardConfig::default()
+            });
+            shard.tick(1);
+            let key = shard.accept(9);
+            shard.tick(3);
+            assert_eq!(
+                shard.on_bytes(key, &mut connect(keep_alive)),
+                ReadOutcome::Continue
+            );
+            let due = 3 + (keep_alive as u32 * 3).div_ceil(2);
+            if due >= 3 + 10 {
+                assert_eq!(shard.wheel.len(), 1, "keep-alive {keep_alive}");
+            }
+            for now in 4..due {
+                shard.tick(now);
+                assert_eq!(
+                    shard.stats.keepalive_timeouts, 0,
+                    "keep-alive {keep_alive} at {now}"
+                );
+            }
+            shard.tick(due);
+            assert_eq!(shard.stats.keepalive_timeouts, 1, "keep-alive {keep_alive}");
+            shard.tick(due + 20);
+            assert_eq!(shard.stats.keepalive_timeouts, 1, "keep-alive {keep_alive}");
+        }
     }
 }

@@ -742,7 +742,7 @@ mod tests {
         ));
 
         // The offline queue holds a reference only; the body is read back from the log on reconnect.
-        let sidx = shard.by_client["sub"];
+        let sidx = *shard.by_client.get(&shard.sessions, "sub").unwrap();
         let q = &shard.session(sidx).queue;
         assert_eq!(q.len(), 2);
         assert!(q[0].msg.is_none() && q[0].msg_id != 0);

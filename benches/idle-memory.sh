@@ -13,15 +13,17 @@ SHARDS="${SHARDS:-1 2}"
 RUNS="${RUNS:-3}"
 CONNS="${CONNS:-15000}"
 ulimit -n 20000 2>/dev/null || true
+DATA="$(mktemp -d)"
 
 BPID=""
 stop_broker() { [ -n "$BPID" ] && kill "$BPID" 2>/dev/null && wait "$BPID" 2>/dev/null; BPID=""; }
-trap stop_broker EXIT
+trap 'stop_broker; rm -rf "$DATA"' EXIT
 
 for shards in $SHARDS; do
   results=()
   for run in $(seq 1 "$RUNS"); do
-    "$CQ" --listen "127.0.0.1:$PORT" --shards "$shards" --log-level error >/dev/null 2>&1 &
+    rm -rf "$DATA"
+    "$CQ" --listen "127.0.0.1:$PORT" --shards "$shards" --data-dir "$DATA" --log-level error >/dev/null 2>&1 &
     BPID=$!
     sleep 0.7
     line=$("$LG" conn --broker "127.0.0.1:$PORT" --connections "$CONNS" --connect-rate 3000 --duration 8 \

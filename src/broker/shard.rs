@@ -832,7 +832,7 @@ impl Shard {
         } = connect;
         // Everything kept past this packet gets its own exact-size allocation: decoded strings are slices of the
         // shard's shared 64 KiB read buffer, and keeping one would pin that whole buffer per connection.
-        let client_id = ByteString::from(&*client_id);
+        let mut client_id = ByteString::from(&*client_id);
         let will = will.map(|w| codec::Will {
             topic: ByteString::from(&*w.topic),
             payload: bytes::Bytes::copy_from_slice(&w.payload),
@@ -873,7 +873,10 @@ impl Shard {
                     self.connack_error(key, ReasonCode::ServerUnavailable);
                     return ReadOutcome::Close;
                 }
-                self.new_session(Session::new(client_id.clone(), protocol, expiry))
+                // Moved, not cloned: cloning a freshly copied ByteString converts it to a shared buffer with a
+                // 24-byte header, per idle connection (measured 403 -> 372 B/conn at 15k).
+                let id = std::mem::take(&mut client_id);
+                self.new_session(Session::new(id, protocol, expiry))
             }
         };
 
@@ -925,7 +928,8 @@ impl Shard {
                 maximum_packet_size: Some(self.cfg.max_packet_size),
                 shared_subscription_available: Some(0),
                 server_keep_alive,
-                assigned_client_identifier: assigned_id.then(|| client_id.clone()),
+                assigned_client_identifier: assigned_id
+                    .then(|| self.session(sidx).client_id.clone()),
                 ..Properties::default()
             })
         });

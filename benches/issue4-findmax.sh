@@ -17,7 +17,7 @@ DATA="$(mktemp -d)"
 CONF="$DATA.mosquitto.conf"
 printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages 100000\npersistence false\nset_tcp_nodelay true\n' "$PORT" > "$CONF"
 ulimit -n 20000 2>/dev/null || true
-SEARCH=(--find-max --p99-max-ms 10 --start-rate 8000 --step-duration 3 --bisect-steps 3)
+SEARCH=(--find-max --p99-max-ms 10 --start-rate 8000 --step-duration 4 --warmup 1 --bisect-steps 3)
 
 BROKER_PIN=(taskset -c 0)
 LG_PIN=(taskset -c 1)

@@ -92,6 +92,8 @@ pub struct ClientConfig {
     pub stale_filter: bool,
     /// Fault injection: (subscriber index, seconds into the run).
     pub drop_subscriber: Option<(usize, f64)>,
+    /// Messages sent in the first `warmup_ns` of the run are not recorded in the latency histogram.
+    pub warmup_ns: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -784,7 +786,7 @@ async fn subscriber(
                 &mut stats.borrow_mut(),
                 &mut result,
                 p,
-                0,
+                (0, 0),
                 &mut now,
             )?;
         }
@@ -820,10 +822,12 @@ async fn receive_loop(
     let mut drop_at: Option<u64> = None;
     // Stamps older than this are leftovers of an earlier run still queued in the broker: not ours to count.
     let mut oldest_ns = if cfg.stale_filter { u64::MAX } else { 0 };
+    let mut latency_from_ns = 0;
     loop {
         match *phase.borrow_and_update() {
             Phase::Close => return Ok(true),
             Phase::Run { start_ns, .. } => {
+                latency_from_ns = start_ns + cfg.warmup_ns;
                 if cfg.stale_filter {
                     oldest_ns = start_ns.saturating_sub(STALE_SLACK_NS);
                 }
@@ -845,10 +849,10 @@ async fn receive_loop(
                 r.map_err(|e| io_reason(&e))?;
                 let mut got = 0u64;
                 while conn.try_fill()? {
-                    got += drain_publishes(conn, stats, result, oldest_ns)?;
+                    got += drain_publishes(conn, stats, result, (oldest_ns, latency_from_ns))?;
                     if conn.rbuf.len() > READ_CHUNK * 4 { break; }
                 }
-                got += drain_publishes(conn, stats, result, oldest_ns)?;
+                got += drain_publishes(conn, stats, result, (oldest_ns, latency_from_ns))?;
                 if got > 0 {
                     shared.received.fetch_add(got, Relaxed);
                 }
@@ -876,7 +880,7 @@ fn drain_publishes(
     conn: &mut Conn,
     stats: &Stats,
     result: &mut SubResult,
-    oldest_ns: u64,
+    window: (u64, u64),
 ) -> Result<u64, String> {
     let mut unique = 0;
     let mut st = stats.borrow_mut();
@@ -889,7 +893,7 @@ fn drain_publishes(
             st.error(format!("subscriber:unexpected_{:?}", p.packet_type()));
             continue;
         };
-        unique += record_publish(conn, &mut st, result, &publish, oldest_ns, &mut now)?;
+        unique += record_publish(conn, &mut st, result, &publish, window, &mut now)?;
     }
     if now != 0 {
         st.last_recv_ns = now;
@@ -903,7 +907,7 @@ fn record_publish(
     st: &mut WorkerStats,
     result: &mut SubResult,
     publish: &mqtt::Publish,
-    oldest_ns: u64,
+    (oldest_ns, latency_from_ns): (u64, u64),
     now: &mut u64,
 ) -> Result<u64, String> {
     match publish.qos {
@@ -933,8 +937,10 @@ fn record_publish(
     };
     use crate::seqtrack::Arrival;
     if tracker.record(stamp.seq) != Arrival::Duplicate {
-        st.latency
-            .saturating_record(now.saturating_sub(stamp.sent_ns).max(1));
+        if stamp.sent_ns >= latency_from_ns {
+            st.latency
+                .saturating_record(now.saturating_sub(stamp.sent_ns).max(1));
+        }
         return Ok(1);
     }
     Ok(0)

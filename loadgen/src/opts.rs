@@ -170,6 +170,10 @@ pub struct Common {
     /// are stamped with their actual send time). 0 = wake for every message (most CPU).
     #[arg(long, default_value_t = 50)]
     pub pacing_slack_us: u64,
+    /// Seconds at the start of each run (and of each capacity step) whose messages count for loss and
+    /// duplicates but not for latency: connection set-up and cold caches are not the steady state.
+    #[arg(long, default_value_t = 0.0)]
+    pub warmup: f64,
     /// Fault injection for tests: subscriber 0 drops its connection this many seconds into the run.
     #[arg(long)]
     pub inject_sub_disconnect: Option<f64>,

@@ -230,6 +230,7 @@ impl Settings {
             publishers,
             stale_filter: publishers > 0,
             drop_subscriber: c.inject_sub_disconnect.map(|s| (0, s)),
+            warmup_ns: (c.warmup.max(0.0) * 1e9) as u64,
         };
         let label = c.label.clone().unwrap_or_else(|| c.broker.clone());
         Ok(Settings {

@@ -2,9 +2,10 @@
 //!
 //! One task does all the work in rounds: harvest epoll events, drain the mesh channels from the other shards,
 //! read ready connections into one shared scratch buffer, let the core decide, then write every dirty connection
-//! once (writes are batched per round) and hand mesh messages to their channels. When there is nothing to do it
-//! sleeps until the epoll set is readable (watched from glommio's blocking pool; a peer shard rings our eventfd,
-//! which is in that set) or the next clock second (keep-alive sweep).
+//! once (writes are batched per round) and hand mesh messages to their channels. Each round ends one log group
+//! (`Shard::end_round`: commit, release acknowledgements that became durable). When there is nothing to do it
+//! polls for another 100 µs, then sleeps in poll(2) until the epoll set is readable (a peer shard, or this
+//! shard's log syncer, rings our eventfd, which is in that set) or the next clock second (keep-alive sweep).
 //!
 //! Why crossbeam channels and not glommio's channel mesh: in glommio 0.9 a busy executor sees messages from other
 //! executors only when it is preempted (every 100 ms by default), which let a publisher overrun a full queue and

@@ -600,6 +600,8 @@ pub async fn main_loop(io: Rc<ShardIo>) {
         // before paying for a sleep and a kernel wake-up (latency), then really sleep (CPU).
         let idle = *idle_since.get_or_insert_with(Instant::now);
         if idle.elapsed() < SPIN_BEFORE_SLEEP {
+            // sched_yield: a load generator or another shard sharing this CPU runs first (unpinned runs).
+            std::thread::yield_now();
             futures_lite::future::yield_now().await;
             continue;
         }

@@ -32,6 +32,7 @@ pub struct Config {
     pub mesh_capacity: usize,
     pub io_memory: usize,
     pub listen_backlog: i32,
+    pub idle_spin_us: u64,
     pub log_level: String,
     pub persistence: bool,
     pub data_dir: std::path::PathBuf,
@@ -118,6 +119,9 @@ impl Config {
         }
         if !(64..=268_435_455).contains(&self.max_packet_size) {
             return bad("max_packet_size", "must be between 64 and 268435455 bytes");
+        }
+        if self.idle_spin_us > 10_000 {
+            return bad("idle_spin_us", "must be at most 10000 (10 ms)");
         }
         if self.connect_timeout == 0 {
             return bad("connect_timeout", "must be at least 1 second");

@@ -269,8 +269,15 @@ pub fn run(
                         core.add_peer_interest(peer as u16, f);
                     }
                 }
-                let io = shard_loop::ShardIo::new(core, fds, link, shutdown, max_conns)
-                    .expect("shard epoll set");
+                let io = shard_loop::ShardIo::new(
+                    core,
+                    fds,
+                    link,
+                    shutdown,
+                    max_conns,
+                    std::time::Duration::from_micros(cfg.idle_spin_us),
+                )
+                .expect("shard epoll set");
                 tracing::info!(shard = id, "shard running");
                 shard_loop::main_loop(io).await;
             }

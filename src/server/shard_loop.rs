@@ -38,8 +38,6 @@ const CONNS_PER_ROUND: usize = 512;
 const OVERFLOW_PAUSE: usize = 1024;
 /// Mesh messages taken from each peer's channel per round.
 const MESH_PER_ROUND: usize = 4096;
-/// How long an idle shard keeps polling before it sleeps in the kernel.
-const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(100);
 /// Connections accepted per listener event.
 const ACCEPTS_PER_ROUND: usize = 256;
 /// What besides the mesh channel can hold messages already routed to a session: one round's batch, the overflow
@@ -145,6 +143,8 @@ pub struct ShardIo {
     pushed: RefCell<Vec<bool>>,
     shutdown: Arc<AtomicBool>,
     max_conns: usize,
+    /// How long an idle shard keeps polling before it sleeps in the kernel (`idle_spin_us`).
+    idle_spin: Duration,
     rejected: Cell<u64>,
 }
 
@@ -155,6 +155,7 @@ impl ShardIo {
         mesh: MeshLink,
         shutdown: Arc<AtomicBool>,
         max_conns: usize,
+        idle_spin: Duration,
     ) -> std::io::Result<Rc<Self>> {
         let epoll = Epoll::new()?;
         for (i, &l) in listeners.iter().enumerate() {
@@ -188,6 +189,7 @@ impl ShardIo {
             pushed: RefCell::new(vec![false; peers]),
             shutdown,
             max_conns,
+            idle_spin,
             rejected: Cell::new(0),
         }))
     }
@@ -599,7 +601,7 @@ pub async fn main_loop(io: Rc<ShardIo>) {
         // Under steady traffic the next packet is usually microseconds away: look again for a short while
         // before paying for a sleep and a kernel wake-up (latency), then really sleep (CPU).
         let idle = *idle_since.get_or_insert_with(Instant::now);
-        if idle.elapsed() < SPIN_BEFORE_SLEEP {
+        if idle.elapsed() < io.idle_spin {
             // sched_yield: a load generator or another shard sharing this CPU runs first (unpinned runs).
             std::thread::yield_now();
             futures_lite::future::yield_now().await;

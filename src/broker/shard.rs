@@ -338,6 +338,8 @@ pub struct Shard {
     cur_body: Option<(*const Message, u64)>,
     /// Recovery is rebuilding state from the log: nothing is written back.
     restoring: bool,
+    /// Offline sessions with an expiry, by (deadline in shard seconds, session).
+    expiring: std::collections::BTreeSet<(u64, u32)>,
 }
 
 impl Shard {
@@ -370,6 +372,7 @@ impl Shard {
             epoch_unix: 0,
             cur_body: None,
             restoring: false,
+            expiring: std::collections::BTreeSet::new(),
         }
     }
 
@@ -632,9 +635,7 @@ impl Shard {
             self.stats.keepalive_timeouts += 1;
             self.close(k, true, Some(ReasonCode::KeepAliveTimeout));
         }
-        if now % 10 == 0 {
-            self.expire_sessions();
-        }
+        self.expire_sessions();
         self.store_maintenance();
         let drops = self.stats.drops();
         if drops != self.last_drop_log {
@@ -892,6 +893,7 @@ impl Shard {
         let receive_maximum = props.and_then(|p| p.receive_maximum).unwrap_or(u16::MAX);
         let client_max_packet = props.and_then(|p| p.maximum_packet_size).unwrap_or(0);
         let window = self.cfg.max_inflight.min(receive_maximum).max(1);
+        self.unschedule_expiry(sidx);
         {
             let s = self.session_mut(sidx);
             s.protocol = protocol;
@@ -1661,7 +1663,10 @@ impl Shard {
         self.release_waiters(sidx);
         if self.session(sidx).is_clean() {
             self.destroy_session(sidx);
-        } else if self.session(sidx).persisted {
+            return;
+        }
+        self.schedule_expiry(sidx);
+        if self.session(sidx).persisted {
             self.persist_session(sidx);
             // Offline, the log holds the bodies: memory keeps only references (in-flight ones stay for replay).
             for q in self.session_mut(sidx).queue.iter_mut() {
@@ -1776,6 +1781,7 @@ impl Shard {
     }
 
     fn destroy_session(&mut self, sidx: u32) {
+        self.unschedule_expiry(sidx);
         self.release_waiters(sidx);
         let s = self.sessions[sidx as usize].take().expect("live session");
         self.delete_persisted(&s);
@@ -1812,22 +1818,40 @@ impl Shard {
         }
     }
 
+    /// When an offline session with an expiry ends (shard second), if it is offline with one.
+    fn expiry_deadline(&self, sidx: u32) -> Option<u64> {
+        let s = self.sessions.get(sidx as usize)?.as_ref()?;
+        match (s.conn, s.expiry) {
+            (None, Some(e)) => Some(s.offline_since as u64 + e as u64),
+            _ => None,
+        }
+    }
+
+    /// An offline session with an expiry goes into the expiry index (ordered by deadline), so expiring sessions
+    /// costs per expiring session, not a scan of every session (a million of them would stall the shard).
+    fn schedule_expiry(&mut self, sidx: u32) {
+        if let Some(d) = self.expiry_deadline(sidx) {
+            self.expiring.insert((d, sidx));
+        }
+    }
+
+    /// Call before the session comes online, changes its expiry or is destroyed.
+    fn unschedule_expiry(&mut self, sidx: u32) {
+        if let Some(d) = self.expiry_deadline(sidx) {
+            self.expiring.remove(&(d, sidx));
+        }
+    }
+
     fn expire_sessions(&mut self) {
-        let now = self.now;
-        let expired: Vec<u32> = self
-            .sessions
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| {
-                let s = s.as_ref()?;
-                match (s.conn, s.expiry) {
-                    (None, Some(e)) if now.saturating_sub(s.offline_since) >= e => Some(i as u32),
-                    _ => None,
-                }
-            })
-            .collect();
-        for sidx in expired {
-            self.destroy_session(sidx);
+        let now = self.now as u64;
+        while let Some(&(deadline, sidx)) = self.expiring.first() {
+            if deadline > now {
+                break;
+            }
+            self.expiring.pop_first();
+            if self.expiry_deadline(sidx) == Some(deadline) {
+                self.destroy_session(sidx);
+            }
         }
     }
 

@@ -402,6 +402,7 @@ impl Shard {
             }
             session.inbound_qos2 = rs.inbound_qos2.clone();
             let sidx = self.new_session(session);
+            self.schedule_expiry(sidx);
             let subs = self.session(sidx).subs.clone();
             for sub in &subs {
                 let entry = Subscriber {
@@ -756,6 +757,81 @@ mod tests {
             matches!(&got[..], [Packet::ConnAck(a), Packet::Publish(m), Packet::Publish(m0)]
             if a.session_present && &m.payload[..] == b"hello" && m.qos == QoS::AtLeastOnce
                 && m0.qos == QoS::AtMostOnce)
+        );
+    }
+
+    fn connect_v5(shard: &mut Shard, io: u64, id: &str, expiry: u32) -> ConnKey {
+        let key = shard.accept(io);
+        let c = Connect {
+            protocol: ProtocolVersion::V5,
+            clean_start: false,
+            keep_alive: 0,
+            client_id: id.into(),
+            will: None,
+            username: None,
+            password: None,
+            properties: Some(Box::new(crate::codec::Properties {
+                session_expiry_interval: Some(expiry),
+                ..Default::default()
+            })),
+        };
+        let mut b = BytesMut::new();
+        codec::encode(&Packet::Connect(Box::new(c)), ProtocolVersion::V5, &mut b).unwrap();
+        assert_eq!(shard.on_bytes(key, &mut b), ReadOutcome::Continue);
+        key
+    }
+
+    #[test]
+    fn v5_session_expiry_is_kept_across_a_restart_and_enforced() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut shard = shard_with_log(dir.path());
+            shard.tick(100);
+            let a = connect_v5(&mut shard, 1, "short", 30);
+            let b = connect_v5(&mut shard, 2, "long", 3600);
+            shard.on_io_closed(a);
+            shard.on_io_closed(b);
+            shard.end_round();
+            shard.sync_log();
+            // Offline at shard second 100 = unix 1_000_100.
+            shard.tick(120);
+            assert_eq!(shard.session_count(), 2, "not expired yet");
+        }
+        // Restart 20 s of wall time after the disconnect: "short" has 10 s left, "long" 3580 s.
+        let cfg = StoreConfig {
+            fsync: FsyncPolicy::Interval(Duration::from_secs(10)),
+            segment_size: 1 << 20,
+            ..StoreConfig::default()
+        };
+        let (store, rec) = Store::open(dir.path(), 0, cfg).unwrap();
+        let mut shard = Shard::new(ShardConfig::default());
+        shard.attach_store(store, 1_000_120);
+        shard.restore(rec.state);
+        assert_eq!(shard.session_count(), 2);
+        shard.tick(9);
+        assert_eq!(shard.session_count(), 2);
+        shard.tick(10);
+        assert_eq!(
+            shard.session_count(),
+            1,
+            "the 30 s session expired 30 s after its disconnect"
+        );
+        assert!(shard.by_client.get(&shard.sessions, "long").is_some());
+        // Reconnecting cancels the expiry; a later disconnect starts it again.
+        let l = connect_v5(&mut shard, 3, "long", 5);
+        shard.tick(4000);
+        assert_eq!(shard.session_count(), 1, "online sessions never expire");
+        shard.on_io_closed(l);
+        shard.tick(4004);
+        assert_eq!(shard.session_count(), 1);
+        shard.tick(4005);
+        assert_eq!(shard.session_count(), 0);
+        shard.end_round();
+        shard.sync_log();
+        let state = shard.store.as_ref().unwrap().snapshot();
+        assert!(
+            state.sessions.is_empty(),
+            "expired sessions are deleted from the log"
         );
     }
 

@@ -168,6 +168,8 @@ pub struct Stats {
     pub persist_errors: u64,
     /// QoS>0 publishes refused because the log is full or failed.
     pub publishes_refused: u64,
+    /// SUBSCRIBEs refused because too many were waiting for the other shards.
+    pub subscribes_refused: u64,
 }
 
 impl Stats {
@@ -190,6 +192,8 @@ struct Subscriber {
 }
 
 const NO_SESSION: u32 = u32::MAX;
+/// SUBSCRIBEs waiting for every shard to acknowledge their new filters, per shard.
+const MAX_PENDING_SUBACKS: usize = 65_536;
 
 #[derive(Debug)]
 struct Conn {
@@ -1073,6 +1077,16 @@ impl Shard {
     }
 
     fn on_subscribe(&mut self, key: ConnKey, sidx: u32, sub: Subscribe) -> ReadOutcome {
+        if self.pending_subacks.len() >= MAX_PENDING_SUBACKS {
+            // Peers answer interest updates within a round or two, so this only fills if they are stuck or one
+            // client floods SUBSCRIBEs: bound the table, tell the client to come back later.
+            self.stats.subscribes_refused += 1;
+            return self.close_with(
+                key,
+                ReasonCode::ServerBusy,
+                "too many SUBSCRIBEs waiting for other shards",
+            );
+        }
         let v5 = self.session(sidx).protocol == ProtocolVersion::V5;
         let sub_id = sub
             .properties

@@ -5,3 +5,15 @@ pub mod config;
 pub mod limits;
 pub mod server;
 pub mod store;
+
+extern "C" {
+    /// mimalloc's collection entry point (the `mimalloc` crate links its static library into every binary).
+    fn mi_collect(force: bool);
+}
+
+/// Return memory freed by other threads to the OS now (mimalloc collects a thread's heap only on that thread).
+pub fn alloc_collect() {
+    // SAFETY: mi_collect takes no pointers; it is safe to call from any thread at any time, and harmless when
+    // mimalloc is not the global allocator (it then has nothing to collect).
+    unsafe { mi_collect(true) };
+}

@@ -240,6 +240,8 @@ pub fn run(
     let max_conns = (cfg.max_connections as usize).div_ceil(shards);
     let cfg = Arc::new(cfg);
 
+    let restored = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let restored_by_shards = restored.clone();
     let handles = LocalExecutorPoolBuilder::new(PoolPlacement::Custom(placement))
         .io_memory(cfg.io_memory)
         .name("coremq-shard")
@@ -251,6 +253,7 @@ pub fn run(
             let cfg = cfg.clone();
             let recovered = recovered.clone();
             let filters = filters.clone();
+            let restored = restored_by_shards.clone();
             async move {
                 let id = next_id.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let fds = std::mem::take(&mut listeners.lock().expect("listener table")[id]);
@@ -269,6 +272,7 @@ pub fn run(
                         core.add_peer_interest(peer as u16, f);
                     }
                 }
+                restored.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let io = shard_loop::ShardIo::new(
                     core,
                     fds,
@@ -283,6 +287,16 @@ pub fn run(
             }
         })
         .map_err(|e| io::Error::other(e.to_string()))?;
+    // The recovered state was built on this thread and freed on the shards': the allocator only returns such
+    // memory when its owner thread collects, and this thread then sleeps in join. Collect once restored (measured
+    // with 1M queued messages: about 60 MB of replay state stayed resident otherwise).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while restored.load(std::sync::atomic::Ordering::SeqCst) < shards
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    crate::alloc_collect();
     for r in handles.join_all() {
         if let Err(e) = r {
             return Err(io::Error::other(e.to_string()));

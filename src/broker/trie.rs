@@ -15,7 +15,7 @@ struct Node<V> {
     parent: NodeId,
     /// The level string this node is reached by from its parent (empty for the root).
     level: Box<str>,
-    children: HashMap<Box<str>, NodeId>,
+    children: HashMap<Box<str>, NodeId, ahash::RandomState>,
     plus: Option<NodeId>,
     hash: Option<NodeId>,
     value: Option<V>,
@@ -26,7 +26,7 @@ impl<V> Node<V> {
         Node {
             parent,
             level: level.into(),
-            children: HashMap::new(),
+            children: HashMap::default(),
             plus: None,
             hash: None,
             value: None,

@@ -127,7 +127,7 @@ struct SubIx {
 struct SessionIx {
     /// `None` only during recovery, for a session whose upsert has not been replayed yet.
     meta: Option<(SessionMeta, Loc)>,
-    subs: HashMap<Box<str>, SubIx>,
+    subs: HashMap<Box<str>, SubIx, ahash::RandomState>,
     /// Message id -> location of its enqueue record. Ids grow in arrival order and a session only accepts ids
     /// above its newest queued one, so id order is enqueue order; no separate position index is needed.
     queue: BTreeMap<u64, Loc>,
@@ -163,9 +163,9 @@ pub struct ReplayRepairs {
 
 #[derive(Default)]
 pub(crate) struct Index {
-    sessions: HashMap<Box<str>, SessionIx>,
+    sessions: HashMap<Box<str>, SessionIx, ahash::RandomState>,
     messages: IdMap<MsgIx>,
-    retained: HashMap<Box<str>, (u64, Loc)>,
+    retained: HashMap<Box<str>, (u64, Loc), ahash::RandomState>,
     /// Live bytes per segment id.
     seg_live: HashMap<u32, i64, BuildHasherDefault<IdHasher>>,
     /// Messages whose reference count dropped to zero since the last `collect_garbage`.

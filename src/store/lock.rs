@@ -26,12 +26,34 @@ impl DirLock {
             .truncate(false)
             .open(path)
             .map_err(|e| StoreError::io(format!("opening lock file {}", path.display()), e))?;
-        // SAFETY: plain syscall on an fd we own.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
+        // A lock this process released can still look held for a moment: a child forked by another thread
+        // inherits the descriptor until it execs (CLOEXEC acts only at exec), and flock belongs to the open file
+        // description they share. So when the holder is this very process, try again for a short while.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        let locked = loop {
+            // SAFETY: plain syscall on an fd we own.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if rc == 0 {
+                break Ok(());
+            }
             let err = std::io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EWOULDBLOCK)
+                || std::time::Instant::now() >= deadline
+            {
+                break Err(err);
+            }
+            let mut holder = String::new();
+            let _ = file.seek(SeekFrom::Start(0));
+            let _ = file.read_to_string(&mut holder);
+            if holder.trim() != std::process::id().to_string() {
+                break Err(err);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        if let Err(err) = locked {
             if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
                 let mut holder = String::new();
+                let _ = file.seek(SeekFrom::Start(0));
                 let _ = file.read_to_string(&mut holder);
                 let holder = holder.trim();
                 return Err(StoreError::Locked {

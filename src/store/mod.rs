@@ -362,6 +362,8 @@ pub struct Store {
     doomed: Vec<(u32, Lsn)>,
     stats: StoreStats,
     scratch: Vec<u8>,
+    /// The "cannot preallocate" warning was logged and nothing succeeded since.
+    spare_warned: bool,
 }
 
 impl Store {
@@ -437,6 +439,7 @@ impl Store {
             doomed: Vec::new(),
             stats: StoreStats::default(),
             scratch: Vec::new(),
+            spare_warned: false,
         };
         let mut report = RecoveryReport::default();
         let fresh = ids.is_empty();
@@ -894,8 +897,14 @@ impl Store {
         }
         // Create the next segment early so a roll inside a group does not wait for (or fail on) fallocate.
         if over_half && self.spare.is_none() {
-            if let Err(e) = self.prepare_spare() {
-                tracing::warn!(shard = self.shard, error = %e, "cannot preallocate the next segment");
+            match self.prepare_spare() {
+                // Logged once per episode, not at every commit while the disk stays full.
+                Err(e) if !self.spare_warned => {
+                    self.spare_warned = true;
+                    tracing::warn!(shard = self.shard, error = %e, "cannot preallocate the next segment");
+                }
+                Err(_) => {}
+                Ok(()) => self.spare_warned = false,
             }
         }
         Ok(self.committed)

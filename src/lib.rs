@@ -11,9 +11,10 @@ extern "C" {
     fn mi_collect(force: bool);
 }
 
-/// Return memory freed by other threads to the OS now (mimalloc collects a thread's heap only on that thread).
-pub fn alloc_collect() {
+/// Let mimalloc run its due purges on this thread's heap (`force`: also return memory freed by other threads to
+/// the OS now; mimalloc collects a thread's heap only on that thread).
+pub fn alloc_collect(force: bool) {
     // SAFETY: mi_collect takes no pointers; it is safe to call from any thread at any time, and harmless when
     // mimalloc is not the global allocator (it then has nothing to collect).
-    unsafe { mi_collect(true) };
+    unsafe { mi_collect(force) };
 }

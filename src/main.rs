@@ -104,11 +104,6 @@ fn disable_transparent_huge_pages() {
     }
 }
 
-extern "C" {
-    /// mimalloc's collection entry point (in the static library the `mimalloc` crate links).
-    fn mi_collect(force: bool);
-}
-
 /// mimalloc returns freed memory to the OS (purges) one second after the free, but only when it runs again: a
 /// broker that goes idle after a connection storm would keep the freed halves of every grown table resident. A
 /// once-a-second non-forcing collect lets those purges happen; it takes microseconds and only touches memory
@@ -118,7 +113,7 @@ fn start_purge_ticker() {
         .name("coremq-purge".into())
         .spawn(|| loop {
             std::thread::sleep(std::time::Duration::from_secs(1));
-            unsafe { mi_collect(false) };
+            coremq::alloc_collect(false);
         });
     if let Err(e) = spawned {
         eprintln!("coremq: cannot start the allocator purge thread: {e}");

@@ -316,20 +316,21 @@ impl Shard {
         }
     }
 
+    /// A stored body as a routable message.
+    fn read_body(&self, msg: MsgRef) -> Result<Message, String> {
+        let st = self.store.as_ref().ok_or("no log")?;
+        st.read_message(msg)
+            .map_err(|e| e.to_string())
+            .and_then(message_of)
+    }
+
     /// Read a queued message's body back from the log (and, for restored entries, work out its QoS, RETAIN and
     /// subscription ids). False if it is unreadable: then it is acknowledged away, counted and logged.
     pub(super) fn load_body(&mut self, sidx: u32, q: &mut Queued) -> bool {
         if q.msg.is_some() {
             return true;
         }
-        let read = match self.store.as_ref() {
-            Some(st) => st
-                .read_message(MsgRef(q.msg_id))
-                .map_err(|e| e.to_string())
-                .and_then(message_of),
-            None => Err("no log".into()),
-        };
-        match read {
+        match self.read_body(MsgRef(q.msg_id)) {
             Ok(m) => {
                 if q.restored {
                     let s = self.session(sidx);
@@ -458,14 +459,7 @@ impl Shard {
             log(&mut self.store, &mut self.dur, &mut self.stats, &rec);
         }
         for (topic, msg) in state.retained {
-            let read = match self.store.as_ref() {
-                Some(st) => st
-                    .read_message(msg)
-                    .map_err(|e| e.to_string())
-                    .and_then(message_of),
-                None => continue,
-            };
-            match read {
+            match self.read_body(msg) {
                 Ok(m) => self.store_retained(Rc::new(m)),
                 Err(e) => {
                     self.stats.persist_errors += 1;
@@ -631,21 +625,43 @@ mod tests {
         b
     }
 
-    fn connect(shard: &mut Shard, io: u64, id: &str, clean: bool) -> ConnKey {
+    /// Accept a connection and feed it a CONNECT (v3.1.1, or v5 with a session expiry when `v5_expiry` is set).
+    fn connect_as(
+        shard: &mut Shard,
+        io: u64,
+        id: &str,
+        clean: bool,
+        v5_expiry: Option<u32>,
+    ) -> ConnKey {
         let key = shard.accept(io);
+        let protocol = if v5_expiry.is_some() {
+            ProtocolVersion::V5
+        } else {
+            V
+        };
         let c = Connect {
-            protocol: V,
+            protocol,
             clean_start: clean,
             keep_alive: 0,
             client_id: id.into(),
             will: None,
             username: None,
             password: None,
-            properties: None,
+            properties: v5_expiry.map(|e| {
+                Box::new(crate::codec::Properties {
+                    session_expiry_interval: Some(e),
+                    ..Default::default()
+                })
+            }),
         };
-        let mut b = frame(&Packet::Connect(Box::new(c)));
+        let mut b = BytesMut::new();
+        codec::encode(&Packet::Connect(Box::new(c)), protocol, &mut b).unwrap();
         assert_eq!(shard.on_bytes(key, &mut b), ReadOutcome::Continue);
         key
+    }
+
+    fn connect(shard: &mut Shard, io: u64, id: &str, clean: bool) -> ConnKey {
+        connect_as(shard, io, id, clean, None)
     }
 
     fn take_output(shard: &mut Shard, key: ConnKey) -> Vec<Packet> {
@@ -672,6 +688,20 @@ mod tests {
         shard.attach_store(store, 1_000_000);
         shard.restore(rec.state);
         shard
+    }
+
+    fn subscribe(filter: &str, qos: QoS) -> BytesMut {
+        frame(&Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            filters: vec![SubscribeFilter {
+                filter: filter.into(),
+                options: SubscriptionOptions {
+                    qos,
+                    ..Default::default()
+                },
+            }],
+            properties: None,
+        }))
     }
 
     fn publish(qos: QoS, id: u16) -> BytesMut {
@@ -703,17 +733,7 @@ mod tests {
 
         // A persistent subscriber, now offline.
         let s = connect(&mut shard, 2, "sub", false);
-        let mut sub = frame(&Packet::Subscribe(Subscribe {
-            packet_id: 1,
-            filters: vec![SubscribeFilter {
-                filter: "t/#".into(),
-                options: SubscriptionOptions {
-                    qos: QoS::AtLeastOnce,
-                    ..Default::default()
-                },
-            }],
-            properties: None,
-        }));
+        let mut sub = subscribe("t/#", QoS::AtLeastOnce);
         shard.on_bytes(s, &mut sub);
         shard.end_round();
         assert!(
@@ -761,24 +781,7 @@ mod tests {
     }
 
     fn connect_v5(shard: &mut Shard, io: u64, id: &str, expiry: u32) -> ConnKey {
-        let key = shard.accept(io);
-        let c = Connect {
-            protocol: ProtocolVersion::V5,
-            clean_start: false,
-            keep_alive: 0,
-            client_id: id.into(),
-            will: None,
-            username: None,
-            password: None,
-            properties: Some(Box::new(crate::codec::Properties {
-                session_expiry_interval: Some(expiry),
-                ..Default::default()
-            })),
-        };
-        let mut b = BytesMut::new();
-        codec::encode(&Packet::Connect(Box::new(c)), ProtocolVersion::V5, &mut b).unwrap();
-        assert_eq!(shard.on_bytes(key, &mut b), ReadOutcome::Continue);
-        key
+        connect_as(shard, io, id, false, Some(expiry))
     }
 
     #[test]
@@ -841,17 +844,7 @@ mod tests {
         {
             let mut shard = shard_with_log(dir.path());
             let s = connect(&mut shard, 1, "sub", false);
-            let mut sub = frame(&Packet::Subscribe(Subscribe {
-                packet_id: 1,
-                filters: vec![SubscribeFilter {
-                    filter: "t/+".into(),
-                    options: SubscriptionOptions {
-                        qos: QoS::ExactlyOnce,
-                        ..Default::default()
-                    },
-                }],
-                properties: None,
-            }));
+            let mut sub = subscribe("t/+", QoS::ExactlyOnce);
             shard.on_bytes(s, &mut sub);
             shard.on_io_closed(s);
             shard.release(s);

@@ -413,18 +413,12 @@ fn subscribe(r: &mut Reader<'_>, v5: bool) -> Result<Subscribe, DecodeError> {
                     "subscription options reserved bits set",
                 ));
             }
-            let retain_handling = match (opts >> 4) & 0x03 {
-                0 => RetainHandling::SendAtSubscribe,
-                1 => RetainHandling::SendIfNew,
-                2 => RetainHandling::DoNotSend,
-                _ => return Err(DecodeError::Protocol("retain handling 3")),
-            };
-            SubscriptionOptions {
-                qos,
-                no_local: opts & 0x04 != 0,
-                retain_as_published: opts & 0x08 != 0,
-                retain_handling,
+            if (opts >> 4) & 0x03 == 3 {
+                return Err(DecodeError::Protocol("retain handling 3"));
             }
+            // Reserved bits, QoS 3 and retain handling 3 are refused above with their own error classes.
+            SubscriptionOptions::from_byte(opts)
+                .ok_or(DecodeError::Malformed("bad subscription options"))?
         } else {
             if opts & 0xFC != 0 {
                 return Err(DecodeError::Malformed("requested QoS reserved bits set"));

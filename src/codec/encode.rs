@@ -328,14 +328,12 @@ fn write(packet: &Packet, version: ProtocolVersion, plan: &Plan, buf: &mut Bytes
             write_props(buf, v5, &s.properties, plan);
             for f in &s.filters {
                 put_field(buf, f.filter.as_bytes());
-                let o = &f.options;
-                let mut b = o.qos as u8;
-                if v5 {
-                    b |= (u8::from(o.no_local) << 2)
-                        | (u8::from(o.retain_as_published) << 3)
-                        | ((o.retain_handling as u8) << 4);
-                }
-                buf.put_u8(b);
+                // v3 has only the QoS bits; v5 the whole options byte.
+                buf.put_u8(if v5 {
+                    f.options.to_byte()
+                } else {
+                    f.options.qos as u8
+                });
             }
         }
         Packet::SubAck(s) => {

@@ -296,7 +296,7 @@ pub fn run(
     {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
-    crate::alloc_collect();
+    crate::alloc_collect(true);
     for r in handles.join_all() {
         if let Err(e) = r {
             return Err(io::Error::other(e.to_string()));

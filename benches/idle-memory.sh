@@ -5,9 +5,8 @@
 #
 #   cargo build --release --workspace && benches/idle-memory.sh          # SHARDS="1 2" RUNS=3 CONNS=15000
 set -u
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-LG="${LG:-$ROOT/target/release/coremq-loadgen}"
-CQ="${CQ:-$ROOT/target/release/coremq}"
+# shellcheck source=benches/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 PORT="${PORT:-18830}"
 SHARDS="${SHARDS:-1 2}"
 RUNS="${RUNS:-3}"
@@ -15,8 +14,6 @@ CONNS="${CONNS:-15000}"
 ulimit -n 20000 2>/dev/null || true
 DATA="$(mktemp -d)"
 
-BPID=""
-stop_broker() { [ -n "$BPID" ] && kill "$BPID" 2>/dev/null && wait "$BPID" 2>/dev/null; BPID=""; }
 trap 'stop_broker; rm -rf "$DATA"' EXIT
 
 for shards in $SHARDS; do

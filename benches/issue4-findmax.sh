@@ -6,9 +6,8 @@
 #
 #   cargo build --release --workspace && benches/issue4-findmax.sh        # MODE=unpinned RUNS=1 BROKERS=coremq
 set -u
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-LG="${LG:-$ROOT/target/release/coremq-loadgen}"
-CQ="${CQ:-$ROOT/target/release/coremq}"
+# shellcheck source=benches/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 PORT="${PORT:-18854}"
 RUNS="${RUNS:-3}"
 MODE="${MODE:-pinned}"
@@ -23,7 +22,6 @@ BROKER_PIN=(taskset -c 0)
 LG_PIN=(taskset -c 1)
 if [ "$MODE" = unpinned ]; then BROKER_PIN=(); LG_PIN=(); fi
 
-BPID=""
 start_broker() {
   rm -rf "$DATA"; mkdir -p "$DATA"
   case $1 in
@@ -35,13 +33,12 @@ start_broker() {
   BPID=$!
   sleep 0.7
 }
-stop_broker() { kill "$BPID" 2>/dev/null; wait "$BPID" 2>/dev/null; sleep 0.3; }
 trap 'stop_broker; rm -rf "$DATA" "$CONF"' EXIT
 
 run() {
   local b=$1; shift
   start_broker "$b"
-  "${LG_PIN[@]}" "$LG" "$@" "${SEARCH[@]}" --broker "127.0.0.1:$PORT" --threads 1 --broker-pid "$BPID" --label "$b-$MODE" --json 2>/dev/null | tail -1 >> "$OUT"
+  loadgen_json "$b-$MODE" "$@" "${SEARCH[@]}" >/dev/null
   tail -1 "$OUT" | python3 -c 'import json,sys; r=json.load(sys.stdin); print(r["scenario"], r["broker"], r["qos"], "max_rate", r["capacity"]["max_rate"], "cpu%", round(r.get("broker_cpu_pct", 0)))' >&2
   stop_broker
 }

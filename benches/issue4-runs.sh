@@ -5,9 +5,8 @@
 #
 #   cargo build --release --workspace && benches/issue4-runs.sh            # BROKERS="coremq" to run one
 set -u
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-LG="${LG:-$ROOT/target/release/coremq-loadgen}"
-CQ="${CQ:-$ROOT/target/release/coremq}"
+# shellcheck source=benches/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 PORT="${PORT:-18850}"
 OUT="${OUT:-$ROOT/target/issue4-runs.jsonl}"
 CONF="$(mktemp)"
@@ -15,7 +14,6 @@ DATA="$(mktemp -d)"
 printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages 100000\npersistence false\nset_tcp_nodelay true\n' "$PORT" > "$CONF"
 ulimit -n 20000 2>/dev/null || true
 
-BPID=""
 start_broker() {
   case $1 in
     mosquitto) taskset -c 0 mosquitto -c "$CONF" >/dev/null 2>&1 & ;;
@@ -26,15 +24,14 @@ start_broker() {
   BPID=$!
   sleep 0.7
 }
-stop_broker() { kill "$BPID" 2>/dev/null; wait "$BPID" 2>/dev/null; sleep 0.3; }
 trap 'stop_broker; rm -rf "$CONF" "$DATA"' EXIT
 
 run() {
   local b=$1; shift
-  local pin=(taskset -c 1)
-  [ "$b" = coremq2 ] && pin=()
+  LG_PIN=(taskset -c 1)
+  [ "$b" = coremq2 ] && LG_PIN=()
   start_broker "$b"
-  "${pin[@]}" "$LG" "$@" --broker "127.0.0.1:$PORT" --threads 1 --broker-pid "$BPID" --label "$b" --json 2>/dev/null | tail -1 | tee -a "$OUT"
+  loadgen_json "$b" "$@"
   stop_broker
 }
 

@@ -5,22 +5,19 @@
 #
 #   cargo build --release --workspace && benches/issue5-memory.sh          # N=200000 for a quicker run
 set -eu
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-LG="$ROOT/target/release/coremq-loadgen"
-CQ="$ROOT/target/release/coremq"
+# shellcheck source=benches/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 PORT="${PORT:-18853}"
 N="${N:-1000000}"
 DATA="$(mktemp -d)"
 LOG="$DATA.log"
-BPID=""
 rss() { awk '/VmRSS/ {print $2" KiB"}' "/proc/$BPID/status"; }
 start() {
   "$CQ" --listen "127.0.0.1:$PORT" --shards 1 --data-dir "$DATA" --max-queued-messages $((N + N / 10)) --log-level info >"$LOG" 2>&1 &
   BPID=$!
   for _ in $(seq 100); do grep -q "shard running" "$LOG" 2>/dev/null && break; sleep 0.1; done
 }
-stop() { kill "$BPID" 2>/dev/null; wait "$BPID" 2>/dev/null || true; }
-trap 'stop; rm -rf "$DATA" "$LOG"' EXIT
+trap 'stop_broker; rm -rf "$DATA" "$LOG"' EXIT
 
 start
 "$LG" sub --broker "127.0.0.1:$PORT" --filter 'mem/#' --qos 1 --persistent --client-prefix memsub --duration 1 --quiet >/dev/null
@@ -30,7 +27,7 @@ sleep 1
 echo "RSS with $N messages queued: $(rss)"
 grep -E "^(Rss|Anonymous|Pss_File)" "/proc/$BPID/smaps_rollup"
 echo "log on disk: $(du -sh "$DATA" | cut -f1)"
-stop
+stop_broker
 start
 sed 's/\x1b\[[0-9;]*m//g' "$LOG" | grep -o "log recovered.*"
 echo "RSS after recovery: $(rss)"

@@ -5,9 +5,8 @@
 #
 #   cargo build --release --workspace && benches/issue5-runs.sh        # BROKERS="coremq-off coremq-interval" RUNS=1
 set -u
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-LG="${LG:-$ROOT/target/release/coremq-loadgen}"
-CQ="${CQ:-$ROOT/target/release/coremq}"
+# shellcheck source=benches/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 PORT="${PORT:-18851}"
 RUNS="${RUNS:-3}"
 OUT="${OUT:-$ROOT/target/issue5-runs.jsonl}"
@@ -15,7 +14,6 @@ DATA="$(mktemp -d)"
 CONF="$DATA.mosquitto.conf"
 printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages 1000000\npersistence true\npersistence_location %s/\nset_tcp_nodelay true\n' "$PORT" "$DATA" > "$CONF"
 
-BPID=""
 start_broker() {
   rm -rf "$DATA"; mkdir -p "$DATA"
   local cq=(taskset -c 0 "$CQ" --listen "127.0.0.1:$PORT" --data-dir "$DATA" --log-level error)
@@ -29,13 +27,13 @@ start_broker() {
   BPID=$!
   sleep 0.7
 }
-stop_broker() { kill "$BPID" 2>/dev/null; wait "$BPID" 2>/dev/null; sleep 0.3; }
 trap 'stop_broker; rm -rf "$DATA" "$CONF"' EXIT
 
+LG_PIN=(taskset -c 1)
 run() {
   local b=$1; shift
   start_broker "$b"
-  taskset -c 1 "$LG" "$@" --broker "127.0.0.1:$PORT" --threads 1 --broker-pid "$BPID" --label "$b" --json 2>/dev/null | tail -1 | tee -a "$OUT"
+  loadgen_json "$b" "$@"
   stop_broker
 }
 

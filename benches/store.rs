@@ -98,6 +98,7 @@ fn throughput(base: &Path, n: usize, window: u64) {
                 st.append(&Record::Enqueue {
                     client_id: "bench-subscriber",
                     msg_id: id,
+                    packet_id: 0,
                 })
                 .unwrap();
                 if i % TICK == TICK - 1 {
@@ -185,6 +186,7 @@ fn recovery(base: &Path, n: usize) {
             st.append(&Record::Enqueue {
                 client_id: &sessions[i % sessions.len()],
                 msg_id: id,
+                packet_id: 0,
             })
             .unwrap();
             if i % TICK == TICK - 1 {

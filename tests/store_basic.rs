@@ -45,6 +45,7 @@ fn publish(st: &mut Store, topic: &str, payload: &[u8], to: &[&str]) -> StoreRes
         st.append(&Record::Enqueue {
             client_id: c,
             msg_id: id,
+            packet_id: 0,
         })?;
     }
     Ok(id)
@@ -245,7 +246,8 @@ fn oversized_and_invalid_records_are_refused_and_write_nothing() {
     assert!(matches!(
         st.append(&Record::Enqueue {
             client_id: "c",
-            msg_id: 999
+            msg_id: 999,
+            packet_id: 0,
         }),
         Err(StoreError::Invalid(_))
     ));
@@ -263,20 +265,23 @@ fn oversized_and_invalid_records_are_refused_and_write_nothing() {
     st.append(&Record::Enqueue {
         client_id: "c",
         msg_id: older + 1_000,
+        packet_id: 0,
     })
     .unwrap();
     // Queues are ordered by id: an older body cannot be queued behind a newer one.
     assert!(matches!(
         st.append(&Record::Enqueue {
             client_id: "c",
-            msg_id: newer
+            msg_id: newer,
+            packet_id: 0,
         }),
         Err(StoreError::Invalid(_))
     ));
     assert!(matches!(
         st.append(&Record::Enqueue {
             client_id: "c",
-            msg_id: older + 1_000
+            msg_id: older + 1_000,
+            packet_id: 0,
         }),
         Err(StoreError::Invalid(_))
     ));

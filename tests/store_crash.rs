@@ -74,11 +74,13 @@ fn crash_child_writer() {
             st.append(&Record::Enqueue {
                 client_id: "a",
                 msg_id: id,
+                packet_id: 0,
             })
             .unwrap();
             st.append(&Record::Enqueue {
                 client_id: "b",
                 msg_id: id,
+                packet_id: 0,
             })
             .unwrap();
             group.push(id);

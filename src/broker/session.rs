@@ -27,6 +27,9 @@ pub struct Queued {
     /// Restored from the log: QoS, RETAIN and subscription ids are derived from the body and the session's
     /// subscriptions when it is loaded.
     pub restored: bool,
+    /// `msg_id` is set but its `Enqueue` record is not written yet: it is written with the packet id when the
+    /// message is sent right away (one record for both facts), or just after the shard tried to send it.
+    pub log_pending: bool,
     /// v5 subscription identifiers of the matching subscriptions.
     pub sub_ids: Vec<u32>,
 }
@@ -39,6 +42,7 @@ impl Queued {
             qos,
             retain,
             restored: false,
+            log_pending: false,
             sub_ids,
         }
     }

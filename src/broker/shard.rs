@@ -1228,6 +1228,7 @@ impl Shard {
             }
         }
         self.pump(p.session);
+        self.log_pending_enqueues(p.session);
     }
 
     fn on_unsubscribe(&mut self, key: ConnKey, sidx: u32, u: Unsubscribe) -> ReadOutcome {
@@ -1394,6 +1395,7 @@ impl Shard {
             );
             self.enqueue(sidx, q, msg.origin);
             self.pump(sidx);
+            self.log_pending_enqueues(sidx);
         }
         self.cur_body = None;
         self.hits = hits;
@@ -1413,7 +1415,7 @@ impl Shard {
         let shard_id = self.cfg.shard_id;
         let overflow = self.cfg.overflow;
         let offline_overflow = self.cfg.offline_overflow;
-        let mut dropped_id = 0;
+        let mut dropped = None;
         let s = self.sessions[sidx as usize].as_mut().expect("live session");
         let online = s.conn.is_some();
         if s.backlog() >= soft {
@@ -1440,7 +1442,7 @@ impl Shard {
                         s.dropped += 1;
                         return;
                     };
-                    dropped_id = oldest.msg_id;
+                    dropped = Some(oldest);
                     if online {
                         self.stats.dropped_qos12 += 1;
                     } else {
@@ -1475,7 +1477,9 @@ impl Shard {
                 }
             }
         }
-        self.persist_ack(sidx, dropped_id);
+        if let Some(old) = dropped {
+            self.persist_done(sidx, &old);
+        }
         self.persist_enqueue(sidx, &mut q);
         let s = self.sessions[sidx as usize].as_mut().expect("live session");
         s.queue.push_back(q);
@@ -1525,7 +1529,7 @@ impl Shard {
             let s = self.sessions[sidx as usize].as_mut().expect("live session");
             let version = s.protocol;
             let client_max_packet = s.client_max_packet;
-            let q = s.queue.pop_front().expect("front exists");
+            let mut q = s.queue.pop_front().expect("front exists");
             let packet_id = if q.qos == QoS::AtMostOnce {
                 0
             } else {
@@ -1540,28 +1544,28 @@ impl Shard {
             {
                 // [MQTT-3.1.2-25]: a packet over the client's maximum is discarded as if delivered.
                 self.stats.dropped_too_large += 1;
-                self.persist_ack(sidx, q.msg_id);
+                self.persist_done(sidx, &q);
                 continue;
             }
-            if q.msg_id != 0 && q.qos != QoS::AtMostOnce {
-                self.persist_delivery(sidx, q.msg_id, packet_id, DeliveryState::PublishSent);
-                if q.qos == QoS::ExactlyOnce {
-                    // A QoS 2 PUBLISH leaves only once its packet id is durable: after a restart it is resent
-                    // with the same id, so the client can tell it is the same message.
-                    self.hold_output(key);
-                }
+            let persisted = q.msg_id != 0
+                && q.qos != QoS::AtMostOnce
+                && self.persist_sent(sidx, &mut q, packet_id);
+            if persisted && q.qos == QoS::ExactlyOnce {
+                // A QoS 2 PUBLISH leaves only once its packet id is durable: after a restart it is resent with
+                // the same id, so the client can tell it is the same message.
+                self.hold_output(key);
             }
             let conn = self.conns.get_mut(key).expect("connection checked above");
             if codec::encode_publish(&publish, version, &mut conn.out).is_err() {
                 self.stats.dropped_too_large += 1;
-                self.persist_ack(sidx, q.msg_id);
+                self.persist_done(sidx, &q);
                 continue;
             }
             self.stats.publishes_out += 1;
             wrote = true;
             if q.qos == QoS::AtMostOnce {
                 // Restored message whose subscription was downgraded to QoS 0: sent, so done.
-                self.persist_ack(sidx, q.msg_id);
+                self.persist_done(sidx, &q);
             } else {
                 let state = if q.qos == QoS::AtLeastOnce {
                     InflightState::AwaitPubAck

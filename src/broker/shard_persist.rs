@@ -128,6 +128,7 @@ impl Shard {
         queue.retain_mut(|q| self.load_body(sidx, q));
         for q in queue.iter_mut() {
             q.msg_id = 0;
+            q.log_pending = false;
         }
         let s = self.sessions[sidx as usize].as_mut().expect("live session");
         s.queue = queue;
@@ -206,7 +207,8 @@ impl Shard {
     }
 
     /// A QoS 1/2 message is being queued for a persistent session: reference its body (written once per
-    /// routed message, shared by every session of this shard it reaches) from the session's queue.
+    /// routed message, shared by every session of this shard it reaches). The `Enqueue` record itself waits
+    /// (`log_pending`) for `persist_sent` or `log_pending_enqueues`, which run before the round ends.
     pub(super) fn persist_enqueue(&mut self, sidx: u32, q: &mut Queued) {
         if q.qos == QoS::AtMostOnce || !self.session(sidx).persisted {
             return;
@@ -227,20 +229,77 @@ impl Shard {
             }
             id
         };
-        if body == 0 {
-            return;
+        if body != 0 {
+            q.msg_id = body;
+            q.log_pending = true;
         }
+    }
+
+    /// Writes the `Enqueue` records still pending in a session's queue, after the shard tried to send them.
+    /// Pending entries are among the newest (interleaved only with unpersisted QoS 0 ones). Offline sessions then
+    /// keep only the reference in memory.
+    pub(super) fn log_pending_enqueues(&mut self, sidx: u32) {
+        let Some(s) = self.sessions[sidx as usize].as_mut() else {
+            return;
+        };
+        let tail = s
+            .queue
+            .iter()
+            .rev()
+            .take_while(|q| q.log_pending || q.msg_id == 0)
+            .count();
+        let offline = s.conn.is_none();
+        let first = s.queue.len() - tail;
+        for i in first..s.queue.len() {
+            let s = self.sessions[sidx as usize].as_mut().expect("live session");
+            let q = &mut s.queue[i];
+            if !q.log_pending {
+                continue;
+            }
+            q.log_pending = false;
+            let rec = Record::Enqueue {
+                client_id: &s.client_id,
+                msg_id: q.msg_id,
+                packet_id: 0,
+            };
+            if log(&mut self.store, &mut self.dur, &mut self.stats, &rec) {
+                if offline {
+                    // The log holds the body now.
+                    q.msg = None;
+                }
+            } else {
+                q.msg_id = 0;
+            }
+        }
+    }
+
+    /// A persisted QoS 1/2 message leaves with `packet_id`: one `Enqueue` record carrying the packet id if its
+    /// enqueue is still pending, else a `Delivery` record. False if it is no longer persisted (log failure).
+    pub(super) fn persist_sent(&mut self, sidx: u32, q: &mut Queued, packet_id: u16) -> bool {
+        if !q.log_pending {
+            self.persist_delivery(sidx, q.msg_id, packet_id, DeliveryState::PublishSent);
+            return true;
+        }
+        q.log_pending = false;
         let s = self.sessions[sidx as usize].as_ref().expect("live session");
         let rec = Record::Enqueue {
             client_id: &s.client_id,
-            msg_id: body,
+            msg_id: q.msg_id,
+            packet_id,
         };
-        if log(&mut self.store, &mut self.dur, &mut self.stats, &rec) {
-            q.msg_id = body;
-            if s.conn.is_none() {
-                // Offline: the log holds the body; keep only the reference in memory.
-                q.msg = None;
-            }
+        if !log(&mut self.store, &mut self.dur, &mut self.stats, &rec) {
+            q.msg_id = 0;
+            return false;
+        }
+        true
+    }
+
+    /// The message leaves the queue without delivery state (sent as QoS 0, discarded as too large, dropped by
+    /// policy): acknowledge it in the log, unless its enqueue was never written (then nothing references the
+    /// body, and the log forgets it).
+    pub(super) fn persist_done(&mut self, sidx: u32, q: &Queued) {
+        if !q.log_pending {
+            self.persist_ack(sidx, q.msg_id);
         }
     }
 
@@ -422,6 +481,7 @@ impl Shard {
                     qos: QoS::ExactlyOnce,
                     retain: false,
                     restored: true,
+                    log_pending: false,
                     sub_ids: Vec::new(),
                 };
                 match qm.delivery {
@@ -872,5 +932,59 @@ mod tests {
             .collect();
         assert_eq!(publishes.len(), 3, "{got:?}");
         assert!(publishes.iter().all(|(q, _)| *q == QoS::ExactlyOnce));
+    }
+
+    /// A message queued and sent in the same round costs one `Enqueue` record carrying its packet id, not an
+    /// `Enqueue` and a `Delivery`; after a crash it is resent with that id and DUP.
+    #[test]
+    fn a_message_sent_in_the_round_it_was_queued_is_one_record_and_survives_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let sent: Vec<u16> = {
+            let mut shard = shard_with_log(dir.path());
+            let s = connect(&mut shard, 1, "sub", false);
+            shard.on_bytes(s, &mut subscribe("t/+", QoS::AtLeastOnce));
+            shard.end_round();
+            shard.sync_log();
+            take_output(&mut shard, s);
+            let p = connect(&mut shard, 2, "pub", true);
+            for i in 1..=3 {
+                shard.on_bytes(p, &mut publish(QoS::AtLeastOnce, i));
+            }
+            shard.end_round();
+            shard.sync_log();
+            let ids = take_output(&mut shard, s)
+                .iter()
+                .filter_map(|p| match p {
+                    Packet::Publish(m) => Some(m.packet_id),
+                    _ => None,
+                })
+                .collect();
+            // Crash: the shard is dropped with the subscriber still connected and nothing acknowledged.
+            ids
+        };
+        assert_eq!(sent.len(), 3);
+        let cfg = StoreConfig {
+            segment_size: 1 << 20,
+            ..StoreConfig::default()
+        };
+        let (store, rec) = Store::open(dir.path(), 0, cfg).unwrap();
+        // Session upsert, subscription, then a body and one enqueue per message.
+        assert_eq!(rec.report.records, 2 + 3 * 2, "{:?}", rec.report);
+        drop(store);
+        let mut shard = shard_with_log(dir.path());
+        let s = connect(&mut shard, 1, "sub", false);
+        shard.end_round();
+        shard.sync_log();
+        let resent: Vec<(u16, bool)> = take_output(&mut shard, s)
+            .iter()
+            .filter_map(|p| match p {
+                Packet::Publish(m) => Some((m.packet_id, m.dup)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            resent,
+            sent.iter().map(|&id| (id, true)).collect::<Vec<_>>()
+        );
     }
 }

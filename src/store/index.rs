@@ -58,6 +58,12 @@ impl Loc {
         off: 0,
         len: 0,
     };
+    /// A delivery state carried by the message's `Enqueue` record (its bytes are counted there).
+    pub const IN_ENQUEUE: Loc = Loc {
+        seg: u32::MAX,
+        off: 1,
+        len: 0,
+    };
 }
 
 /// A queued message, by id; read the body with `Store::read_message`.
@@ -206,11 +212,15 @@ impl Index {
     }
 
     fn add(&mut self, loc: Loc) {
-        *self.seg_live.entry(loc.seg).or_insert(0) += loc.len as i64;
+        if loc.len != 0 {
+            *self.seg_live.entry(loc.seg).or_insert(0) += loc.len as i64;
+        }
     }
 
     fn sub(&mut self, loc: Loc) {
-        *self.seg_live.entry(loc.seg).or_insert(0) -= loc.len as i64;
+        if loc.len != 0 {
+            *self.seg_live.entry(loc.seg).or_insert(0) -= loc.len as i64;
+        }
     }
 
     fn unref(&mut self, msg_id: u64) {
@@ -344,7 +354,11 @@ impl Index {
                 self.max_msg_id = Some(self.max_msg_id.map_or(msg_id, |m| m.max(msg_id)));
                 self.add(loc);
             }
-            Record::Enqueue { client_id, msg_id } => {
+            Record::Enqueue {
+                client_id,
+                msg_id,
+                packet_id,
+            } => {
                 if mode == Mode::Append
                     && !self
                         .messages
@@ -370,6 +384,15 @@ impl Index {
                             ));
                         }
                     }
+                }
+                if packet_id != 0 && !s.inflight.contains_key(&msg_id) {
+                    // Sent in the same round. A state already known came from a later `Delivery` (this is a
+                    // relocated copy), so it stays.
+                    let d = Delivery {
+                        packet_id,
+                        state: DeliveryState::PublishSent,
+                    };
+                    s.inflight.insert(msg_id, (d, Loc::IN_ENQUEUE));
                 }
                 // Replay of a relocated copy moves the record location (the delivery state stays).
                 let old = s.queue.insert(msg_id, loc);
@@ -629,7 +652,9 @@ impl Index {
                 }
                 m.body()
             }
-            Record::Enqueue { client_id, msg_id } => {
+            Record::Enqueue {
+                client_id, msg_id, ..
+            } => {
                 let s = self.sessions.get(client_id)?;
                 s.queue.get(&msg_id).copied()
             }
@@ -670,7 +695,9 @@ impl Index {
                 .messages
                 .get_mut(&msg_id)
                 .and_then(|m| (m.loc != Loc::NONE).then_some(&mut m.loc)),
-            Record::Enqueue { client_id, msg_id } => self
+            Record::Enqueue {
+                client_id, msg_id, ..
+            } => self
                 .sessions
                 .get_mut(client_id)
                 .and_then(|s| s.queue.get_mut(&msg_id)),

@@ -72,9 +72,15 @@ pub enum Record<'a> {
     /// Append message `msg_id` to the session's queue. Queues are ordered by message id, so `msg_id` must be
     /// above the newest id already queued for the session (true for bodies stored in arrival order); to queue
     /// an older body, e.g. a retained message sent on subscribe, store it again under a fresh id.
+    ///
+    /// `packet_id` 0: queued, not sent yet. Otherwise the PUBLISH already left with this packet id, as if a
+    /// `Delivery { state: PublishSent }` followed (one record instead of two for a message queued and sent in the
+    /// same round, the common case for an online subscriber). A `Delivery` already known for the message wins
+    /// over it during replay (a relocated copy of this record can follow a newer `Delivery`).
     Enqueue {
         client_id: &'a str,
         msg_id: u64,
+        packet_id: u16,
     },
     /// Record the outbound delivery state of a queued message.
     Delivery {
@@ -186,7 +192,7 @@ impl<'a> Record<'a> {
                 properties,
                 ..
             } => 8 + s(topic) + 1 + 1 + 4 + properties.len() + 4 + payload.len(),
-            Record::Enqueue { client_id, .. } => s(client_id) + 8,
+            Record::Enqueue { client_id, .. } => s(client_id) + 8 + 2,
             Record::Delivery { client_id, .. } => s(client_id) + 8 + 2 + 1,
             Record::Ack { client_id, .. } => s(client_id) + 8,
             Record::Qos2InPending { client_id, .. } | Record::Qos2InReleased { client_id, .. } => {
@@ -342,9 +348,14 @@ pub(crate) fn encode_frame(rec: &Record<'_>, out: &mut [u8]) {
             w.bytes(properties);
             w.bytes(payload);
         }
-        Record::Enqueue { client_id, msg_id } => {
+        Record::Enqueue {
+            client_id,
+            msg_id,
+            packet_id,
+        } => {
             w.str(client_id);
             w.u64(msg_id);
+            w.u16(packet_id);
         }
         Record::Delivery {
             client_id,
@@ -524,11 +535,11 @@ pub(crate) fn decode_body(kind: u8, body: &[u8]) -> Result<Record<'_>, BodyError
                 properties,
             }
         }
-        ENQUEUE => {
-            let client_id = r.str()?;
-            let msg_id = r.u64()?;
-            Record::Enqueue { client_id, msg_id }
-        }
+        ENQUEUE => Record::Enqueue {
+            client_id: r.str()?,
+            msg_id: r.u64()?,
+            packet_id: r.u16()?,
+        },
         DELIVERY => Record::Delivery {
             client_id: r.str()?,
             msg_id: r.u64()?,
@@ -611,6 +622,12 @@ mod tests {
         roundtrip(Record::Enqueue {
             client_id: "c",
             msg_id: 9,
+            packet_id: 0,
+        });
+        roundtrip(Record::Enqueue {
+            client_id: "c",
+            msg_id: 10,
+            packet_id: 7,
         });
         roundtrip(Record::Delivery {
             client_id: "c",

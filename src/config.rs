@@ -16,6 +16,7 @@ pub struct Config {
     pub listen: Vec<SocketAddr>,
     pub shards: usize,
     pub cpus: Vec<usize>,
+    pub pin: bool,
     pub max_connections: u64,
     pub max_packet_size: u32,
     pub max_keepalive: u16,

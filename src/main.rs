@@ -30,6 +30,9 @@ struct Cli {
     /// Number of shards (pinned executors); 0 = one per CPU this process may run on.
     #[arg(long)]
     shards: Option<usize>,
+    /// Do not pin shards to CPUs (the kernel places them); for machines shared with other busy processes.
+    #[arg(long)]
+    no_pin: bool,
     /// Upper bound on v5 clients' keep-alive (seconds).
     #[arg(long, value_name = "SECS")]
     max_keepalive: Option<u16>,
@@ -63,6 +66,9 @@ fn load(cli: &Cli) -> Result<Config, String> {
     }
     if let Some(n) = cli.shards {
         cfg.shards = n;
+    }
+    if cli.no_pin {
+        cfg.pin = false;
     }
     if let Some(n) = cli.max_keepalive {
         cfg.max_keepalive = n;

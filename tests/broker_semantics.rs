@@ -156,7 +156,17 @@ async fn qos_0_1_2_delivery_with_overlapping_subscriptions_across_shards() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn order_is_kept_per_publisher_and_nothing_lost_across_shards() {
-    let b = Broker::start(&[]);
+    order_kept_and_nothing_lost(&[]).await;
+}
+
+/// The same with shards the kernel places (`--no-pin`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpinned_shards_keep_order_and_lose_nothing() {
+    order_kept_and_nothing_lost(&["--no-pin"]).await;
+}
+
+async fn order_kept_and_nothing_lost(extra: &[&str]) {
+    let b = Broker::start(extra);
     let mut subs = Vec::new();
     for s in 0..2u16 {
         let (c, mut rx) = client(&id_on_shard("osub", s, 2), b.port(), true).await;

@@ -242,7 +242,12 @@ pub fn run(
 
     let restored = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let restored_by_shards = restored.clone();
-    let handles = LocalExecutorPoolBuilder::new(PoolPlacement::Custom(placement))
+    let placement = if cfg.pin {
+        PoolPlacement::Custom(placement)
+    } else {
+        PoolPlacement::Unbound(shards)
+    };
+    let handles = LocalExecutorPoolBuilder::new(placement)
         .io_memory(cfg.io_memory)
         .name("coremq-shard")
         .on_all_shards(move || {

@@ -3,6 +3,7 @@
 
 pub mod netpoll;
 pub mod shard_loop;
+mod spin;
 
 use std::io;
 use std::net::SocketAddr;

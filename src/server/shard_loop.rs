@@ -4,8 +4,9 @@
 //! read ready connections into one shared scratch buffer, let the core decide, then write every dirty connection
 //! once (writes are batched per round) and hand mesh messages to their channels. Each round ends one log group
 //! (`Shard::end_round`: commit, release acknowledgements that became durable). When there is nothing to do it
-//! polls for another 100 µs, then sleeps in poll(2) until the epoll set is readable (a peer shard, or this
-//! shard's log syncer, rings our eventfd, which is in that set) or the next clock second (keep-alive sweep).
+//! polls for up to 100 µs (less when recent events came further apart: `spin.rs`), then sleeps in poll(2) until
+//! the epoll set is readable (a peer shard, or this shard's log syncer, rings our eventfd, which is in that set)
+//! or the next clock second (keep-alive sweep).
 //!
 //! Why crossbeam channels and not glommio's channel mesh: in glommio 0.9 a busy executor sees messages from other
 //! executors only when it is preempted (every 100 ms by default), which let a publisher overrun a full queue and
@@ -27,6 +28,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use crate::broker::message::ConnKey;
 use crate::broker::shard::{MeshMsg, ReadOutcome, Shard};
 use crate::server::netpoll::{self, Epoll, IoResult};
+use crate::server::spin::SpinBudget;
 
 /// Bytes read per recv(2) into the shared scratch buffer.
 const SCRATCH: usize = 64 * 1024;
@@ -562,6 +564,7 @@ pub async fn main_loop(io: Rc<ShardIo>) {
     let start = Instant::now();
     let mut last_sec = 0u32;
     let mut idle_since: Option<Instant> = None;
+    let mut spin = SpinBudget::new(io.idle_spin);
     loop {
         if io.shutdown.load(Ordering::Relaxed) {
             io.close_all();
@@ -593,7 +596,9 @@ pub async fn main_loop(io: Rc<ShardIo>) {
 
         let more = io.mesh_pending() || (!congested && !io.ready.borrow().is_empty());
         if progress || more {
-            idle_since = None;
+            if idle_since.take().is_some() {
+                spin.on_spin_hit();
+            }
             // Let other glommio tasks (none on the hot path today) run between rounds.
             futures_lite::future::yield_now().await;
             continue;
@@ -601,7 +606,7 @@ pub async fn main_loop(io: Rc<ShardIo>) {
         // Under steady traffic the next packet is usually microseconds away: look again for a short while
         // before paying for a sleep and a kernel wake-up (latency), then really sleep (CPU).
         let idle = *idle_since.get_or_insert_with(Instant::now);
-        if idle.elapsed() < io.idle_spin {
+        if idle.elapsed() < spin.budget() {
             // sched_yield: a load generator or another shard sharing this CPU runs first (unpinned runs).
             std::thread::yield_now();
             futures_lite::future::yield_now().await;
@@ -631,7 +636,9 @@ pub async fn main_loop(io: Rc<ShardIo>) {
             // A peer's channel was full: retry soon rather than wait for our own sockets.
             until_tick = until_tick.min(Duration::from_millis(1));
         }
+        let slept = Instant::now();
         netpoll::wait_readable(io.epoll.raw(), until_tick.as_millis().max(1) as i32);
         bell.sleeping.store(false, Ordering::SeqCst);
+        spin.on_sleep(slept.elapsed());
     }
 }

@@ -4,8 +4,9 @@
 //! wake-up per event (latency). When events are further apart than the window, every spin is CPU burned for
 //! nothing (a fleet of devices publishing every few minutes would cost a third of a core per shard at a few
 //! thousand events per second). So the window follows what the last idle periods showed: work found while
-//! spinning, or a sleep cut short by an event that came soon after, grows it back to the maximum; a sleep that
-//! outlasted the maximum window halves it, down to zero.
+//! spinning, or a sleep cut short by an event that came soon after, grows it back to the maximum; a sleep over
+//! four times the maximum window (events clearly sparser than the window) halves it, down to zero. In between it
+//! stays: at 10k msg/s over 10 connections (events ~100 µs apart) spinning halves p50 latency, so it is kept.
 
 use std::time::Duration;
 
@@ -35,7 +36,7 @@ impl SpinBudget {
         if slept < self.max {
             // A slightly longer spin would have caught this event: grow (from a floor, so zero can recover).
             self.current = (self.current * 2).max(self.max / 8).min(self.max);
-        } else {
+        } else if slept >= self.max * 4 {
             self.current /= 2;
             if self.current < Duration::from_micros(2) {
                 self.current = Duration::ZERO;
@@ -53,6 +54,11 @@ mod tests {
     #[test]
     fn sparse_events_stop_the_spinning_and_dense_ones_bring_it_back() {
         let mut s = SpinBudget::new(MAX);
+        assert_eq!(s.budget(), MAX);
+        // Events a little further apart than the window: keep spinning.
+        for _ in 0..8 {
+            s.on_sleep(Duration::from_micros(250));
+        }
         assert_eq!(s.budget(), MAX);
         // Events 10 ms apart: every sleep outlasts the window.
         for _ in 0..8 {

@@ -67,6 +67,13 @@ impl Durability {
         }
     }
 
+    /// Rounds waiting for the disk (or a peer): barriers of held output plus confirmations owed to peers. Grows by
+    /// at most one barrier and one confirmation per peer per round; the shard stops reading its sockets when it
+    /// passes `Shard`'s bound, so a stalled disk cannot grow it without limit.
+    pub fn backlog(&self) -> usize {
+        self.barriers.len() + self.owed.iter().map(VecDeque::len).sum::<usize>()
+    }
+
     /// Counter that moves whenever something was appended or numbered for a peer.
     pub fn work(&self) -> u64 {
         self.work

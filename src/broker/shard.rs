@@ -170,6 +170,8 @@ pub struct Stats {
     pub publishes_refused: u64,
     /// SUBSCRIBEs refused because too many were waiting for the other shards.
     pub subscribes_refused: u64,
+    /// Times the shard stopped reading its sockets because too many rounds waited for the log (slow disk).
+    pub log_stalls: u64,
 }
 
 impl Stats {
@@ -342,6 +344,8 @@ pub struct Shard {
     cur_body: Option<(*const Message, u64)>,
     /// Recovery is rebuilding state from the log: nothing is written back.
     restoring: bool,
+    /// Reading is paused until the rounds waiting for the log drop below half of `MAX_UNDURABLE_ROUNDS`.
+    log_stalled: bool,
     /// Offline sessions with an expiry, by (deadline in shard seconds, session).
     expiring: std::collections::BTreeSet<(u64, u32)>,
 }
@@ -376,6 +380,7 @@ impl Shard {
             epoch_unix: 0,
             cur_body: None,
             restoring: false,
+            log_stalled: false,
             expiring: std::collections::BTreeSet::new(),
         }
     }

@@ -23,6 +23,11 @@ use crate::store::{DeliveryState, MsgRef, Record, State, Store, StoreError};
 
 use crate::broker::durability::Durability;
 
+/// Rounds that may wait for the disk (or a peer's disk) before the shard stops reading its sockets: at one
+/// round per ~10 µs under load that is ~40 ms of work ahead of a 10 ms fsync interval, and the bound on the
+/// durability bookkeeping (~100 bytes a round) when the disk stalls.
+pub(super) const MAX_UNDURABLE_ROUNDS: usize = 4096;
+
 /// Bytes of compaction work per clock second (bounded so a second's round stays short).
 const COMPACT_BUDGET: usize = 4 << 20;
 
@@ -594,6 +599,26 @@ impl Shard {
         self.store.is_some() && self.dur.waiting()
     }
 
+    /// Too many rounds are waiting for the log (a slow or stalled disk): the I/O layer stops reading sockets
+    /// until it catches up, so publishers wait for their acknowledgements instead of growing our bookkeeping.
+    /// Counted and logged once per episode; reading resumes below half the bound.
+    pub fn log_congested(&mut self) -> bool {
+        let backlog = self.dur.backlog();
+        if !self.log_stalled && backlog >= MAX_UNDURABLE_ROUNDS {
+            self.log_stalled = true;
+            self.stats.log_stalls += 1;
+            tracing::warn!(
+                shard = self.cfg.shard_id,
+                rounds = backlog,
+                "log is not keeping up (slow disk?): reading paused until it catches up"
+            );
+        } else if self.log_stalled && backlog < MAX_UNDURABLE_ROUNDS / 2 {
+            self.log_stalled = false;
+            tracing::info!(shard = self.cfg.shard_id, "log caught up: reading resumed");
+        }
+        self.log_stalled
+    }
+
     /// Everything written to this connection from now on waits until the current round is durable.
     pub(super) fn hold_output(&mut self, key: ConnKey) {
         if self.store.is_none() {
@@ -740,6 +765,7 @@ mod tests {
         let cfg = StoreConfig {
             // Long enough that nothing becomes durable unless the test syncs.
             fsync: FsyncPolicy::Interval(Duration::from_secs(10)),
+            sync_bytes: usize::MAX,
             segment_size: 1 << 20,
             ..StoreConfig::default()
         };
@@ -986,5 +1012,43 @@ mod tests {
             resent,
             sent.iter().map(|&id| (id, true)).collect::<Vec<_>>()
         );
+    }
+
+    /// A disk that does not keep up: once `MAX_UNDURABLE_ROUNDS` rounds wait for it the shard reports congestion
+    /// (the I/O layer stops reading), counted once; it clears when the log is durable again.
+    #[test]
+    fn rounds_waiting_for_the_log_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut shard = shard_with_log(dir.path());
+        let s = connect(&mut shard, 1, "sub", false);
+        shard.on_bytes(s, &mut subscribe("t/+", QoS::AtLeastOnce));
+        shard.end_round();
+        // The (persistent) SUBACK waits for the log.
+        shard.sync_log();
+        shard.poll_durable();
+        take_output(&mut shard, s);
+        let p = connect(&mut shard, 2, "pub", true);
+        for i in 0..MAX_UNDURABLE_ROUNDS {
+            assert!(!shard.log_congested(), "congested after {i} rounds");
+            shard.on_bytes(p, &mut publish(QoS::AtLeastOnce, (i % 60_000) as u16 + 1));
+            shard.end_round();
+            // The subscriber acknowledges, so its queue stays short; only the log lags.
+            for pkt in take_output(&mut shard, s) {
+                if let Packet::Publish(m) = pkt {
+                    let ack = Packet::PubAck(codec::PubResp {
+                        packet_id: m.packet_id,
+                        reason: codec::ReasonCode::Success,
+                        properties: Default::default(),
+                    });
+                    shard.on_bytes(s, &mut frame(&ack));
+                }
+            }
+        }
+        assert!(shard.log_congested());
+        assert!(shard.log_congested());
+        assert_eq!(shard.stats.log_stalls, 1);
+        shard.sync_log();
+        shard.poll_durable();
+        assert!(!shard.log_congested());
     }
 }

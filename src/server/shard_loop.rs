@@ -579,7 +579,7 @@ pub async fn main_loop(io: Rc<ShardIo>) {
             io.on_event(ev);
         }
         progress |= io.drain_mesh();
-        let congested = io.mesh_congested();
+        let congested = io.mesh_congested() || io.core.borrow_mut().log_congested();
         if !congested {
             progress |= io.process_ready(&mut scratch);
         }

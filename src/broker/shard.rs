@@ -129,6 +129,10 @@ pub enum MeshMsg {
     /// Stop / resume reading a publisher connection of the receiving shard (backpressure).
     Pause(ConnKey),
     Resume(ConnKey),
+    /// The sender's log could not take a QoS>0 message published on this connection of the receiving shard:
+    /// the acknowledgement held for it must never leave. Sent before the sender's `Durable` for that message
+    /// (channels are FIFO), so it always arrives first.
+    LogRefused(ConnKey),
 }
 
 /// What happened to a connection after its bytes were processed.
@@ -563,17 +567,17 @@ impl Shard {
         match msg {
             MeshMsg::Publish(m, seq) => {
                 let m = Rc::new(*m);
+                let failures = self.stats.persist_errors;
                 self.deliver_local(&m);
-                if seq > 0 {
-                    self.dur.on_peer_msg(from, seq);
-                }
+                self.peer_msg_done(from, seq, m.origin, failures);
             }
             MeshMsg::Retain(m, seq) => {
+                let origin = m.origin;
+                let failures = self.stats.persist_errors;
                 self.store_retained(Rc::new(*m));
-                if seq > 0 {
-                    self.dur.on_peer_msg(from, seq);
-                }
+                self.peer_msg_done(from, seq, origin, failures);
             }
+            MeshMsg::LogRefused(key) => self.refuse_held(key),
             MeshMsg::Durable { seq } => {
                 self.dur.on_peer_durable(from, seq);
                 self.poll_durable();

@@ -599,6 +599,50 @@ impl Shard {
         self.store.is_some() && self.dur.waiting()
     }
 
+    /// A numbered (QoS>0) message from peer `from` was handled. If part of it did not reach our log, the
+    /// publisher's shard is told before our confirmation, so its held acknowledgement never leaves.
+    pub(super) fn peer_msg_done(
+        &mut self,
+        from: u16,
+        seq: u64,
+        origin: Option<crate::broker::message::Origin>,
+        failures_before: u64,
+    ) {
+        if seq == 0 {
+            return;
+        }
+        if self.stats.persist_errors != failures_before {
+            if let Some(o) = origin {
+                self.mesh_out
+                    .push((from, super::MeshMsg::LogRefused(o.conn)));
+            }
+        }
+        self.dur.on_peer_msg(from, seq);
+    }
+
+    /// A peer's log could not take a message published on `key`: drop the connection's output from its first
+    /// hold on (the acknowledgement that would vouch for it is there) and close it (v5: DISCONNECT 0x97), so the
+    /// client sends the message again after reconnecting. Counted as a refused publish.
+    pub(super) fn refuse_held(&mut self, key: ConnKey) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let keep = self.dur.writable(key, conn.out.len());
+        conn.out.truncate(keep);
+        self.dur.forget(key);
+        self.stats.publishes_refused += 1;
+        tracing::warn!(
+            shard = self.cfg.shard_id,
+            conn = ?key,
+            "a peer shard's log could not take a publish: closing the publisher unacknowledged"
+        );
+        self.close_with(
+            key,
+            crate::codec::ReasonCode::QuotaExceeded,
+            "peer log refused a publish",
+        );
+    }
+
     /// Too many rounds are waiting for the log (a slow or stalled disk): the I/O layer stops reading sockets
     /// until it catches up, so publishers wait for their acknowledgements instead of growing our bookkeeping.
     /// Counted and logged once per episode; reading resumes below half the bound.
@@ -1050,5 +1094,94 @@ mod tests {
         shard.sync_log();
         shard.poll_durable();
         assert!(!shard.log_congested());
+    }
+
+    /// Two shards wired by hand: the publisher's on shard 0, a persistent subscriber on shard 1 whose log takes
+    /// message bodies only up to `peer_max_record` bytes. Returns what the publisher received and shard 0.
+    fn publish_across_shards(peer_max_record: u32) -> (Vec<Packet>, Shard) {
+        fn pick(prefix: &str, shard: u16) -> String {
+            (0..)
+                .map(|i| format!("{prefix}{i}"))
+                .find(|id| super::super::owner_shard(id, 2) == shard)
+                .unwrap()
+        }
+        fn open(dir: &std::path::Path, id: u16, max_record_size: u32) -> Shard {
+            let cfg = StoreConfig {
+                fsync: FsyncPolicy::Interval(Duration::from_secs(10)),
+                sync_bytes: usize::MAX,
+                segment_size: 1 << 20,
+                max_record_size,
+                ..StoreConfig::default()
+            };
+            let (store, rec) = Store::open(dir, id as u32, cfg).unwrap();
+            let mut shard = Shard::new(ShardConfig {
+                shard_id: id,
+                shards: 2,
+                ..ShardConfig::default()
+            });
+            shard.attach_store(store, 1_000_000);
+            shard.restore(rec.state);
+            shard
+        }
+        fn shuttle(a: &mut Shard, b: &mut Shard) {
+            let mut msgs = Vec::new();
+            for _ in 0..4 {
+                for (from, to) in [(0u16, 1u16), (1, 0)] {
+                    let (src, dst) = if from == 0 {
+                        (&mut *a, &mut *b)
+                    } else {
+                        (&mut *b, &mut *a)
+                    };
+                    src.end_round();
+                    src.sync_log();
+                    src.poll_durable();
+                    src.take_mesh(&mut msgs);
+                    for (peer, m) in msgs.drain(..) {
+                        assert_eq!(peer, to);
+                        dst.on_mesh(from, m);
+                    }
+                }
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut s0 = open(&dir.path().join("0"), 0, 1 << 20);
+        let mut s1 = open(&dir.path().join("1"), 1, peer_max_record);
+        let sub = connect(&mut s1, 1, &pick("sub", 1), false);
+        s1.on_bytes(sub, &mut subscribe("t/+", QoS::AtLeastOnce));
+        shuttle(&mut s0, &mut s1);
+        let p = connect(&mut s0, 2, &pick("pub", 0), true);
+        take_output(&mut s0, p);
+        let mut publish = frame(&Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: "t/1".into(),
+            packet_id: 7,
+            properties: None,
+            payload: bytes::Bytes::from(vec![b'x'; 300]),
+        }));
+        s0.on_bytes(p, &mut publish);
+        shuttle(&mut s0, &mut s1);
+        (take_output(&mut s0, p), s0)
+    }
+
+    /// A QoS 1 message that the subscriber's shard could not write to its log is not acknowledged to the
+    /// publisher (the connection is closed and the client sends it again); when it could, the PUBACK leaves.
+    #[test]
+    fn a_peer_log_failure_withholds_the_publishers_acknowledgement() {
+        let (got, s0) = publish_across_shards(1 << 16);
+        assert!(
+            got.iter()
+                .any(|p| matches!(p, Packet::PubAck(r) if r.packet_id == 7)),
+            "{got:?}"
+        );
+        assert_eq!(s0.stats.publishes_refused, 0);
+
+        let (got, s0) = publish_across_shards(128);
+        assert!(
+            !got.iter().any(|p| matches!(p, Packet::PubAck(_))),
+            "{got:?}"
+        );
+        assert_eq!(s0.stats.publishes_refused, 1);
     }
 }

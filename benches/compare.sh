@@ -12,6 +12,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=benches/lib.sh
+. "$ROOT/benches/lib.sh"
 BROKER_CPU=0
 LOADGEN_CPU=1
 OUT="$ROOT/target/compare/$(date +%Y%m%d-%H%M%S)"
@@ -100,7 +102,7 @@ start_broker() {
   if [[ -z "$cmd" ]]; then
     case "$name" in
       mosquitto)
-        printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages 100000\npersistence false\n' "$port" > "$conf"
+        mosquitto_conf "$port" > "$conf"
         cmd="mosquitto -c {conf}" ;;
       coremq)
         (cd "$ROOT" && cargo build --release -q --bin coremq)

@@ -14,7 +14,7 @@ MODE="${MODE:-pinned}"
 OUT="${OUT:-$ROOT/target/issue4-findmax-$MODE.jsonl}"
 DATA="$(mktemp -d)"
 CONF="$DATA.mosquitto.conf"
-printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages 100000\npersistence false\nset_tcp_nodelay true\n' "$PORT" > "$CONF"
+mosquitto_conf "$PORT" > "$CONF"
 ulimit -n 20000 2>/dev/null || true
 SEARCH=(--find-max --p99-max-ms 10 --start-rate 8000 --step-duration 4 --warmup 1 --bisect-steps 3)
 

@@ -11,7 +11,7 @@ PORT="${PORT:-18850}"
 OUT="${OUT:-$ROOT/target/issue4-runs.jsonl}"
 CONF="$(mktemp)"
 DATA="$(mktemp -d)"
-printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages 100000\npersistence false\nset_tcp_nodelay true\n' "$PORT" > "$CONF"
+mosquitto_conf "$PORT" > "$CONF"
 ulimit -n 20000 2>/dev/null || true
 
 start_broker() {

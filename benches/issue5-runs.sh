@@ -12,7 +12,7 @@ RUNS="${RUNS:-3}"
 OUT="${OUT:-$ROOT/target/issue5-runs.jsonl}"
 DATA="$(mktemp -d)"
 CONF="$DATA.mosquitto.conf"
-printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages 1000000\npersistence true\npersistence_location %s/\nset_tcp_nodelay true\n' "$PORT" "$DATA" > "$CONF"
+mosquitto_conf "$PORT" 1000000 "$DATA" > "$CONF"
 
 start_broker() {
   rm -rf "$DATA"; mkdir -p "$DATA"

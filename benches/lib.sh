@@ -23,3 +23,15 @@ loadgen_json() {
   "${LG_PIN[@]}" "$LG" "$@" --broker "127.0.0.1:$PORT" --threads 1 --broker-pid "$BPID" --label "$label" --json 2>/dev/null |
     tail -1 | tee -a "$OUT"
 }
+
+# mosquitto_conf PORT [MAX_QUEUED] [PERSIST_DIR]: the mosquitto config every comparison uses, on stdout: defaults
+# except a raised max_queued_messages (default 100000) and TCP_NODELAY (coremq sets it too); persistence off unless
+# a directory is given.
+mosquitto_conf() {
+  printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages %s\nset_tcp_nodelay true\n' "$1" "${2:-100000}"
+  if [ -n "${3:-}" ]; then
+    printf 'persistence true\npersistence_location %s/\n' "$3"
+  else
+    printf 'persistence false\n'
+  fi
+}

@@ -998,7 +998,7 @@ impl Shard {
             }
             if !first {
                 // A retransmission: acknowledge again, do not route again (exactly once).
-                self.send_pub_resp(key, Packet::PubRec, p.packet_id);
+                self.send_pub_resp(key, QoS::ExactlyOnce, p.packet_id, ReasonCode::Success);
                 return ReadOutcome::Continue;
             }
             self.persist_qos2_in(sidx, p.packet_id, true);
@@ -1036,12 +1036,7 @@ impl Shard {
             if self.dur.work() != work {
                 self.hold_output(key);
             }
-            let make = if qos == QoS::AtLeastOnce {
-                Packet::PubAck
-            } else {
-                Packet::PubRec
-            };
-            self.send_pub_resp(key, make, packet_id);
+            self.send_pub_resp(key, qos, packet_id, ReasonCode::Success);
         }
         ReadOutcome::Continue
     }
@@ -1052,34 +1047,29 @@ impl Shard {
     fn refuse_publish(&mut self, key: ConnKey, sidx: u32, qos: QoS, packet_id: u16) -> ReadOutcome {
         self.stats.publishes_refused += 1;
         if self.session(sidx).protocol == ProtocolVersion::V5 {
-            let make = if qos == QoS::AtLeastOnce {
-                Packet::PubAck
-            } else {
-                Packet::PubRec
-            };
-            self.send(
-                key,
-                &make(PubResp {
-                    packet_id,
-                    reason: ReasonCode::QuotaExceeded,
-                    properties: None,
-                }),
-            );
+            self.send_pub_resp(key, qos, packet_id, ReasonCode::QuotaExceeded);
             return ReadOutcome::Continue;
         }
-        self.close_with(
-            key,
-            ReasonCode::QuotaExceeded,
-            "log full: cannot accept QoS>0 publishes",
-        )
+        tracing::debug!(
+            shard = self.cfg.shard_id,
+            "log full: closing a 3.1.1 publisher unacknowledged"
+        );
+        self.close(key, true, Some(ReasonCode::QuotaExceeded));
+        ReadOutcome::Close
     }
 
-    fn send_pub_resp(&mut self, key: ConnKey, make: fn(PubResp) -> Packet, packet_id: u16) {
+    /// PUBACK (QoS 1) or PUBREC (QoS 2) for an inbound publish.
+    fn send_pub_resp(&mut self, key: ConnKey, qos: QoS, packet_id: u16, reason: ReasonCode) {
+        let make = if qos == QoS::AtLeastOnce {
+            Packet::PubAck
+        } else {
+            Packet::PubRec
+        };
         self.send(
             key,
             &make(PubResp {
                 packet_id,
-                reason: ReasonCode::Success,
+                reason,
                 properties: None,
             }),
         );

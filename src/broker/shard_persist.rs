@@ -636,11 +636,7 @@ impl Shard {
             conn = ?key,
             "a peer shard's log could not take a publish: closing the publisher unacknowledged"
         );
-        self.close_with(
-            key,
-            crate::codec::ReasonCode::QuotaExceeded,
-            "peer log refused a publish",
-        );
+        self.close(key, true, Some(crate::codec::ReasonCode::QuotaExceeded));
     }
 
     /// Too many rounds are waiting for the log (a slow or stalled disk): the I/O layer stops reading sockets

@@ -346,6 +346,8 @@ pub struct Shard {
     /// The message `deliver_local` is routing and the id of its stored body (0 until first stored), so a
     /// message reaching several persistent sessions is written once.
     cur_body: Option<(*const Message, u64)>,
+    /// Queue entries the current routing step marked `log_pending` (see `log_pending_enqueues`).
+    pending_enqueues: usize,
     /// Recovery is rebuilding state from the log: nothing is written back.
     restoring: bool,
     /// Reading is paused until the rounds waiting for the log drop below half of `MAX_UNDURABLE_ROUNDS`.
@@ -383,6 +385,7 @@ impl Shard {
             dur: Durability::new(cfg_shard, cfg_shards),
             epoch_unix: 0,
             cur_body: None,
+            pending_enqueues: 0,
             restoring: false,
             log_stalled: false,
             expiring: std::collections::BTreeSet::new(),

@@ -237,24 +237,31 @@ impl Shard {
         if body != 0 {
             q.msg_id = body;
             q.log_pending = true;
+            self.pending_enqueues += 1;
         }
     }
 
     /// Writes the `Enqueue` records still pending in a session's queue, after the shard tried to send them.
-    /// Pending entries are among the newest (interleaved only with unpersisted QoS 0 ones). Offline sessions then
-    /// keep only the reference in memory.
+    /// They are the newest entries the current routing step marked (`pending_enqueues` of them, interleaved at
+    /// most with unpersisted QoS 0 ones), so only the queue's tail is walked, never a long QoS 0 backlog. Offline
+    /// sessions then keep only the reference in memory.
     pub(super) fn log_pending_enqueues(&mut self, sidx: u32) {
+        let pending = std::mem::take(&mut self.pending_enqueues);
+        if pending == 0 {
+            return;
+        }
         let Some(s) = self.sessions[sidx as usize].as_mut() else {
             return;
         };
-        let tail = s
-            .queue
-            .iter()
-            .rev()
-            .take_while(|q| q.log_pending || q.msg_id == 0)
-            .count();
+        let (mut seen, mut first) = (0, s.queue.len());
+        for (i, q) in s.queue.iter().enumerate().rev() {
+            if seen == pending {
+                break;
+            }
+            first = i;
+            seen += q.log_pending as usize;
+        }
         let offline = s.conn.is_none();
-        let first = s.queue.len() - tail;
         for i in first..s.queue.len() {
             let s = self.sessions[sidx as usize].as_mut().expect("live session");
             let q = &mut s.queue[i];
@@ -286,6 +293,7 @@ impl Shard {
             return true;
         }
         q.log_pending = false;
+        self.pending_enqueues = self.pending_enqueues.saturating_sub(1);
         let s = self.sessions[sidx as usize].as_ref().expect("live session");
         let rec = Record::Enqueue {
             client_id: &s.client_id,
@@ -303,7 +311,9 @@ impl Shard {
     /// policy): acknowledge it in the log, unless its enqueue was never written (then nothing references the
     /// body, and the log forgets it).
     pub(super) fn persist_done(&mut self, sidx: u32, q: &Queued) {
-        if !q.log_pending {
+        if q.log_pending {
+            self.pending_enqueues = self.pending_enqueues.saturating_sub(1);
+        } else {
             self.persist_ack(sidx, q.msg_id);
         }
     }
@@ -1179,5 +1189,34 @@ mod tests {
             "{got:?}"
         );
         assert_eq!(s0.stats.publishes_refused, 1);
+    }
+
+    /// QoS 0 messages between QoS 1 ones in an offline queue: every QoS 1 enqueue still reaches the log.
+    #[test]
+    fn enqueues_between_qos0_entries_reach_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut shard = shard_with_log(dir.path());
+            let s = connect(&mut shard, 1, "sub", false);
+            shard.on_bytes(s, &mut subscribe("t/+", QoS::AtLeastOnce));
+            shard.on_io_closed(s);
+            shard.release(s);
+            let p = connect(&mut shard, 2, "pub", true);
+            for i in 1..=10 {
+                shard.on_bytes(p, &mut publish(QoS::AtMostOnce, 0));
+                shard.on_bytes(p, &mut publish(QoS::AtLeastOnce, i));
+            }
+            shard.end_round();
+            shard.sync_log();
+        }
+        let mut shard = shard_with_log(dir.path());
+        let s = connect(&mut shard, 1, "sub", false);
+        shard.end_round();
+        shard.sync_log();
+        let qos1 = take_output(&mut shard, s)
+            .iter()
+            .filter(|p| matches!(p, Packet::Publish(m) if m.qos == QoS::AtLeastOnce))
+            .count();
+        assert_eq!(qos1, 10);
     }
 }

@@ -4,8 +4,8 @@
 //! read ready connections into one shared scratch buffer, let the core decide, then write every dirty connection
 //! once (writes are batched per round) and hand mesh messages to their channels. Each round ends one log group
 //! (`Shard::end_round`: commit, release acknowledgements that became durable). When there is nothing to do it
-//! polls for up to 100 µs (less when recent events came further apart: `spin.rs`), then sleeps in poll(2) until
-//! the epoll set is readable (a peer shard, or this shard's log syncer, rings our eventfd, which is in that set)
+//! polls for up to 100 µs (less when recent events came further apart: `spin.rs`), then sleeps in epoll_wait until
+//! a socket event arrives (a peer shard, or this shard's log syncer, rings our eventfd, which is in that set)
 //! or the next clock second (keep-alive sweep).
 //!
 //! Why crossbeam channels and not glommio's channel mesh: in glommio 0.9 a busy executor sees messages from other
@@ -49,6 +49,8 @@ pub const IN_TRANSIT_SLACK: usize = MESH_PER_ROUND + OVERFLOW_PAUSE + 4096;
 const F_READABLE: u8 = 1;
 const F_IN_READY: u8 = 2;
 const F_WANT_WRITE: u8 = 4;
+/// The peer closed or the socket failed: read until recv says so (a short read is not proof of "drained" then).
+const F_HUP: u8 = 8;
 
 const LISTENER_IDX: u32 = u32::MAX;
 const DOORBELL_IDX: u32 = u32::MAX - 1;
@@ -206,6 +208,14 @@ impl ShardIo {
         flags[i]
     }
 
+    fn flags_of(&self, key: ConnKey) -> u8 {
+        self.flags
+            .borrow()
+            .get(key.idx as usize)
+            .copied()
+            .unwrap_or(0)
+    }
+
     fn mark_readable(&self, key: ConnKey) {
         let before = self.set_flags(key, |_| {});
         self.set_flags(key, |f| *f |= F_READABLE | F_IN_READY);
@@ -236,6 +246,9 @@ impl ShardIo {
             return;
         }
         if ev.events & netpoll::READABLE != 0 {
+            if ev.events & netpoll::HANGUP != 0 {
+                self.set_flags(key, |f| *f |= F_HUP);
+            }
             self.mark_readable(key);
         }
         if ev.events & netpoll::WRITABLE != 0 {
@@ -320,9 +333,16 @@ impl ShardIo {
             scratch.clear();
             match netpoll::recv_into(fd, scratch, SCRATCH) {
                 IoResult::Done(0) => continue,
-                IoResult::Done(_) => {
+                IoResult::Done(n) => {
                     did = true;
                     match core.on_bytes(key, scratch) {
+                        ReadOutcome::Continue if n < SCRATCH && self.flags_of(key) & F_HUP == 0 => {
+                            // A short read emptied the socket. Edge-triggered epoll reports any byte that
+                            // arrives after this point as a new event, so the usual recv that only says EAGAIN
+                            // (one syscall, and a socket-lock round, per message at low rates) is skipped.
+                            self.set_flags(key, |f| *f &= !F_READABLE);
+                            return did;
+                        }
                         ReadOutcome::Continue => {}
                         ReadOutcome::Paused | ReadOutcome::Close => return did,
                         ReadOutcome::HandedOff => {
@@ -565,15 +585,21 @@ pub async fn main_loop(io: Rc<ShardIo>) {
     let mut last_sec = 0u32;
     let mut idle_since: Option<Instant> = None;
     let mut spin = SpinBudget::new(io.idle_spin);
+    let mut woke_with_events = false;
     loop {
         if io.shutdown.load(Ordering::Relaxed) {
             io.close_all();
             return;
         }
         let mut progress = false;
-        match io.epoll.poll_now(&mut events) {
-            Ok(n) => progress |= n > 0,
-            Err(e) => tracing::error!(shard = io.id, error = %e, "epoll_wait failed"),
+        if std::mem::take(&mut woke_with_events) {
+            // The sleep below already harvested them.
+            progress |= !events.is_empty();
+        } else {
+            match io.epoll.poll_now(&mut events) {
+                Ok(n) => progress |= n > 0,
+                Err(e) => tracing::error!(shard = io.id, error = %e, "epoll_wait failed"),
+            }
         }
         for ev in events.iter() {
             io.on_event(ev);
@@ -623,7 +649,7 @@ pub async fn main_loop(io: Rc<ShardIo>) {
             continue;
         }
         // Nothing to do: sleep until sockets, peers, the log's syncer or the clock need us. The thread blocks in
-        // poll(2) on the epoll set itself: this task is the shard's only work, and a direct kernel wake-up is
+        // epoll_wait on its own epoll set: this task is the shard's only work, and a direct kernel wake-up is
         // much cheaper than the blocking-pool hop plus a glommio timer (measured at a steady 10k msg/s: shard
         // CPU and tail latency were dominated by those context switches).
         let mut until_tick =
@@ -637,7 +663,13 @@ pub async fn main_loop(io: Rc<ShardIo>) {
             until_tick = until_tick.min(Duration::from_millis(1));
         }
         let slept = Instant::now();
-        netpoll::wait_readable(io.epoll.raw(), until_tick.as_millis().max(1) as i32);
+        if let Err(e) = io
+            .epoll
+            .wait(&mut events, until_tick.as_millis().max(1) as i32)
+        {
+            tracing::error!(shard = io.id, error = %e, "epoll_wait failed");
+        }
+        woke_with_events = true;
         bell.sleeping.store(false, Ordering::SeqCst);
         spin.on_sleep(slept.elapsed());
     }

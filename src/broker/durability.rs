@@ -7,7 +7,9 @@
 //! - marks a *hold* at the current end of a connection's output before writing such a packet; the I/O layer
 //!   writes only the bytes before the first unreleased hold (packet order on the wire is kept);
 //! - numbers every QoS>0 message it forwards to a peer (`next_seq`); the peer answers `Durable { seq }` once the
-//!   round that handled it is durable in its own log (`on_peer_msg` / `end_round` / `poll`);
+//!   records it wrote for that message (and for the same peer's earlier ones) are durable in its own log
+//!   (`on_peer_msg` / `end_round` / `poll`). A message that wrote nothing there (no persistent subscriber) waits
+//!   for no sync: clean-session traffic between shards only pays the mesh round trip;
 //! - ends the round (`end_round`) with the LSN of its commit: holds of that round are released when that LSN is
 //!   durable and every peer has confirmed the sequence numbers sent to it up to then (`poll`).
 //!
@@ -37,6 +39,11 @@ pub struct Durability {
     peer_acked: Vec<u64>,
     /// Highest sequence number received from each peer since the last `end_round` (0 = none).
     recv_seq: Vec<u64>,
+    /// Per peer: its messages of the current round appended records to our log.
+    recv_appended: Vec<bool>,
+    /// Per peer: the commit LSN of the last round in which its messages appended records. Its later messages
+    /// that appended nothing need only that much (confirmations are cumulative, so never less).
+    recv_needs: Vec<Lsn>,
     /// Per peer: confirmations to send once the LSN is durable, in order.
     owed: Vec<VecDeque<(u64, Lsn)>>,
     /// Connection -> (offset in its output buffer, round) of each unreleased hold, oldest first. Only
@@ -60,6 +67,8 @@ impl Durability {
             peer_sent: vec![0; n],
             peer_acked: vec![0; n],
             recv_seq: vec![0; n],
+            recv_appended: vec![false; n],
+            recv_needs: vec![Lsn(0); n],
             owed: (0..n).map(|_| VecDeque::new()).collect(),
             held: HashMap::new(),
             work: 0,
@@ -128,10 +137,11 @@ impl Durability {
         self.held.remove(&conn);
     }
 
-    /// A numbered message arrived from `from`.
-    pub fn on_peer_msg(&mut self, from: u16, seq: u64) {
+    /// A numbered message from `from` was handled; `appended` says whether it wrote any record to our log.
+    pub fn on_peer_msg(&mut self, from: u16, seq: u64, appended: bool) {
         let r = &mut self.recv_seq[from as usize];
         *r = (*r).max(seq);
+        self.recv_appended[from as usize] |= appended;
     }
 
     /// A peer confirmed everything we numbered for it up to `seq`.
@@ -144,7 +154,10 @@ impl Durability {
     pub fn end_round(&mut self, committed: Lsn) {
         for (peer, seq) in self.recv_seq.iter_mut().enumerate() {
             if *seq > 0 {
-                self.owed[peer].push_back((std::mem::take(seq), committed));
+                if std::mem::take(&mut self.recv_appended[peer]) {
+                    self.recv_needs[peer] = committed;
+                }
+                self.owed[peer].push_back((std::mem::take(seq), self.recv_needs[peer]));
             }
         }
         if self.hold_this_round {
@@ -281,10 +294,10 @@ mod tests {
     #[test]
     fn confirmations_to_peers_are_cumulative_and_wait_for_the_log() {
         let mut d = Durability::new(1, 2);
-        d.on_peer_msg(0, 5);
-        d.on_peer_msg(0, 7);
+        d.on_peer_msg(0, 5, true);
+        d.on_peer_msg(0, 7, false);
         d.end_round(Lsn(50));
-        d.on_peer_msg(0, 9);
+        d.on_peer_msg(0, 9, true);
         d.end_round(Lsn(60));
         let mut sent = vec![];
         d.poll(Lsn(49), |p, s| sent.push((p, s)), |_| {});
@@ -293,6 +306,40 @@ mod tests {
         assert_eq!(sent, vec![(0, 7)]);
         d.poll(Lsn(60), |p, s| sent.push((p, s)), |_| {});
         assert_eq!(sent, vec![(0, 7), (0, 9)]);
+        assert!(!d.waiting());
+    }
+
+    #[test]
+    fn a_peer_message_that_wrote_nothing_does_not_wait_for_unrelated_records() {
+        // Shard 1 logs for its own persistent sessions (LSN 40 durable, 50 not yet) while peer 0 forwards
+        // clean-session traffic that writes nothing here.
+        let mut d = Durability::new(1, 3);
+        d.on_peer_msg(0, 1, false);
+        d.end_round(Lsn(50));
+        let mut sent = vec![];
+        d.poll(Lsn(40), |p, s| sent.push((p, s)), |_| {});
+        assert_eq!(
+            sent,
+            vec![(0, 1)],
+            "nothing of peer 0's is in the pending round"
+        );
+        // Peer 2's message did write: it waits; a later message of peer 2 that wrote nothing waits behind it
+        // (confirmations are cumulative).
+        d.on_peer_msg(2, 1, true);
+        d.on_peer_msg(0, 2, false);
+        d.end_round(Lsn(60));
+        d.on_peer_msg(2, 2, false);
+        d.end_round(Lsn(70));
+        sent.clear();
+        d.poll(Lsn(50), |p, s| sent.push((p, s)), |_| {});
+        assert_eq!(sent, vec![(0, 2)]);
+        sent.clear();
+        d.poll(Lsn(60), |p, s| sent.push((p, s)), |_| {});
+        assert_eq!(
+            sent,
+            vec![(2, 2)],
+            "both of peer 2's, once its record is durable"
+        );
         assert!(!d.waiting());
     }
 }

@@ -570,15 +570,15 @@ impl Shard {
         match msg {
             MeshMsg::Publish(m, seq) => {
                 let m = Rc::new(*m);
-                let failures = self.stats.persist_errors;
+                let before = (self.stats.persist_errors, self.dur.work());
                 self.deliver_local(&m);
-                self.peer_msg_done(from, seq, m.origin, failures);
+                self.peer_msg_done(from, seq, m.origin, before);
             }
             MeshMsg::Retain(m, seq) => {
                 let origin = m.origin;
-                let failures = self.stats.persist_errors;
+                let before = (self.stats.persist_errors, self.dur.work());
                 self.store_retained(Rc::new(*m));
-                self.peer_msg_done(from, seq, origin, failures);
+                self.peer_msg_done(from, seq, origin, before);
             }
             MeshMsg::LogRefused(key) => self.refuse_held(key),
             MeshMsg::Durable { seq } => {

@@ -609,14 +609,16 @@ impl Shard {
         self.store.is_some() && self.dur.waiting()
     }
 
-    /// A numbered (QoS>0) message from peer `from` was handled. If part of it did not reach our log, the
-    /// publisher's shard is told before our confirmation, so its held acknowledgement never leaves.
+    /// A numbered (QoS>0) message from peer `from` was handled; `before` is (persist errors, durability work)
+    /// from just before. If part of it did not reach our log, the publisher's shard is told before our
+    /// confirmation, so its held acknowledgement never leaves. If it wrote nothing, the confirmation waits for
+    /// no sync.
     pub(super) fn peer_msg_done(
         &mut self,
         from: u16,
         seq: u64,
         origin: Option<crate::broker::message::Origin>,
-        failures_before: u64,
+        (failures_before, work_before): (u64, u64),
     ) {
         if seq == 0 {
             return;
@@ -627,7 +629,8 @@ impl Shard {
                     .push((from, super::MeshMsg::LogRefused(o.conn)));
             }
         }
-        self.dur.on_peer_msg(from, seq);
+        let appended = self.dur.work() != work_before;
+        self.dur.on_peer_msg(from, seq, appended);
     }
 
     /// A peer's log could not take a message published on `key`: drop the connection's output from its first
@@ -1102,73 +1105,130 @@ mod tests {
         assert!(!shard.log_congested());
     }
 
-    /// Two shards wired by hand: the publisher's on shard 0, a persistent subscriber on shard 1 whose log takes
-    /// message bodies only up to `peer_max_record` bytes. Returns what the publisher received and shard 0.
-    fn publish_across_shards(peer_max_record: u32) -> (Vec<Packet>, Shard) {
-        fn pick(prefix: &str, shard: u16) -> String {
-            (0..)
-                .map(|i| format!("{prefix}{i}"))
-                .find(|id| super::super::owner_shard(id, 2) == shard)
-                .unwrap()
-        }
-        fn open(dir: &std::path::Path, id: u16, max_record_size: u32) -> Shard {
-            let cfg = StoreConfig {
-                fsync: FsyncPolicy::Interval(Duration::from_secs(10)),
-                sync_bytes: usize::MAX,
-                segment_size: 1 << 20,
-                max_record_size,
-                ..StoreConfig::default()
-            };
-            let (store, rec) = Store::open(dir, id as u32, cfg).unwrap();
-            let mut shard = Shard::new(ShardConfig {
-                shard_id: id,
-                shards: 2,
-                ..ShardConfig::default()
-            });
-            shard.attach_store(store, 1_000_000);
-            shard.restore(rec.state);
-            shard
-        }
-        fn shuttle(a: &mut Shard, b: &mut Shard) {
-            let mut msgs = Vec::new();
-            for _ in 0..4 {
-                for (from, to) in [(0u16, 1u16), (1, 0)] {
-                    let (src, dst) = if from == 0 {
-                        (&mut *a, &mut *b)
-                    } else {
-                        (&mut *b, &mut *a)
-                    };
-                    src.end_round();
+    /// A client id that lands on `shard` of 2.
+    fn id_on(prefix: &str, shard: u16) -> String {
+        (0..)
+            .map(|i| format!("{prefix}{i}"))
+            .find(|id| super::super::owner_shard(id, 2) == shard)
+            .unwrap()
+    }
+
+    /// Shard `id` of 2 with its own log in `dir` (nothing is durable until the test syncs).
+    fn two_shard_member(dir: &std::path::Path, id: u16, max_record_size: u32) -> Shard {
+        let cfg = StoreConfig {
+            fsync: FsyncPolicy::Interval(Duration::from_secs(10)),
+            sync_bytes: usize::MAX,
+            segment_size: 1 << 20,
+            max_record_size,
+            ..StoreConfig::default()
+        };
+        let (store, rec) = Store::open(dir, id as u32, cfg).unwrap();
+        let mut shard = Shard::new(ShardConfig {
+            shard_id: id,
+            shards: 2,
+            ..ShardConfig::default()
+        });
+        shard.attach_store(store, 1_000_000);
+        shard.restore(rec.state);
+        shard
+    }
+
+    /// A few rounds of both shards, carrying mesh messages between them; a shard's log is synced each round
+    /// only if `sync[shard]`.
+    fn shuttle(a: &mut Shard, b: &mut Shard, sync: [bool; 2]) {
+        let mut msgs = Vec::new();
+        for _ in 0..4 {
+            for (from, to) in [(0u16, 1u16), (1, 0)] {
+                let (src, dst) = if from == 0 {
+                    (&mut *a, &mut *b)
+                } else {
+                    (&mut *b, &mut *a)
+                };
+                src.end_round();
+                if sync[from as usize] {
                     src.sync_log();
-                    src.poll_durable();
-                    src.take_mesh(&mut msgs);
-                    for (peer, m) in msgs.drain(..) {
-                        assert_eq!(peer, to);
-                        dst.on_mesh(from, m);
-                    }
+                }
+                src.poll_durable();
+                src.take_mesh(&mut msgs);
+                for (peer, m) in msgs.drain(..) {
+                    assert_eq!(peer, to);
+                    dst.on_mesh(from, m);
                 }
             }
         }
-        let dir = tempfile::tempdir().unwrap();
-        let mut s0 = open(&dir.path().join("0"), 0, 1 << 20);
-        let mut s1 = open(&dir.path().join("1"), 1, peer_max_record);
-        let sub = connect(&mut s1, 1, &pick("sub", 1), false);
-        s1.on_bytes(sub, &mut subscribe("t/+", QoS::AtLeastOnce));
-        shuttle(&mut s0, &mut s1);
-        let p = connect(&mut s0, 2, &pick("pub", 0), true);
-        take_output(&mut s0, p);
-        let mut publish = frame(&Packet::Publish(Publish {
+    }
+
+    fn publish_to(topic: &str, qos: QoS, id: u16, payload: &[u8]) -> BytesMut {
+        frame(&Packet::Publish(Publish {
             dup: false,
-            qos: QoS::AtLeastOnce,
+            qos,
             retain: false,
-            topic: "t/1".into(),
-            packet_id: 7,
+            topic: topic.into(),
+            packet_id: id,
             properties: None,
-            payload: bytes::Bytes::from(vec![b'x'; 300]),
-        }));
-        s0.on_bytes(p, &mut publish);
-        shuttle(&mut s0, &mut s1);
+            payload: bytes::Bytes::copy_from_slice(payload),
+        }))
+    }
+
+    /// Two shards wired by hand: the publisher's on shard 0, a persistent subscriber on shard 1 whose log takes
+    /// message bodies only up to `peer_max_record` bytes. Returns what the publisher received and shard 0.
+    fn publish_across_shards(peer_max_record: u32) -> (Vec<Packet>, Shard) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s0 = two_shard_member(&dir.path().join("0"), 0, 1 << 20);
+        let mut s1 = two_shard_member(&dir.path().join("1"), 1, peer_max_record);
+        let sub = connect(&mut s1, 1, &id_on("sub", 1), false);
+        s1.on_bytes(sub, &mut subscribe("t/+", QoS::AtLeastOnce));
+        shuttle(&mut s0, &mut s1, [true, true]);
+        let p = connect(&mut s0, 2, &id_on("pub", 0), true);
+        take_output(&mut s0, p);
+        s0.on_bytes(p, &mut publish_to("t/1", QoS::AtLeastOnce, 7, &[b'x'; 300]));
+        shuttle(&mut s0, &mut s1, [true, true]);
         (take_output(&mut s0, p), s0)
+    }
+
+    /// Clean-session traffic between shards does not wait for the other shard's log: its PUBACK leaves while
+    /// that shard still has records of its own persistent sessions waiting for a sync. A message that did write
+    /// there (a persistent subscriber) still waits for it.
+    #[test]
+    fn a_cross_shard_publish_waits_only_for_the_peer_records_it_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s0 = two_shard_member(&dir.path().join("0"), 0, 1 << 20);
+        let mut s1 = two_shard_member(&dir.path().join("1"), 1, 1 << 20);
+        let clean_sub = connect(&mut s1, 1, &id_on("csub", 1), true);
+        s1.on_bytes(clean_sub, &mut subscribe("clean/+", QoS::AtLeastOnce));
+        let durable_sub = connect(&mut s1, 2, &id_on("dsub", 1), false);
+        s1.on_bytes(durable_sub, &mut subscribe("kept/+", QoS::AtLeastOnce));
+        shuttle(&mut s0, &mut s1, [true, true]);
+        // Shard 1's own publisher keeps its log busy with records that are never synced below.
+        let local = connect(&mut s1, 3, &id_on("lpub", 1), true);
+        s1.on_bytes(
+            local,
+            &mut publish_to("kept/1", QoS::AtLeastOnce, 1, b"local"),
+        );
+        let p = connect(&mut s0, 4, &id_on("pub", 0), true);
+        take_output(&mut s0, p);
+        s0.on_bytes(p, &mut publish_to("clean/1", QoS::AtLeastOnce, 7, b"clean"));
+        shuttle(&mut s0, &mut s1, [true, false]);
+        let got = take_output(&mut s0, p);
+        assert!(
+            got.iter()
+                .any(|p| matches!(p, Packet::PubAck(r) if r.packet_id == 7)),
+            "clean traffic waited for the peer's unrelated records: {got:?}"
+        );
+        s0.on_bytes(p, &mut publish_to("kept/2", QoS::AtLeastOnce, 8, b"kept"));
+        shuttle(&mut s0, &mut s1, [true, false]);
+        let got = take_output(&mut s0, p);
+        assert!(
+            !got.iter().any(|p| matches!(p, Packet::PubAck(_))),
+            "acknowledged before the peer's log holds it: {got:?}"
+        );
+        shuttle(&mut s0, &mut s1, [true, true]);
+        let got = take_output(&mut s0, p);
+        assert!(
+            got.iter()
+                .any(|p| matches!(p, Packet::PubAck(r) if r.packet_id == 8)),
+            "{got:?}"
+        );
     }
 
     /// A QoS 1 message that the subscriber's shard could not write to its log is not acknowledged to the

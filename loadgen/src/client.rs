@@ -3,7 +3,7 @@
 //! thread holds tens of thousands of connections.
 
 use std::cell::RefCell;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
@@ -430,7 +430,8 @@ async fn idle_loop(mut conn: Conn, cfg: &ClientConfig, shared: &Shared) -> Resul
 struct Inflight {
     /// QoS 0: nothing to track, the window never closes (TCP backpressure and OUT_CAP still bound it).
     unbounded: bool,
-    ids: HashSet<u16>,
+    /// Packet id -> when its PUBLISH was queued (run clock, ns), for the acknowledgement latency.
+    ids: HashMap<u16, u64>,
     next: u16,
     window: usize,
 }
@@ -440,7 +441,7 @@ impl Inflight {
         let window = window.min(65_000);
         Inflight {
             unbounded: window == 0,
-            ids: HashSet::with_capacity(window.min(1024)),
+            ids: HashMap::with_capacity(window.min(1024)),
             next: 0,
             window,
         }
@@ -448,15 +449,17 @@ impl Inflight {
     fn has_room(&self) -> bool {
         self.unbounded || self.ids.len() < self.window
     }
-    fn alloc(&mut self) -> u16 {
+    fn alloc(&mut self, sent_ns: u64) -> u16 {
         loop {
             self.next = self.next % u16::MAX + 1;
-            if self.ids.insert(self.next) {
+            if let std::collections::hash_map::Entry::Vacant(e) = self.ids.entry(self.next) {
+                e.insert(sent_ns);
                 return self.next;
             }
         }
     }
-    fn complete(&mut self, id: u16) -> bool {
+    /// When the completed message was sent, or None for an id we did not use.
+    fn complete(&mut self, id: u16) -> Option<u64> {
         self.ids.remove(&id)
     }
 }
@@ -518,11 +521,11 @@ async fn publish_loop(
     let ping = ping_interval(cfg);
     let mut last_write = now_ns();
     // Wait for the start signal (all subscribers have their SUBACK), answering pings meanwhile.
-    let mut schedule = loop {
+    let (mut schedule, ack_latency_from_ns) = loop {
         match *phase.borrow_and_update() {
             Phase::Close => return Ok(()),
             Phase::Run { start_ns, end_ns } => {
-                break Schedule::new(
+                let schedule = Schedule::new(
                     start_ns,
                     end_ns,
                     cfg.total_rate,
@@ -530,6 +533,7 @@ async fn publish_loop(
                     index,
                     limit,
                 );
+                break (schedule, start_ns + cfg.warmup_ns);
             }
             Phase::Setup => {}
         }
@@ -561,9 +565,14 @@ async fn publish_loop(
             match common_packet(conn, p)? {
                 None => {}
                 Some(Packet::PubAck(r)) | Some(Packet::PubComp(r)) => {
-                    if inflight.complete(r.packet_id) {
+                    if let Some(sent_ns) = inflight.complete(r.packet_id) {
                         result.acked += 1;
                         shared.acked.fetch_add(1, Relaxed);
+                        if sent_ns >= ack_latency_from_ns {
+                            // PUBACK (QoS 1) or PUBCOMP (QoS 2) back at the publisher: what it waits for.
+                            let ns = now_ns().saturating_sub(sent_ns);
+                            let _ = stats.borrow_mut().ack_latency.record(ns.max(1));
+                        }
                         if r.reason.is_error() {
                             stats
                                 .borrow_mut()
@@ -600,17 +609,17 @@ async fn publish_loop(
                 && conn.out.len() < OUT_CAP
                 && inflight.has_room()
             {
-                let packet_id = if qos == QoS::AtMostOnce {
-                    0
-                } else {
-                    inflight.alloc()
-                };
                 // Late (backlog): the intended time, so queueing counts as latency. Early (slack): the
                 // actual time, so sending early never makes latency look better than it is.
                 let sent_ns = if schedule.is_max_rate() {
                     now
                 } else {
                     schedule.due_ns(result.sent).min(now)
+                };
+                let packet_id = if qos == QoS::AtMostOnce {
+                    0
+                } else {
+                    inflight.alloc(sent_ns)
                 };
                 template.write(
                     &mut conn.out,

@@ -813,6 +813,9 @@ fn account(
         ));
     }
     r.latency_us = percentiles(&all.latency, 1000.0);
+    if !all.ack_latency.is_empty() {
+        r.ack_latency_us = Some(percentiles(&all.ack_latency, 1000.0));
+    }
     r.hgrm = crate::stats::hgrm(&all.latency);
     r.latency_curve = latency_curve(&all.latency);
     // A time-bounded run offers load for its whole duration even when the socket buffers swallowed a

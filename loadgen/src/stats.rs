@@ -36,6 +36,8 @@ pub struct PubResult {
 /// Everything one worker thread measured.
 pub struct WorkerStats {
     pub latency: Histogram<u64>,
+    /// Publisher side, QoS 1/2: PUBLISH queued to PUBACK/PUBCOMP received, µs.
+    pub ack_latency: Histogram<u64>,
     pub connect_latency: Histogram<u64>,
     pub errors: BTreeMap<String, u64>,
     pub subs: Vec<SubResult>,
@@ -52,6 +54,7 @@ impl Default for WorkerStats {
     fn default() -> Self {
         WorkerStats {
             latency: new_histogram(),
+            ack_latency: new_histogram(),
             connect_latency: new_histogram(),
             errors: BTreeMap::new(),
             subs: Vec::new(),
@@ -72,6 +75,7 @@ impl WorkerStats {
     pub fn merge(&mut self, other: WorkerStats) {
         // Same bounds on both sides: add() cannot fail.
         let _ = self.latency.add(&other.latency);
+        let _ = self.ack_latency.add(&other.ack_latency);
         let _ = self.connect_latency.add(&other.connect_latency);
         for (k, v) in other.errors {
             *self.errors.entry(k).or_default() += v;
@@ -234,6 +238,9 @@ pub struct Report {
     pub recv_rate: f64,
     pub latency_us: Percentiles,
     pub latency_curve: Vec<(f64, f64)>,
+    /// QoS 1/2 publishers: PUBLISH to its PUBACK/PUBCOMP (absent for QoS 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ack_latency_us: Option<Percentiles>,
     /// Load generator CPU, 100 = one core busy.
     pub loadgen_cpu_pct: f64,
     pub loadgen_threads: usize,
@@ -348,6 +355,13 @@ impl Report {
                 "  latency µs: p50 {:.0}  p90 {:.0}  p99 {:.0}  p99.9 {:.0}  max {:.0}  (mean {:.0}, n={})",
                 l.p50, l.p90, l.p99, l.p999, l.max, l.mean, l.count
             );
+            if let Some(l) = &self.ack_latency_us {
+                let _ = writeln!(
+                    s,
+                    "  ack latency µs: p50 {:.0}  p90 {:.0}  p99 {:.0}  p99.9 {:.0}  max {:.0}  (mean {:.0}, n={})",
+                    l.p50, l.p90, l.p99, l.p999, l.max, l.mean, l.count
+                );
+            }
         }
         if let Some(c) = &self.capacity {
             let _ = writeln!(s, "  capacity (zero loss, p99 <= {} ms):", c.p99_bound_ms);

@@ -154,6 +154,11 @@ fn fanin_qos1_exact_counts() {
     assert_exact(&v, 2000, 2000);
     assert_eq!(n(&v, "acked"), 2000, "{v}");
     assert_eq!(n(&v, "out_of_order"), 0, "{v}");
+    // Every acknowledged message has an acknowledgement latency, measured from its send.
+    let ack = &v["ack_latency_us"];
+    assert_eq!(ack["count"].as_u64(), Some(2000), "{v}");
+    let (p50, max) = (ack["p50"].as_f64().unwrap(), ack["max"].as_f64().unwrap());
+    assert!(p50 > 0.0 && p50 <= max, "{v}");
 }
 
 #[test]
@@ -240,6 +245,24 @@ fn fixed_rate_pairs_qos1() {
     ]);
     // Open loop at 2000/s for 1 s: exactly 2000 due.
     assert_exact(&v, 2000, 2000);
+}
+
+#[test]
+fn qos0_runs_report_no_ack_latency() {
+    let Some(b) = start_mosquitto() else { return };
+    let v = loadgen(&[
+        "pairs",
+        "--broker",
+        &b.addr(),
+        "--pairs",
+        "2",
+        "--count",
+        "200",
+        "--duration",
+        "5",
+    ]);
+    assert_exact(&v, 200, 200);
+    assert!(v.get("ack_latency_us").is_none(), "{v}");
 }
 
 #[test]

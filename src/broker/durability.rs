@@ -10,8 +10,10 @@
 //!   records it wrote for that message (and for the same peer's earlier ones) are durable in its own log
 //!   (`on_peer_msg` / `end_round` / `poll`). A message that wrote nothing there (no persistent subscriber) waits
 //!   for no sync: clean-session traffic between shards only pays the mesh round trip;
-//! - ends the round (`end_round`) with the LSN of its commit: holds of that round are released when that LSN is
-//!   durable and every peer has confirmed the sequence numbers sent to it up to then (`poll`).
+//! - ends the round (`end_round`) with the LSN of its commit: holds of that round are released when every peer
+//!   has confirmed the sequence numbers sent to it up to then and, for a hold that vouches for records in this
+//!   shard's log (`local`), when that LSN is durable (`poll`). A clean-session publish whose subscribers are all
+//!   on other shards, without persistent sessions, writes nothing here and waits for no local sync.
 //!
 //! Pure bookkeeping, no I/O: cumulative sequence numbers work because each shard-to-shard channel is FIFO.
 
@@ -20,9 +22,19 @@ use std::collections::{HashMap, VecDeque};
 use crate::broker::message::ConnKey;
 use crate::store::Lsn;
 
-struct Barrier {
+/// One unreleased hold in a connection's output.
+#[derive(Clone, Copy)]
+struct Hold {
+    /// Offset in the output buffer: bytes from here on wait.
+    offset: usize,
     round: u64,
-    lsn: Lsn,
+    /// What it vouches for includes records in this shard's log (else only peers' confirmations).
+    local: bool,
+}
+
+/// A round with holds: they wait for its peers' confirmations (sequence numbers sent up to then).
+struct PeerBarrier {
+    round: u64,
     /// Per peer: the last sequence number sent to it in or before this round.
     peer_seq: Box<[u64]>,
 }
@@ -30,11 +42,17 @@ struct Barrier {
 pub struct Durability {
     shard: u16,
     round: u64,
-    /// A hold was marked in the current round, so it needs a barrier.
+    /// A hold was marked in the current round, so it needs a peer barrier.
     hold_this_round: bool,
-    barriers: VecDeque<Barrier>,
-    /// Holds of rounds up to this one are released.
-    released_round: u64,
+    /// ... and one of them vouches for local records, so it needs an LSN barrier too.
+    local_hold_this_round: bool,
+    /// (round, commit LSN) of rounds with local holds, waiting for our log.
+    lsn_barriers: VecDeque<(u64, Lsn)>,
+    peer_barriers: VecDeque<PeerBarrier>,
+    /// Local records of rounds up to this one are durable; peers confirmed everything of rounds up to the other.
+    /// Both only grow; a hold is released when its round is covered by what it needs.
+    lsn_round: u64,
+    peer_round: u64,
     peer_sent: Vec<u64>,
     peer_acked: Vec<u64>,
     /// Highest sequence number received from each peer since the last `end_round` (0 = none).
@@ -48,9 +66,11 @@ pub struct Durability {
     owed: Vec<VecDeque<(u64, Lsn)>>,
     /// Connection -> (offset in its output buffer, round) of each unreleased hold, oldest first. Only
     /// connections with a hold have an entry, so idle connections cost nothing here.
-    held: HashMap<ConnKey, VecDeque<(usize, u64)>>,
+    held: HashMap<ConnKey, VecDeque<Hold>>,
     /// Records appended plus sequence numbers sent: a publish that changed neither needs no hold.
     work: u64,
+    /// Records appended: a publish that appended none needs no local durability, only its peers'.
+    appends: u64,
     /// The durable LSN seen by the last `poll`.
     polled: Lsn,
 }
@@ -62,8 +82,11 @@ impl Durability {
             shard,
             round: 1,
             hold_this_round: false,
-            barriers: VecDeque::new(),
-            released_round: 0,
+            local_hold_this_round: false,
+            lsn_barriers: VecDeque::new(),
+            peer_barriers: VecDeque::new(),
+            lsn_round: 0,
+            peer_round: 0,
             peer_sent: vec![0; n],
             peer_acked: vec![0; n],
             recv_seq: vec![0; n],
@@ -72,6 +95,7 @@ impl Durability {
             owed: (0..n).map(|_| VecDeque::new()).collect(),
             held: HashMap::new(),
             work: 0,
+            appends: 0,
             polled: Lsn(0),
         }
     }
@@ -80,7 +104,8 @@ impl Durability {
     /// at most one barrier and one confirmation per peer per round; the shard stops reading its sockets when it
     /// passes `Shard`'s bound, so a stalled disk cannot grow it without limit.
     pub fn backlog(&self) -> usize {
-        self.barriers.len() + self.owed.iter().map(VecDeque::len).sum::<usize>()
+        self.peer_barriers.len().max(self.lsn_barriers.len())
+            + self.owed.iter().map(VecDeque::len).sum::<usize>()
     }
 
     /// Counter that moves whenever something was appended or numbered for a peer.
@@ -88,8 +113,14 @@ impl Durability {
         self.work
     }
 
+    /// Counter that moves whenever a record was appended to this shard's log.
+    pub fn appends(&self) -> u64 {
+        self.appends
+    }
+
     pub fn note_append(&mut self) {
         self.work += 1;
+        self.appends += 1;
     }
 
     /// Sequence number for a QoS>0 message forwarded to `peer`.
@@ -100,21 +131,28 @@ impl Durability {
         *s
     }
 
-    /// Hold everything written to `conn` from `out_len` on until this round is durable.
-    pub fn hold(&mut self, conn: ConnKey, out_len: usize) {
+    /// Hold everything written to `conn` from `out_len` on until this round's peer confirmations are in and,
+    /// if `local`, until this round is durable in our own log too.
+    pub fn hold(&mut self, conn: ConnKey, out_len: usize, local: bool) {
         self.hold_this_round = true;
+        self.local_hold_this_round |= local;
         let marks = self.held.entry(conn).or_default();
-        // An earlier hold of this round already covers everything after it.
-        if marks.back().is_some_and(|&(_, r)| r == self.round) {
+        // An earlier hold of this round already covers everything after it (and now needs what both need).
+        if let Some(last) = marks.back_mut().filter(|h| h.round == self.round) {
+            last.local |= local;
             return;
         }
-        marks.push_back((out_len, self.round));
+        marks.push_back(Hold {
+            offset: out_len,
+            round: self.round,
+            local,
+        });
     }
 
     /// How many leading bytes of a `out_len`-byte output may be written now.
     pub fn writable(&self, conn: ConnKey, out_len: usize) -> usize {
         match self.held.get(&conn).and_then(|m| m.front()) {
-            Some(&(mark, _)) => mark.min(out_len),
+            Some(h) => h.offset.min(out_len),
             None => out_len,
         }
     }
@@ -122,8 +160,8 @@ impl Durability {
     /// The I/O layer removed `n` bytes from the front of the output (never past the first hold).
     pub fn consumed(&mut self, conn: ConnKey, n: usize) {
         if let Some(marks) = self.held.get_mut(&conn) {
-            for m in marks.iter_mut() {
-                m.0 = m.0.saturating_sub(n);
+            for h in marks.iter_mut() {
+                h.offset = h.offset.saturating_sub(n);
             }
         }
     }
@@ -160,13 +198,14 @@ impl Durability {
                 self.owed[peer].push_back((std::mem::take(seq), self.recv_needs[peer]));
             }
         }
-        if self.hold_this_round {
-            self.barriers.push_back(Barrier {
+        if std::mem::take(&mut self.hold_this_round) {
+            self.peer_barriers.push_back(PeerBarrier {
                 round: self.round,
-                lsn: committed,
                 peer_seq: self.peer_sent.clone().into_boxed_slice(),
             });
-            self.hold_this_round = false;
+        }
+        if std::mem::take(&mut self.local_hold_this_round) {
+            self.lsn_barriers.push_back((self.round, committed));
         }
         self.round += 1;
     }
@@ -189,27 +228,38 @@ impl Durability {
                 confirm(peer as u16, seq);
             }
         }
-        let before = self.released_round;
-        while let Some(b) = self.barriers.front() {
-            let peers_done = b
-                .peer_seq
+        while self
+            .lsn_barriers
+            .front()
+            .is_some_and(|&(_, lsn)| lsn <= durable)
+        {
+            self.lsn_barriers.pop_front();
+        }
+        while self.peer_barriers.front().is_some_and(|b| {
+            b.peer_seq
                 .iter()
                 .zip(&self.peer_acked)
                 .enumerate()
-                .all(|(p, (sent, acked))| p == self.shard as usize || acked >= sent);
-            if b.lsn > durable || !peers_done {
-                break;
-            }
-            self.released_round = b.round;
-            self.barriers.pop_front();
+                .all(|(p, (sent, acked))| p == self.shard as usize || acked >= sent)
+        }) {
+            self.peer_barriers.pop_front();
         }
-        if self.released_round == before {
+        // Every ended round before the first unmet barrier is covered.
+        let ended = self.round - 1;
+        let lsn_round = self.lsn_barriers.front().map_or(ended, |&(r, _)| r - 1);
+        let peer_round = self.peer_barriers.front().map_or(ended, |b| b.round - 1);
+        if (lsn_round, peer_round) == (self.lsn_round, self.peer_round) {
             return;
         }
-        let released = self.released_round;
+        self.lsn_round = lsn_round;
+        self.peer_round = peer_round;
         self.held.retain(|&conn, marks| {
             let mut freed = false;
-            while marks.front().is_some_and(|&(_, r)| r <= released) {
+            // In order: a hold that needs only peers still waits behind an earlier one that needs the log.
+            while marks
+                .front()
+                .is_some_and(|h| h.round <= peer_round && (!h.local || h.round <= lsn_round))
+            {
                 marks.pop_front();
                 freed = true;
             }
@@ -226,7 +276,9 @@ impl Durability {
 
     /// Something is waiting on the log or on a peer (the I/O layer then wakes up when the log syncs).
     pub fn waiting(&self) -> bool {
-        !self.barriers.is_empty() || self.owed.iter().any(|q| !q.is_empty())
+        !self.lsn_barriers.is_empty()
+            || !self.peer_barriers.is_empty()
+            || self.owed.iter().any(|q| !q.is_empty())
     }
 }
 
@@ -243,7 +295,7 @@ mod tests {
         let mut d = Durability::new(0, 1);
         let c = k(1);
         // 10 bytes already written before the hold may go; the held PUBACK and everything after it waits.
-        d.hold(c, 10);
+        d.hold(c, 10, true);
         assert_eq!(d.writable(c, 14), 10);
         d.end_round(Lsn(100));
         let mut woke = vec![];
@@ -264,7 +316,7 @@ mod tests {
         let c = k(1);
         let s1 = d.next_seq(1);
         let s2 = d.next_seq(2);
-        d.hold(c, 0);
+        d.hold(c, 0, true);
         d.end_round(Lsn(0));
         let mut woke = 0;
         d.poll(Lsn(0), |_, _| {}, |_| woke += 1);
@@ -281,9 +333,9 @@ mod tests {
     fn holds_of_a_later_round_are_released_after_earlier_ones() {
         let mut d = Durability::new(0, 1);
         let c = k(1);
-        d.hold(c, 0);
+        d.hold(c, 0, true);
         d.end_round(Lsn(10));
-        d.hold(c, 4);
+        d.hold(c, 4, true);
         d.end_round(Lsn(20));
         d.poll(Lsn(10), |_, _| {}, |_| {});
         assert_eq!(d.writable(c, 8), 4, "the second round is not durable yet");
@@ -306,6 +358,39 @@ mod tests {
         assert_eq!(sent, vec![(0, 7)]);
         d.poll(Lsn(60), |p, s| sent.push((p, s)), |_| {});
         assert_eq!(sent, vec![(0, 7), (0, 9)]);
+        assert!(!d.waiting());
+    }
+
+    #[test]
+    fn a_hold_that_vouches_only_for_peers_does_not_wait_for_the_local_log() {
+        let mut d = Durability::new(0, 2);
+        let (a, b) = (k(1), k(2));
+        // Round 1: connection a's acknowledgement vouches for a local record (LSN 100, not durable yet).
+        d.hold(a, 0, true);
+        d.end_round(Lsn(100));
+        // Round 2: b's publish went only to peer 1; a's second acknowledgement too, but it stays behind a's first.
+        let s = d.next_seq(1);
+        d.hold(b, 0, false);
+        d.hold(a, 5, false);
+        d.end_round(Lsn(100));
+        let mut woke = vec![];
+        d.poll(Lsn(50), |_, _| {}, |c| woke.push(c));
+        assert!(woke.is_empty(), "peer 1 has not confirmed");
+        d.on_peer_durable(1, s);
+        d.poll(Lsn(50), |_, _| {}, |c| woke.push(c));
+        assert_eq!(
+            woke,
+            vec![b],
+            "b needs only the peer; a's first hold needs the log"
+        );
+        assert_eq!(d.writable(a, 9), 0);
+        d.poll(Lsn(100), |_, _| {}, |c| woke.push(c));
+        assert_eq!(woke, vec![b, a]);
+        assert_eq!(
+            d.writable(a, 9),
+            9,
+            "both of a's holds are released, in order"
+        );
         assert!(!d.waiting());
     }
 

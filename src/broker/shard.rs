@@ -753,7 +753,7 @@ impl Shard {
                     let work = self.dur.work();
                     self.persist_qos2_in(session, r.packet_id, false);
                     if self.dur.work() != work {
-                        self.hold_output(key);
+                        self.hold_output(key, true);
                     }
                 }
                 self.send_ack(key, Packet::PubComp, r.packet_id, known);
@@ -988,7 +988,7 @@ impl Shard {
                 return self.refuse_publish(key, sidx, p.qos, p.packet_id);
             }
         }
-        let work = self.dur.work();
+        let (work, appends) = (self.dur.work(), self.dur.appends());
         if p.qos == QoS::ExactlyOnce {
             let s = self.session_mut(sidx);
             let first = s.inbound_qos2_first(p.packet_id);
@@ -1036,8 +1036,9 @@ impl Shard {
         }
         if qos != QoS::AtMostOnce {
             // Write-ahead: the acknowledgement leaves once what routing wrote (here and on peer shards) is durable.
+            // Clean-session traffic that wrote nothing here waits only for the peers it reached.
             if self.dur.work() != work {
-                self.hold_output(key);
+                self.hold_output(key, self.dur.appends() != appends);
             }
             self.send_pub_resp(key, qos, packet_id, ReasonCode::Success);
         }
@@ -1205,7 +1206,7 @@ impl Shard {
         }
         if self.session(p.session).persisted {
             // A persistent subscription is acknowledged once it is durable.
-            self.hold_output(p.conn);
+            self.hold_output(p.conn, true);
         }
         self.send(
             p.conn,
@@ -1555,7 +1556,7 @@ impl Shard {
             if persisted && q.qos == QoS::ExactlyOnce {
                 // A QoS 2 PUBLISH leaves only once its packet id is durable: after a restart it is resent with
                 // the same id, so the client can tell it is the same message.
-                self.hold_output(key);
+                self.hold_output(key, true);
             }
             let conn = self.conns.get_mut(key).expect("connection checked above");
             if codec::encode_publish(&publish, version, &mut conn.out).is_err() {

@@ -672,13 +672,14 @@ impl Shard {
         self.log_stalled
     }
 
-    /// Everything written to this connection from now on waits until the current round is durable.
-    pub(super) fn hold_output(&mut self, key: ConnKey) {
+    /// Everything written to this connection from now on waits until what the current round sent to peers is
+    /// confirmed and, if `local`, until the round is durable in our log.
+    pub(super) fn hold_output(&mut self, key: ConnKey, local: bool) {
         if self.store.is_none() {
             return;
         }
         if let Some(c) = self.conns.get(key) {
-            self.dur.hold(key, c.out.len());
+            self.dur.hold(key, c.out.len(), local);
         }
     }
 
@@ -1186,11 +1187,20 @@ mod tests {
         (take_output(&mut s0, p), s0)
     }
 
-    /// Clean-session traffic between shards does not wait for the other shard's log: its PUBACK leaves while
-    /// that shard still has records of its own persistent sessions waiting for a sync. A message that did write
-    /// there (a persistent subscriber) still waits for it.
+    /// Clean-session traffic between shards waits for neither shard's log: its PUBACK leaves while both shards
+    /// still have records of their own persistent sessions waiting for a sync. Acknowledgements on one connection
+    /// still leave in order, and a message that did write to the peer's log (a persistent subscriber there)
+    /// still waits for it.
     #[test]
-    fn a_cross_shard_publish_waits_only_for_the_peer_records_it_wrote() {
+    fn a_cross_shard_publish_waits_only_for_the_records_it_wrote() {
+        let acks = |got: &[Packet]| -> Vec<u16> {
+            got.iter()
+                .filter_map(|p| match p {
+                    Packet::PubAck(r) => Some(r.packet_id),
+                    _ => None,
+                })
+                .collect()
+        };
         let dir = tempfile::tempdir().unwrap();
         let mut s0 = two_shard_member(&dir.path().join("0"), 0, 1 << 20);
         let mut s1 = two_shard_member(&dir.path().join("1"), 1, 1 << 20);
@@ -1198,37 +1208,44 @@ mod tests {
         s1.on_bytes(clean_sub, &mut subscribe("clean/+", QoS::AtLeastOnce));
         let durable_sub = connect(&mut s1, 2, &id_on("dsub", 1), false);
         s1.on_bytes(durable_sub, &mut subscribe("kept/+", QoS::AtLeastOnce));
+        let local_sub = connect(&mut s0, 3, &id_on("lsub", 0), false);
+        s0.on_bytes(local_sub, &mut subscribe("mine/+", QoS::AtLeastOnce));
         shuttle(&mut s0, &mut s1, [true, true]);
-        // Shard 1's own publisher keeps its log busy with records that are never synced below.
-        let local = connect(&mut s1, 3, &id_on("lpub", 1), true);
-        s1.on_bytes(
-            local,
-            &mut publish_to("kept/1", QoS::AtLeastOnce, 1, b"local"),
-        );
-        let p = connect(&mut s0, 4, &id_on("pub", 0), true);
+        // Shard 1's own traffic leaves records in its log that are not synced below.
+        let local = connect(&mut s1, 4, &id_on("lpub", 1), true);
+        s1.on_bytes(local, &mut publish_to("kept/1", QoS::AtLeastOnce, 1, b"x"));
+        // On shard 0, publisher p first writes to shard 0's log (6), then sends clean traffic across (7);
+        // publisher q only sends clean traffic across (9).
+        let p = connect(&mut s0, 5, &id_on("p", 0), true);
+        let q = connect(&mut s0, 6, &id_on("q", 0), true);
         take_output(&mut s0, p);
-        s0.on_bytes(p, &mut publish_to("clean/1", QoS::AtLeastOnce, 7, b"clean"));
-        shuttle(&mut s0, &mut s1, [true, false]);
-        let got = take_output(&mut s0, p);
-        assert!(
-            got.iter()
-                .any(|p| matches!(p, Packet::PubAck(r) if r.packet_id == 7)),
-            "clean traffic waited for the peer's unrelated records: {got:?}"
+        take_output(&mut s0, q);
+        s0.on_bytes(p, &mut publish_to("mine/1", QoS::AtLeastOnce, 6, b"x"));
+        s0.on_bytes(p, &mut publish_to("clean/1", QoS::AtLeastOnce, 7, b"x"));
+        s0.on_bytes(q, &mut publish_to("clean/2", QoS::AtLeastOnce, 9, b"x"));
+        shuttle(&mut s0, &mut s1, [false, false]);
+        assert_eq!(
+            acks(&take_output(&mut s0, q)),
+            vec![9],
+            "clean traffic waited for a log"
         );
-        s0.on_bytes(p, &mut publish_to("kept/2", QoS::AtLeastOnce, 8, b"kept"));
+        assert_eq!(
+            acks(&take_output(&mut s0, p)),
+            Vec::<u16>::new(),
+            "6 waits for shard 0's log and 7 behind it"
+        );
         shuttle(&mut s0, &mut s1, [true, false]);
-        let got = take_output(&mut s0, p);
-        assert!(
-            !got.iter().any(|p| matches!(p, Packet::PubAck(_))),
-            "acknowledged before the peer's log holds it: {got:?}"
+        assert_eq!(acks(&take_output(&mut s0, p)), vec![6, 7]);
+        // To a persistent subscriber on shard 1: waits for shard 1's log.
+        s0.on_bytes(p, &mut publish_to("kept/2", QoS::AtLeastOnce, 8, b"x"));
+        shuttle(&mut s0, &mut s1, [true, false]);
+        assert_eq!(
+            acks(&take_output(&mut s0, p)),
+            Vec::<u16>::new(),
+            "acknowledged before the peer's log holds it"
         );
         shuttle(&mut s0, &mut s1, [true, true]);
-        let got = take_output(&mut s0, p);
-        assert!(
-            got.iter()
-                .any(|p| matches!(p, Packet::PubAck(r) if r.packet_id == 8)),
-            "{got:?}"
-        );
+        assert_eq!(acks(&take_output(&mut s0, p)), vec![8]);
     }
 
     /// A QoS 1 message that the subscriber's shard could not write to its log is not acknowledged to the

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use bytes::BytesMut;
+use tokio::io::Interest;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::time::{sleep_until, timeout};
@@ -154,9 +155,20 @@ impl Conn {
         } else {
             READ_CHUNK
         });
+        let room = self.rbuf.capacity() - self.rbuf.len();
         match self.stream.try_read_buf(&mut self.rbuf) {
             Ok(0) => Err("closed_by_broker".into()),
-            Ok(_) => Ok(true),
+            Ok(n) => {
+                if n < room {
+                    // A short read emptied the socket: forget the readiness now instead of learning it from a
+                    // recv that says EAGAIN (one syscall per message at fixed rates). Bytes arriving later raise
+                    // a new edge; tokio keeps a hang-up's readiness, so a close is still read.
+                    let _ = self.stream.try_io(Interest::READABLE, || {
+                        Err::<(), _>(io::ErrorKind::WouldBlock.into())
+                    });
+                }
+                Ok(true)
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
             Err(e) => Err(io_reason(&e)),
         }

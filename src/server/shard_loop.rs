@@ -4,9 +4,9 @@
 //! read ready connections into one shared scratch buffer, let the core decide, then write every dirty connection
 //! once (writes are batched per round) and hand mesh messages to their channels. Each round ends one log group
 //! (`Shard::end_round`: commit, release acknowledgements that became durable). When there is nothing to do it
-//! polls for up to 100 µs (less when recent events came further apart: `spin.rs`), then sleeps in epoll_wait until
-//! a socket event arrives (a peer shard, or this shard's log syncer, rings our eventfd, which is in that set)
-//! or the next clock second (keep-alive sweep).
+//! polls for up to `idle_spin_us` (default 0; less when recent events came further apart: `spin.rs`), then sleeps
+//! in epoll_wait until a socket event arrives (a peer shard, or this shard's log syncer, rings our eventfd, which
+//! is in that set) or the next clock second (keep-alive sweep).
 //!
 //! Why crossbeam channels and not glommio's channel mesh: in glommio 0.9 a busy executor sees messages from other
 //! executors only when it is preempted (every 100 ms by default), which let a publisher overrun a full queue and

@@ -29,6 +29,12 @@ pub fn judge(r: &Report, offered: f64, p99_bound_ms: f64) -> Option<String> {
     None
 }
 
+/// A failed step may be run again: nothing was lost, duplicated or refused, only latency or the send rate fell
+/// short (both of which a passing stall on a shared host can cause).
+pub fn retryable(r: &Report) -> bool {
+    r.errors == 0 && r.lost == 0 && r.duplicates == 0
+}
+
 /// The next rate to try, or None when the search is over. `pass`/`fail` are the best pass and lowest failure.
 pub fn next_rate(
     pass: Option<f64>,
@@ -73,8 +79,25 @@ pub fn find_max(s: &mut Settings, plan: &Plan) -> Report {
             bisections = bisections.saturating_sub(1);
         }
         s.client.total_rate = rate;
-        let r = run_pubsub(s, plan);
-        let why = judge(&r, rate, bound);
+        let mut attempt = 0;
+        let (r, why) = loop {
+            let r = run_pubsub(s, plan);
+            let why = judge(&r, rate, bound);
+            if why.is_some() && retryable(&r) && attempt < s.common.step_retries {
+                attempt += 1;
+                if !s.common.quiet {
+                    eprintln!(
+                        "capacity: offered {rate:.0}/s: {} (no loss): attempt {} of {}",
+                        why.as_deref().unwrap_or(""),
+                        attempt + 1,
+                        s.common.step_retries + 1
+                    );
+                }
+                steps.push(step(rate, &r, &why, true));
+                continue;
+            }
+            break (r, why);
+        };
         if !s.common.quiet {
             eprintln!(
                 "capacity: offered {rate:.0}/s -> sent {:.0}/s recv {:.0}/s lost {} p99 {:.0} µs: {}",
@@ -85,17 +108,7 @@ pub fn find_max(s: &mut Settings, plan: &Plan) -> Report {
                 why.as_deref().unwrap_or("ok")
             );
         }
-        steps.push(CapacityStep {
-            offered_rate: rate,
-            send_rate: r.send_rate,
-            recv_rate: r.recv_rate,
-            lost: r.lost,
-            duplicates: r.duplicates,
-            errors: r.errors,
-            latency_us: r.latency_us.clone(),
-            pass: why.is_none(),
-            why: why.clone().unwrap_or_default(),
-        });
+        steps.push(step(rate, &r, &why, false));
         if why.is_none() {
             pass = Some(rate);
             best = Some(r);
@@ -111,6 +124,24 @@ pub fn find_max(s: &mut Settings, plan: &Plan) -> Report {
         steps,
     });
     report
+}
+
+fn step(rate: f64, r: &Report, why: &Option<String>, retried: bool) -> CapacityStep {
+    CapacityStep {
+        offered_rate: rate,
+        send_rate: r.send_rate,
+        recv_rate: r.recv_rate,
+        lost: r.lost,
+        duplicates: r.duplicates,
+        errors: r.errors,
+        latency_us: r.latency_us.clone(),
+        pass: why.is_none(),
+        why: match (why, retried) {
+            (Some(w), true) => format!("{w} (run again)"),
+            (Some(w), false) => w.clone(),
+            (None, _) => String::new(),
+        },
+    }
 }
 
 #[cfg(test)]
@@ -147,5 +178,20 @@ mod tests {
         r.lost = 0;
         r.send_rate = 900.0;
         assert!(judge(&r, 1000.0, 10.0).unwrap().contains("sent"));
+    }
+
+    #[test]
+    fn only_latency_or_rate_failures_are_run_again() {
+        let mut r = Report::default();
+        r.latency_us.p99 = 50_000.0;
+        assert!(retryable(&r));
+        r.lost = 1;
+        assert!(!retryable(&r), "loss is a verdict, not noise");
+        r.lost = 0;
+        r.duplicates = 1;
+        assert!(!retryable(&r));
+        r.duplicates = 0;
+        r.errors = 1;
+        assert!(!retryable(&r));
     }
 }

@@ -166,6 +166,11 @@ pub struct Common {
     pub rate_limit: f64,
     #[arg(long, default_value_t = 4)]
     pub bisect_steps: u32,
+    /// Run a capacity step again (up to this many times) when it failed only on latency or send rate, with no
+    /// loss, duplicate or error: on a shared machine a host stall inflates one step's p99, while real overload
+    /// fails every attempt. Every attempt is reported. Loss is never retried.
+    #[arg(long, default_value_t = 0)]
+    pub step_retries: u32,
     /// Open-loop pacing: deadlines within this many µs of a timer wake-up are sent together (early messages
     /// are stamped with their actual send time). 0 = wake for every message (most CPU).
     #[arg(long, default_value_t = 50)]

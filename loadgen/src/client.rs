@@ -583,7 +583,7 @@ async fn publish_loop(
                         if sent_ns >= ack_latency_from_ns {
                             // PUBACK (QoS 1) or PUBCOMP (QoS 2) back at the publisher: what it waits for.
                             let ns = now_ns().saturating_sub(sent_ns);
-                            let _ = stats.borrow_mut().ack_latency.record(ns.max(1));
+                            stats.borrow_mut().ack_latency.saturating_record(ns.max(1));
                         }
                         if r.reason.is_error() {
                             stats

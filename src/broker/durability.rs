@@ -49,8 +49,9 @@ pub struct Durability {
     /// (round, commit LSN) of rounds with local holds, waiting for our log.
     lsn_barriers: VecDeque<(u64, Lsn)>,
     peer_barriers: VecDeque<PeerBarrier>,
-    /// Local records of rounds up to this one are durable; peers confirmed everything of rounds up to the other.
-    /// Both only grow; a hold is released when its round is covered by what it needs.
+    /// Rounds of the last satisfied LSN barrier and peer barrier: local records of rounds up to the first are
+    /// durable, peers confirmed everything of rounds up to the second. Both only grow; a hold is released when
+    /// its round is covered by what it needs.
     lsn_round: u64,
     peer_round: u64,
     peer_sent: Vec<u64>,
@@ -228,31 +229,34 @@ impl Durability {
                 confirm(peer as u16, seq);
             }
         }
-        while self
+        // Each frontier moves to the round of the last barrier that became satisfied: every hold of a round has a
+        // peer barrier, and every local one an LSN barrier, so nothing beyond them can be released. Holds are
+        // walked only when a frontier moved (not every round while a sync is pending).
+        let mut moved = false;
+        while let Some(&(round, _)) = self
             .lsn_barriers
             .front()
-            .is_some_and(|&(_, lsn)| lsn <= durable)
+            .filter(|&&(_, lsn)| lsn <= durable)
         {
             self.lsn_barriers.pop_front();
+            self.lsn_round = round;
+            moved = true;
         }
-        while self.peer_barriers.front().is_some_and(|b| {
+        while let Some(b) = self.peer_barriers.front().filter(|b| {
             b.peer_seq
                 .iter()
                 .zip(&self.peer_acked)
                 .enumerate()
                 .all(|(p, (sent, acked))| p == self.shard as usize || acked >= sent)
         }) {
+            self.peer_round = b.round;
             self.peer_barriers.pop_front();
+            moved = true;
         }
-        // Every ended round before the first unmet barrier is covered.
-        let ended = self.round - 1;
-        let lsn_round = self.lsn_barriers.front().map_or(ended, |&(r, _)| r - 1);
-        let peer_round = self.peer_barriers.front().map_or(ended, |b| b.round - 1);
-        if (lsn_round, peer_round) == (self.lsn_round, self.peer_round) {
+        if !moved {
             return;
         }
-        self.lsn_round = lsn_round;
-        self.peer_round = peer_round;
+        let (lsn_round, peer_round) = (self.lsn_round, self.peer_round);
         self.held.retain(|&conn, marks| {
             let mut freed = false;
             // In order: a hold that needs only peers still waits behind an earlier one that needs the log.

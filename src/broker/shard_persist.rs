@@ -845,15 +845,7 @@ mod tests {
     }
 
     fn publish(qos: QoS, id: u16) -> BytesMut {
-        frame(&Packet::Publish(Publish {
-            dup: false,
-            qos,
-            retain: false,
-            topic: "t/1".into(),
-            packet_id: id,
-            properties: None,
-            payload: bytes::Bytes::from_static(b"hello"),
-        }))
+        publish_to("t/1", qos, id, b"hello")
     }
 
     #[test]

@@ -5,68 +5,97 @@
 //! record it vouches for is on disk. Those records can be in this shard's log (the publisher's session, local
 //! subscribers) or in a peer's (subscribers on other shards). Per round the shard core:
 //! - marks a *hold* at the current end of a connection's output before writing such a packet; the I/O layer
-//!   writes only the bytes before the first unreleased hold (packet order on the wire is kept);
-//! - numbers every QoS>0 message it forwards to a peer (`next_seq`); the peer answers `Durable { seq }` once the
-//!   records it wrote for that message (and for the same peer's earlier ones) are durable in its own log
-//!   (`on_peer_msg` / `end_round` / `poll`). A message that wrote nothing there (no persistent subscriber) waits
-//!   for no sync: clean-session traffic between shards only pays the mesh round trip;
-//! - ends the round (`end_round`) with the LSN of its commit: holds of that round are released when every peer
-//!   has confirmed the sequence numbers sent to it up to then and, for a hold that vouches for records in this
-//!   shard's log (`local`), when that LSN is durable (`poll`). A clean-session publish whose subscribers are all
-//!   on other shards, without persistent sessions, writes nothing here and waits for no local sync.
+//!   writes only the bytes before the first unreleased hold (packet order on the wire is kept). The hold
+//!   remembers the sequence numbers of the messages its publish forwarded to each peer (`next_seq`);
+//! - as a receiver, answers each round's numbered messages at once with `Handled { upto, written }` (every
+//!   sequence number up to `upto` was handled; those in `written` appended records to its log) and, once those
+//!   records are durable, with `Durable { seq }` (every record written for sequence numbers up to `seq` is on
+//!   disk). A message that wrote nothing there (no persistent subscriber) so waits for no sync, even behind one
+//!   that did: clean-session traffic between shards pays only the mesh round trip;
+//! - ends the round (`end_round`) with the LSN of its commit. A hold is released when every peer message it
+//!   vouches for was handled and, if it wrote there, is durable there, and, for a hold that vouches for records
+//!   in this shard's log (`local`), when its round's LSN is durable (`poll`). Holds of one connection are
+//!   released in order.
 //!
-//! Pure bookkeeping, no I/O: cumulative sequence numbers work because each shard-to-shard channel is FIFO.
+//! Pure bookkeeping, no I/O. Each shard-to-shard channel is FIFO: a `Handled` arrives before the `Durable` that
+//! covers it, and a `LogRefused` before both.
 
 use std::collections::{HashMap, VecDeque};
 
 use crate::broker::message::ConnKey;
 use crate::store::Lsn;
 
+/// Sequence numbers a hold needs confirmed by one peer: its messages to that peer are numbered within
+/// `lo..=hi` (exactly those for a single publish; a conservative span when one round's holds are merged).
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct PeerNeed {
+    peer: u16,
+    lo: u64,
+    hi: u64,
+}
+
 /// One unreleased hold in a connection's output.
-#[derive(Clone, Copy)]
 struct Hold {
     /// Offset in the output buffer: bytes from here on wait.
     offset: usize,
     round: u64,
-    /// What it vouches for includes records in this shard's log (else only peers' confirmations).
+    /// What it vouches for includes records in this shard's log (else only peers').
     local: bool,
+    /// Peer messages it vouches for; empty for most holds, one entry per peer reached otherwise.
+    peers: Vec<PeerNeed>,
 }
 
-/// A round with holds: they wait for its peers' confirmations (sequence numbers sent up to then).
-struct PeerBarrier {
-    round: u64,
-    /// Per peer: the last sequence number sent to it in or before this round.
-    peer_seq: Box<[u64]>,
+/// What this shard knows about the messages it numbered for one peer.
+#[derive(Default)]
+struct SentTo {
+    /// Last sequence number given out.
+    sent: u64,
+    /// The peer handled every message up to this one.
+    handled: u64,
+    /// Ranges (inclusive, ascending, disjoint) of handled messages that wrote records the peer has not yet
+    /// reported durable.
+    unsynced: VecDeque<(u64, u64)>,
+}
+
+impl SentTo {
+    /// Every message of `lo..=hi` was handled and wrote nothing, or wrote records that are durable.
+    fn covers(&self, lo: u64, hi: u64) -> bool {
+        if self.handled < hi {
+            return false;
+        }
+        let first = self.unsynced.partition_point(|&(_, h)| h < lo);
+        self.unsynced.get(first).map_or(true, |&(l, _)| l > hi)
+    }
+}
+
+/// What this shard owes one peer for the messages it received from it.
+#[derive(Default)]
+struct ReceivedFrom {
+    /// Highest sequence number handled in the current round (0 = none).
+    seq: u64,
+    /// Ranges of this round's sequence numbers whose messages appended records to our log.
+    written: Vec<(u64, u64)>,
+    /// `Durable { seq }` to send once the LSN is durable, in order.
+    owed: VecDeque<(u64, Lsn)>,
 }
 
 pub struct Durability {
     shard: u16,
     round: u64,
-    /// A hold was marked in the current round, so it needs a peer barrier.
-    hold_this_round: bool,
-    /// ... and one of them vouches for local records, so it needs an LSN barrier too.
+    /// ... a hold of the current round vouches for local records, so the round needs an LSN barrier.
     local_hold_this_round: bool,
     /// (round, commit LSN) of rounds with local holds, waiting for our log.
     lsn_barriers: VecDeque<(u64, Lsn)>,
-    peer_barriers: VecDeque<PeerBarrier>,
-    /// Rounds of the last satisfied LSN barrier and peer barrier: local records of rounds up to the first are
-    /// durable, peers confirmed everything of rounds up to the second. Both only grow; a hold is released when
-    /// its round is covered by what it needs.
+    /// Round of the last satisfied LSN barrier: local records of rounds up to it are durable. Only grows.
     lsn_round: u64,
-    peer_round: u64,
-    peer_sent: Vec<u64>,
-    peer_acked: Vec<u64>,
-    /// Highest sequence number received from each peer since the last `end_round` (0 = none).
-    recv_seq: Vec<u64>,
-    /// Per peer: its messages of the current round appended records to our log.
-    recv_appended: Vec<bool>,
-    /// Per peer: the commit LSN of the last round in which its messages appended records. Its later messages
-    /// that appended nothing need only that much (confirmations are cumulative, so never less).
-    recv_needs: Vec<Lsn>,
-    /// Per peer: confirmations to send once the LSN is durable, in order.
-    owed: Vec<VecDeque<(u64, Lsn)>>,
-    /// Connection -> (offset in its output buffer, round) of each unreleased hold, oldest first. Only
-    /// connections with a hold have an entry, so idle connections cost nothing here.
+    /// A peer's `Handled` or `Durable` arrived since holds were last walked.
+    peers_moved: bool,
+    sent_to: Vec<SentTo>,
+    received_from: Vec<ReceivedFrom>,
+    /// Peer messages numbered since the last `hold`/`start_publish`: what the next hold vouches for.
+    pending: Vec<PeerNeed>,
+    /// Connection -> its unreleased holds, oldest first. Only connections with a hold have an entry, so idle
+    /// connections cost nothing here.
     held: HashMap<ConnKey, VecDeque<Hold>>,
     /// Records appended plus sequence numbers sent: a publish that changed neither needs no hold.
     work: u64,
@@ -82,18 +111,13 @@ impl Durability {
         Durability {
             shard,
             round: 1,
-            hold_this_round: false,
             local_hold_this_round: false,
             lsn_barriers: VecDeque::new(),
-            peer_barriers: VecDeque::new(),
             lsn_round: 0,
-            peer_round: 0,
-            peer_sent: vec![0; n],
-            peer_acked: vec![0; n],
-            recv_seq: vec![0; n],
-            recv_appended: vec![false; n],
-            recv_needs: vec![Lsn(0); n],
-            owed: (0..n).map(|_| VecDeque::new()).collect(),
+            peers_moved: false,
+            sent_to: (0..n).map(|_| SentTo::default()).collect(),
+            received_from: (0..n).map(|_| ReceivedFrom::default()).collect(),
+            pending: Vec::new(),
             held: HashMap::new(),
             work: 0,
             appends: 0,
@@ -101,12 +125,17 @@ impl Durability {
         }
     }
 
-    /// Rounds waiting for the disk (or a peer): barriers of held output plus confirmations owed to peers. Grows by
-    /// at most one barrier and one confirmation per peer per round; the shard stops reading its sockets when it
-    /// passes `Shard`'s bound, so a stalled disk cannot grow it without limit.
+    /// Entries waiting for a disk, ours or a peer's: LSN barriers, confirmations owed to peers and peers'
+    /// unsynced ranges. Each grows by at most one per round (per peer); the shard stops reading its sockets when
+    /// the sum passes `Shard`'s bound, so a stalled disk cannot grow it without limit.
     pub fn backlog(&self) -> usize {
-        self.peer_barriers.len().max(self.lsn_barriers.len())
-            + self.owed.iter().map(VecDeque::len).sum::<usize>()
+        self.lsn_barriers.len()
+            + self
+                .received_from
+                .iter()
+                .map(|r| r.owed.len())
+                .sum::<usize>()
+            + self.sent_to.iter().map(|s| s.unsynced.len()).sum::<usize>()
     }
 
     /// Counter that moves whenever something was appended or numbered for a peer.
@@ -124,29 +153,53 @@ impl Durability {
         self.appends += 1;
     }
 
+    /// A client's publish starts: peer messages numbered from here on belong to its hold.
+    pub fn start_publish(&mut self) {
+        self.pending.clear();
+    }
+
     /// Sequence number for a QoS>0 message forwarded to `peer`.
     pub fn next_seq(&mut self, peer: u16) -> u64 {
         self.work += 1;
-        let s = &mut self.peer_sent[peer as usize];
+        let s = &mut self.sent_to[peer as usize].sent;
         *s += 1;
-        *s
+        let seq = *s;
+        match self.pending.iter_mut().find(|n| n.peer == peer) {
+            Some(n) => n.hi = seq,
+            None => self.pending.push(PeerNeed {
+                peer,
+                lo: seq,
+                hi: seq,
+            }),
+        }
+        seq
     }
 
-    /// Hold everything written to `conn` from `out_len` on until this round's peer confirmations are in and,
-    /// if `local`, until this round is durable in our own log too.
+    /// Hold everything written to `conn` from `out_len` on until the peer messages numbered since the publish
+    /// started are confirmed and, if `local`, until this round is durable in our own log too.
     pub fn hold(&mut self, conn: ConnKey, out_len: usize, local: bool) {
-        self.hold_this_round = true;
         self.local_hold_this_round |= local;
+        let peers = std::mem::take(&mut self.pending);
         let marks = self.held.entry(conn).or_default();
-        // An earlier hold of this round already covers everything after it (and now needs what both need).
+        // An earlier hold of this round already covers everything after it: it now needs what both need.
         if let Some(last) = marks.back_mut().filter(|h| h.round == self.round) {
             last.local |= local;
+            for n in peers {
+                match last.peers.iter_mut().find(|m| m.peer == n.peer) {
+                    Some(m) => {
+                        m.lo = m.lo.min(n.lo);
+                        m.hi = m.hi.max(n.hi);
+                    }
+                    None => last.peers.push(n),
+                }
+            }
             return;
         }
         marks.push_back(Hold {
             offset: out_len,
             round: self.round,
             local,
+            peers,
         });
     }
 
@@ -178,32 +231,58 @@ impl Durability {
 
     /// A numbered message from `from` was handled; `appended` says whether it wrote any record to our log.
     pub fn on_peer_msg(&mut self, from: u16, seq: u64, appended: bool) {
-        let r = &mut self.recv_seq[from as usize];
-        *r = (*r).max(seq);
-        self.recv_appended[from as usize] |= appended;
-    }
-
-    /// A peer confirmed everything we numbered for it up to `seq`.
-    pub fn on_peer_durable(&mut self, from: u16, seq: u64) {
-        let a = &mut self.peer_acked[from as usize];
-        *a = (*a).max(seq);
-    }
-
-    /// End of a round whose records were committed up to `committed`.
-    pub fn end_round(&mut self, committed: Lsn) {
-        for (peer, seq) in self.recv_seq.iter_mut().enumerate() {
-            if *seq > 0 {
-                if std::mem::take(&mut self.recv_appended[peer]) {
-                    self.recv_needs[peer] = committed;
-                }
-                self.owed[peer].push_back((std::mem::take(seq), self.recv_needs[peer]));
+        let r = &mut self.received_from[from as usize];
+        r.seq = r.seq.max(seq);
+        if appended {
+            match r.written.last_mut() {
+                Some(last) if last.1 + 1 == seq => last.1 = seq,
+                _ => r.written.push((seq, seq)),
             }
         }
-        if std::mem::take(&mut self.hold_this_round) {
-            self.peer_barriers.push_back(PeerBarrier {
-                round: self.round,
-                peer_seq: self.peer_sent.clone().into_boxed_slice(),
-            });
+    }
+
+    /// A peer handled everything we numbered for it up to `upto`; the messages in `written` wrote records to its
+    /// log that are not durable yet.
+    pub fn on_peer_handled(&mut self, from: u16, upto: u64, written: &[(u64, u64)]) {
+        let s = &mut self.sent_to[from as usize];
+        s.handled = s.handled.max(upto);
+        for &(lo, hi) in written {
+            match s.unsynced.back_mut() {
+                Some(last) if last.1 + 1 == lo => last.1 = hi,
+                _ => s.unsynced.push_back((lo, hi)),
+            }
+        }
+        self.peers_moved = true;
+    }
+
+    /// A peer's records for every message we numbered for it up to `seq` are durable.
+    pub fn on_peer_durable(&mut self, from: u16, seq: u64) {
+        let u = &mut self.sent_to[from as usize].unsynced;
+        while u.front().is_some_and(|&(_, hi)| hi <= seq) {
+            u.pop_front();
+        }
+        if let Some(first) = u.front_mut() {
+            first.0 = first.0.max(seq + 1);
+        }
+        self.peers_moved = true;
+    }
+
+    /// End of a round whose records were committed up to `committed`: each peer we received numbered messages
+    /// from is told at once which it handled and which wrote records (`handled(peer, upto, written)`).
+    pub fn end_round(
+        &mut self,
+        committed: Lsn,
+        mut handled: impl FnMut(u16, u64, Box<[(u64, u64)]>),
+    ) {
+        for (peer, r) in self.received_from.iter_mut().enumerate() {
+            if r.seq == 0 {
+                continue;
+            }
+            let written = std::mem::take(&mut r.written).into_boxed_slice();
+            if let Some(&(_, last)) = written.last() {
+                r.owed.push_back((last, committed));
+            }
+            handled(peer as u16, std::mem::take(&mut r.seq), written);
         }
         if std::mem::take(&mut self.local_hold_this_round) {
             self.lsn_barriers.push_back((self.round, committed));
@@ -220,19 +299,17 @@ impl Durability {
         mut writable: impl FnMut(ConnKey),
     ) {
         self.polled = durable;
-        for (peer, q) in self.owed.iter_mut().enumerate() {
+        for (peer, r) in self.received_from.iter_mut().enumerate() {
             let mut last = None;
-            while q.front().is_some_and(|&(_, lsn)| lsn <= durable) {
-                last = q.pop_front().map(|(s, _)| s);
+            while r.owed.front().is_some_and(|&(_, lsn)| lsn <= durable) {
+                last = r.owed.pop_front().map(|(s, _)| s);
             }
             if let Some(seq) = last {
                 confirm(peer as u16, seq);
             }
         }
-        // Each frontier moves to the round of the last barrier that became satisfied: every hold of a round has a
-        // peer barrier, and every local one an LSN barrier, so nothing beyond them can be released. Holds are
-        // walked only when a frontier moved (not every round while a sync is pending).
-        let mut moved = false;
+        // Holds are walked only when something they wait for moved (not every round while a sync is pending).
+        let mut moved = std::mem::take(&mut self.peers_moved);
         while let Some(&(round, _)) = self
             .lsn_barriers
             .front()
@@ -242,28 +319,20 @@ impl Durability {
             self.lsn_round = round;
             moved = true;
         }
-        while let Some(b) = self.peer_barriers.front().filter(|b| {
-            b.peer_seq
-                .iter()
-                .zip(&self.peer_acked)
-                .enumerate()
-                .all(|(p, (sent, acked))| p == self.shard as usize || acked >= sent)
-        }) {
-            self.peer_round = b.round;
-            self.peer_barriers.pop_front();
-            moved = true;
-        }
         if !moved {
             return;
         }
-        let (lsn_round, peer_round) = (self.lsn_round, self.peer_round);
+        let (lsn_round, sent_to, me) = (self.lsn_round, &self.sent_to, self.shard);
+        let ready = |h: &Hold| {
+            (!h.local || h.round <= lsn_round)
+                && h.peers
+                    .iter()
+                    .all(|n| n.peer == me || sent_to[n.peer as usize].covers(n.lo, n.hi))
+        };
         self.held.retain(|&conn, marks| {
             let mut freed = false;
-            // In order: a hold that needs only peers still waits behind an earlier one that needs the log.
-            while marks
-                .front()
-                .is_some_and(|h| h.round <= peer_round && (!h.local || h.round <= lsn_round))
-            {
+            // In order: a hold that is ready still waits behind an earlier one that is not.
+            while marks.front().is_some_and(ready) {
                 marks.pop_front();
                 freed = true;
             }
@@ -278,11 +347,12 @@ impl Durability {
         self.polled
     }
 
-    /// Something is waiting on the log or on a peer (the I/O layer then wakes up when the log syncs).
+    /// Something is waiting on the log or on a peer (the I/O layer then wakes up when the log syncs, and looks
+    /// again soon as a safety net).
     pub fn waiting(&self) -> bool {
         !self.lsn_barriers.is_empty()
-            || !self.peer_barriers.is_empty()
-            || self.owed.iter().any(|q| !q.is_empty())
+            || !self.held.is_empty()
+            || self.received_from.iter().any(|r| !r.owed.is_empty())
     }
 }
 
@@ -294,6 +364,29 @@ mod tests {
         ConnKey { idx: i, gen: 0 }
     }
 
+    /// End a round that received nothing from peers.
+    fn end(d: &mut Durability, committed: u64) {
+        d.end_round(Lsn(committed), |p, _, _| {
+            panic!("nothing received from peer {p}")
+        });
+    }
+
+    /// (peer, upto, written) of one `Handled` answer.
+    type Answer = (u16, u64, Vec<(u64, u64)>);
+
+    /// End a round, returning the `Handled` answers it sends.
+    fn end_answers(d: &mut Durability, committed: u64) -> Vec<Answer> {
+        let mut out = vec![];
+        d.end_round(Lsn(committed), |p, upto, w| out.push((p, upto, w.to_vec())));
+        out
+    }
+
+    fn poll(d: &mut Durability, durable: u64) -> (Vec<(u16, u64)>, Vec<ConnKey>) {
+        let (mut sent, mut woke) = (vec![], vec![]);
+        d.poll(Lsn(durable), |p, s| sent.push((p, s)), |c| woke.push(c));
+        (sent, woke)
+    }
+
     #[test]
     fn a_hold_waits_for_the_local_log_and_keeps_order() {
         let mut d = Durability::new(0, 1);
@@ -301,15 +394,12 @@ mod tests {
         // 10 bytes already written before the hold may go; the held PUBACK and everything after it waits.
         d.hold(c, 10, true);
         assert_eq!(d.writable(c, 14), 10);
-        d.end_round(Lsn(100));
-        let mut woke = vec![];
-        d.poll(Lsn(99), |_, _| panic!("no peers"), |c| woke.push(c));
-        assert!(woke.is_empty());
+        end(&mut d, 100);
+        assert!(poll(&mut d, 99).1.is_empty());
         assert_eq!(d.writable(c, 30), 10, "later bytes stay behind the hold");
         d.consumed(c, 10);
         assert_eq!(d.writable(c, 20), 0);
-        d.poll(Lsn(100), |_, _| {}, |c| woke.push(c));
-        assert_eq!(woke, vec![c]);
+        assert_eq!(poll(&mut d, 100).1, vec![c]);
         assert_eq!(d.writable(c, 20), 20);
         assert!(!d.is_held(c));
     }
@@ -318,19 +408,21 @@ mod tests {
     fn a_hold_waits_for_every_peer_it_sent_to() {
         let mut d = Durability::new(0, 3);
         let c = k(1);
+        d.start_publish();
         let s1 = d.next_seq(1);
         let s2 = d.next_seq(2);
         d.hold(c, 0, true);
-        d.end_round(Lsn(0));
-        let mut woke = 0;
-        d.poll(Lsn(0), |_, _| {}, |_| woke += 1);
-        assert_eq!(woke, 0);
-        d.on_peer_durable(1, s1);
-        d.poll(Lsn(0), |_, _| {}, |_| woke += 1);
-        assert_eq!(woke, 0, "peer 2 has not confirmed");
+        end(&mut d, 0);
+        assert!(poll(&mut d, 0).1.is_empty());
+        d.on_peer_handled(1, s1, &[]);
+        assert!(poll(&mut d, 0).1.is_empty(), "peer 2 has not answered");
+        d.on_peer_handled(2, s2, &[(s2, s2)]);
+        assert!(
+            poll(&mut d, 0).1.is_empty(),
+            "peer 2 wrote it, not durable yet"
+        );
         d.on_peer_durable(2, s2);
-        d.poll(Lsn(0), |_, _| {}, |_| woke += 1);
-        assert_eq!(woke, 1);
+        assert_eq!(poll(&mut d, 0).1, vec![c]);
     }
 
     #[test]
@@ -338,30 +430,34 @@ mod tests {
         let mut d = Durability::new(0, 1);
         let c = k(1);
         d.hold(c, 0, true);
-        d.end_round(Lsn(10));
+        end(&mut d, 10);
         d.hold(c, 4, true);
-        d.end_round(Lsn(20));
-        d.poll(Lsn(10), |_, _| {}, |_| {});
+        end(&mut d, 20);
+        poll(&mut d, 10);
         assert_eq!(d.writable(c, 8), 4, "the second round is not durable yet");
-        d.poll(Lsn(20), |_, _| {}, |_| {});
+        poll(&mut d, 20);
         assert_eq!(d.writable(c, 8), 8);
     }
 
     #[test]
-    fn confirmations_to_peers_are_cumulative_and_wait_for_the_log() {
+    fn answers_to_peers_say_what_wrote_and_durable_confirmations_wait_for_the_log() {
         let mut d = Durability::new(1, 2);
         d.on_peer_msg(0, 5, true);
+        d.on_peer_msg(0, 6, true);
         d.on_peer_msg(0, 7, false);
-        d.end_round(Lsn(50));
+        assert_eq!(end_answers(&mut d, 50), vec![(0, 7, vec![(5, 6)])]);
+        d.on_peer_msg(0, 8, false);
         d.on_peer_msg(0, 9, true);
-        d.end_round(Lsn(60));
-        let mut sent = vec![];
-        d.poll(Lsn(49), |p, s| sent.push((p, s)), |_| {});
-        assert!(sent.is_empty());
-        d.poll(Lsn(55), |p, s| sent.push((p, s)), |_| {});
-        assert_eq!(sent, vec![(0, 7)]);
-        d.poll(Lsn(60), |p, s| sent.push((p, s)), |_| {});
-        assert_eq!(sent, vec![(0, 7), (0, 9)]);
+        assert_eq!(end_answers(&mut d, 60), vec![(0, 9, vec![(9, 9)])]);
+        d.on_peer_msg(0, 10, false);
+        assert_eq!(
+            end_answers(&mut d, 70),
+            vec![(0, 10, vec![])],
+            "nothing written, nothing owed"
+        );
+        assert!(poll(&mut d, 49).0.is_empty());
+        assert_eq!(poll(&mut d, 55).0, vec![(0, 6)]);
+        assert_eq!(poll(&mut d, 70).0, vec![(0, 9)]);
         assert!(!d.waiting());
     }
 
@@ -370,26 +466,26 @@ mod tests {
         let mut d = Durability::new(0, 2);
         let (a, b) = (k(1), k(2));
         // Round 1: connection a's acknowledgement vouches for a local record (LSN 100, not durable yet).
+        d.start_publish();
         d.hold(a, 0, true);
-        d.end_round(Lsn(100));
+        end(&mut d, 100);
         // Round 2: b's publish went only to peer 1; a's second acknowledgement too, but it stays behind a's first.
-        let s = d.next_seq(1);
+        d.start_publish();
+        let sb = d.next_seq(1);
         d.hold(b, 0, false);
+        d.start_publish();
+        let sa = d.next_seq(1);
         d.hold(a, 5, false);
-        d.end_round(Lsn(100));
-        let mut woke = vec![];
-        d.poll(Lsn(50), |_, _| {}, |c| woke.push(c));
-        assert!(woke.is_empty(), "peer 1 has not confirmed");
-        d.on_peer_durable(1, s);
-        d.poll(Lsn(50), |_, _| {}, |c| woke.push(c));
+        end(&mut d, 100);
+        assert!(poll(&mut d, 50).1.is_empty(), "peer 1 has not answered");
+        d.on_peer_handled(1, sa.max(sb), &[]);
         assert_eq!(
-            woke,
+            poll(&mut d, 50).1,
             vec![b],
             "b needs only the peer; a's first hold needs the log"
         );
         assert_eq!(d.writable(a, 9), 0);
-        d.poll(Lsn(100), |_, _| {}, |c| woke.push(c));
-        assert_eq!(woke, vec![b, a]);
+        assert_eq!(poll(&mut d, 100).1, vec![a]);
         assert_eq!(
             d.writable(a, 9),
             9,
@@ -399,36 +495,100 @@ mod tests {
     }
 
     #[test]
-    fn a_peer_message_that_wrote_nothing_does_not_wait_for_unrelated_records() {
-        // Shard 1 logs for its own persistent sessions (LSN 40 durable, 50 not yet) while peer 0 forwards
-        // clean-session traffic that writes nothing here.
-        let mut d = Durability::new(1, 3);
-        d.on_peer_msg(0, 1, false);
-        d.end_round(Lsn(50));
-        let mut sent = vec![];
-        d.poll(Lsn(40), |p, s| sent.push((p, s)), |_| {});
+    fn a_peer_message_that_wrote_nothing_does_not_wait_behind_one_that_did() {
+        // Publisher p's message to peer 1 writes there (a persistent subscriber), q's does not; q's comes later
+        // in the same round and again in the next round.
+        let mut d = Durability::new(0, 2);
+        let (p, q) = (k(1), k(2));
+        d.start_publish();
+        let sp = d.next_seq(1);
+        d.hold(p, 0, false);
+        d.start_publish();
+        let sq = d.next_seq(1);
+        d.hold(q, 0, false);
+        end(&mut d, 0);
+        d.start_publish();
+        let sq2 = d.next_seq(1);
+        d.hold(q, 4, false);
+        end(&mut d, 0);
+        d.on_peer_handled(1, sq2, &[(sp, sp)]);
         assert_eq!(
-            sent,
-            vec![(0, 1)],
-            "nothing of peer 0's is in the pending round"
+            poll(&mut d, 0).1,
+            vec![q],
+            "q's messages wrote nothing there"
         );
-        // Peer 2's message did write: it waits; a later message of peer 2 that wrote nothing waits behind it
-        // (confirmations are cumulative).
-        d.on_peer_msg(2, 1, true);
-        d.on_peer_msg(0, 2, false);
-        d.end_round(Lsn(60));
-        d.on_peer_msg(2, 2, false);
-        d.end_round(Lsn(70));
-        sent.clear();
-        d.poll(Lsn(50), |p, s| sent.push((p, s)), |_| {});
-        assert_eq!(sent, vec![(0, 2)]);
-        sent.clear();
-        d.poll(Lsn(60), |p, s| sent.push((p, s)), |_| {});
-        assert_eq!(
-            sent,
-            vec![(2, 2)],
-            "both of peer 2's, once its record is durable"
-        );
+        assert_eq!(d.writable(q, 8), 8, "both of q's holds are released");
+        assert_eq!(d.writable(p, 4), 0);
+        d.on_peer_durable(1, sp);
+        assert_eq!(poll(&mut d, 0).1, vec![p]);
         assert!(!d.waiting());
+        assert!(sp < sq && sq < sq2);
+    }
+
+    #[test]
+    fn merged_holds_of_one_round_wait_for_everything_either_needs() {
+        let mut d = Durability::new(0, 3);
+        let (c, other) = (k(1), k(2));
+        d.start_publish();
+        let a = d.next_seq(1);
+        d.hold(c, 0, false);
+        // Another connection's message to peer 1 is numbered between c's two; it writes there.
+        d.start_publish();
+        let o = d.next_seq(1);
+        d.hold(other, 0, false);
+        d.start_publish();
+        let b = d.next_seq(1);
+        let b2 = d.next_seq(2);
+        d.hold(c, 4, false);
+        end(&mut d, 0);
+        d.on_peer_handled(1, b, &[(o, o)]);
+        d.on_peer_handled(2, b2, &[]);
+        // c's merged hold spans a..=b on peer 1, which includes the other connection's unsynced message: waiting
+        // for it is conservative, never early.
+        assert!(poll(&mut d, 0).1.is_empty());
+        d.on_peer_durable(1, o);
+        let mut woke = poll(&mut d, 0).1;
+        woke.sort_by_key(|k| k.idx);
+        assert_eq!(woke, vec![c, other]);
+        assert!(a < o && o < b);
+    }
+
+    #[test]
+    fn a_partial_durable_confirmation_trims_an_unsynced_range() {
+        let mut d = Durability::new(0, 2);
+        let (x, y) = (k(1), k(2));
+        d.start_publish();
+        let sx = d.next_seq(1);
+        d.hold(x, 0, false);
+        d.start_publish();
+        let sy = d.next_seq(1);
+        d.hold(y, 0, false);
+        end(&mut d, 0);
+        // Both wrote, reported as one range; the peer's log then syncs only the first.
+        d.on_peer_handled(1, sy, &[(sx, sy)]);
+        assert!(poll(&mut d, 0).1.is_empty());
+        d.on_peer_durable(1, sx);
+        assert_eq!(poll(&mut d, 0).1, vec![x]);
+        d.on_peer_durable(1, sy);
+        assert_eq!(poll(&mut d, 0).1, vec![y]);
+        assert_eq!(d.backlog(), 0);
+    }
+
+    #[test]
+    fn nothing_is_released_before_the_peer_handled_it() {
+        let mut d = Durability::new(0, 2);
+        let c = k(1);
+        d.start_publish();
+        let s = d.next_seq(1);
+        d.hold(c, 0, false);
+        end(&mut d, 0);
+        d.on_peer_handled(1, s - 1, &[]);
+        d.on_peer_durable(1, s);
+        assert!(
+            poll(&mut d, 0).1.is_empty(),
+            "durable says nothing about unhandled messages"
+        );
+        d.on_peer_handled(1, s, &[]);
+        assert_eq!(poll(&mut d, 0).1, vec![c]);
     }
 }

@@ -105,11 +105,18 @@ pub struct Adopt {
 #[derive(Debug)]
 pub enum MeshMsg {
     /// Deliver to matching local sessions; never forwarded further. A non-zero sequence number asks for a
-    /// `Durable` confirmation once what the message caused is in the receiver's log (write-ahead PUBACK).
+    /// `Handled` answer at the end of the receiver's round and, if the message wrote records to the receiver's
+    /// log, a `Durable` once they are on disk (write-ahead PUBACK).
     Publish(Box<Message>, u64),
     /// Replicate a retained message (an empty payload clears the topic); sequence number as for `Publish`.
     Retain(Box<Message>, u64),
-    /// Everything numbered up to `seq` that the receiver sent us is durable in our log.
+    /// We handled every message the receiver numbered for us up to `upto`; the ranges in `written` (inclusive)
+    /// wrote records to our log that are not durable yet. Everything else up to `upto` wrote nothing here.
+    Handled {
+        upto: u64,
+        written: Box<[(u64, u64)]>,
+    },
+    /// The records we wrote for every message the receiver numbered for us up to `seq` are durable.
     Durable {
         seq: u64,
     },
@@ -581,6 +588,10 @@ impl Shard {
                 self.peer_msg_done(from, seq, origin, before);
             }
             MeshMsg::LogRefused(key) => self.refuse_held(key),
+            MeshMsg::Handled { upto, written } => {
+                self.dur.on_peer_handled(from, upto, &written);
+                self.poll_durable();
+            }
             MeshMsg::Durable { seq } => {
                 self.dur.on_peer_durable(from, seq);
                 self.poll_durable();
@@ -988,6 +999,7 @@ impl Shard {
                 return self.refuse_publish(key, sidx, p.qos, p.packet_id);
             }
         }
+        self.dur.start_publish();
         let (work, appends) = (self.dur.work(), self.dur.appends());
         if p.qos == QoS::ExactlyOnce {
             let s = self.session_mut(sidx);

@@ -577,7 +577,10 @@ impl Shard {
                 store.committed_lsn()
             }
         };
-        self.dur.end_round(committed);
+        let mesh = &mut self.mesh_out;
+        self.dur.end_round(committed, |peer, upto, written| {
+            mesh.push((peer, super::MeshMsg::Handled { upto, written }))
+        });
         self.poll_durable();
     }
 
@@ -1238,6 +1241,53 @@ mod tests {
         );
         shuttle(&mut s0, &mut s1, [true, true]);
         assert_eq!(acks(&take_output(&mut s0, p)), vec![8]);
+    }
+
+    /// Mixed traffic between two shards: a clean message does not wait behind an earlier one, from another
+    /// publisher on the same shard, that wrote to the peer's log (confirmations are not one cumulative number).
+    #[test]
+    fn a_clean_cross_shard_publish_does_not_wait_behind_a_persistent_one() {
+        let acks = |got: &[Packet]| -> Vec<u16> {
+            got.iter()
+                .filter_map(|p| match p {
+                    Packet::PubAck(r) => Some(r.packet_id),
+                    _ => None,
+                })
+                .collect()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mut s0 = two_shard_member(&dir.path().join("0"), 0, 1 << 20);
+        let mut s1 = two_shard_member(&dir.path().join("1"), 1, 1 << 20);
+        let clean_sub = connect(&mut s1, 1, &id_on("csub", 1), true);
+        s1.on_bytes(clean_sub, &mut subscribe("clean/+", QoS::AtLeastOnce));
+        let durable_sub = connect(&mut s1, 2, &id_on("dsub", 1), false);
+        s1.on_bytes(durable_sub, &mut subscribe("kept/+", QoS::AtLeastOnce));
+        shuttle(&mut s0, &mut s1, [true, true]);
+        let p = connect(&mut s0, 5, &id_on("p", 0), true);
+        let q = connect(&mut s0, 6, &id_on("q", 0), true);
+        take_output(&mut s0, p);
+        take_output(&mut s0, q);
+        // Same round: p's message is logged on shard 1, then q's clean one is numbered after it.
+        s0.on_bytes(p, &mut publish_to("kept/1", QoS::AtLeastOnce, 1, b"x"));
+        s0.on_bytes(q, &mut publish_to("clean/1", QoS::AtLeastOnce, 2, b"x"));
+        shuttle(&mut s0, &mut s1, [true, false]);
+        // A later round too, and p's second persistent one in between.
+        s0.on_bytes(p, &mut publish_to("kept/2", QoS::AtLeastOnce, 3, b"x"));
+        s0.on_bytes(q, &mut publish_to("clean/2", QoS::AtLeastOnce, 4, b"x"));
+        shuttle(&mut s0, &mut s1, [true, false]);
+        assert_eq!(
+            acks(&take_output(&mut s0, q)),
+            vec![2, 4],
+            "clean traffic waited for the peer's log"
+        );
+        assert_eq!(
+            acks(&take_output(&mut s0, p)),
+            Vec::<u16>::new(),
+            "acknowledged before the peer's log holds it"
+        );
+        shuttle(&mut s0, &mut s1, [true, true]);
+        assert_eq!(acks(&take_output(&mut s0, p)), vec![1, 3]);
+        assert_eq!(s0.dur.backlog() + s1.dur.backlog(), 0);
     }
 
     /// A QoS 1 message that the subscriber's shard could not write to its log is not acknowledged to the

@@ -10,8 +10,9 @@
 //! - as a receiver, answers each round's numbered messages at once with `Handled { upto, written }` (every
 //!   sequence number up to `upto` was handled; those in `written` appended records to its log) and, once those
 //!   records are durable, with `Durable { seq }` (every record written for sequence numbers up to `seq` is on
-//!   disk). A message that wrote nothing there (no persistent subscriber) so waits for no sync, even behind one
-//!   that did: clean-session traffic between shards pays only the mesh round trip;
+//!   disk; it also implies `Handled` up to `seq`, so a round whose messages all wrote sends only that). A
+//!   message that wrote nothing there (no persistent subscriber) so waits for no sync, even behind one that
+//!   did: clean-session traffic between shards pays only the mesh round trip;
 //! - ends the round (`end_round`) with the LSN of its commit. A hold is released when every peer message it
 //!   vouches for was handled and, if it wrote there, is durable there, and, for a hold that vouches for records
 //!   in this shard's log (`local`), when its round's LSN is durable (`poll`). Holds of one connection are
@@ -52,6 +53,8 @@ struct SentTo {
     sent: u64,
     /// The peer handled every message up to this one.
     handled: u64,
+    /// The peer's records for every message up to this one are durable.
+    durable: u64,
     /// Ranges (inclusive, ascending, disjoint) of handled messages that wrote records the peer has not yet
     /// reported durable.
     unsynced: VecDeque<(u64, u64)>,
@@ -73,7 +76,13 @@ impl SentTo {
 struct ReceivedFrom {
     /// Highest sequence number handled in the current round (0 = none).
     seq: u64,
-    /// Ranges of this round's sequence numbers whose messages appended records to our log.
+    /// A message of the current round wrote nothing: the round is answered with `Handled`, which releases it.
+    clean_in_round: bool,
+    /// A message of the current round wrote records: the round owes a `Durable`.
+    wrote_in_round: bool,
+    /// Ranges of sequence numbers whose messages appended records to our log, not yet sent in a `Handled` nor
+    /// covered by a `Durable`. A round whose messages all wrote sends no `Handled` (its `Durable` will say it
+    /// all); its ranges go with the next `Handled`.
     written: Vec<(u64, u64)>,
     /// `Durable { seq }` to send once the LSN is durable, in order.
     owed: VecDeque<(u64, Lsn)>,
@@ -234,10 +243,13 @@ impl Durability {
         let r = &mut self.received_from[from as usize];
         r.seq = r.seq.max(seq);
         if appended {
+            r.wrote_in_round = true;
             match r.written.last_mut() {
                 Some(last) if last.1 + 1 == seq => last.1 = seq,
                 _ => r.written.push((seq, seq)),
             }
+        } else {
+            r.clean_in_round = true;
         }
     }
 
@@ -247,6 +259,11 @@ impl Durability {
         let s = &mut self.sent_to[from as usize];
         s.handled = s.handled.max(upto);
         for &(lo, hi) in written {
+            // Never wait again for what a `Durable` already covered (the peer prunes these too).
+            let lo = lo.max(s.durable + 1);
+            if lo > hi {
+                continue;
+            }
             match s.unsynced.back_mut() {
                 Some(last) if last.1 + 1 == lo => last.1 = hi,
                 _ => s.unsynced.push_back((lo, hi)),
@@ -255,9 +272,12 @@ impl Durability {
         self.peers_moved = true;
     }
 
-    /// A peer's records for every message we numbered for it up to `seq` are durable.
+    /// The peer handled every message we numbered for it up to `seq`, and their records are durable.
     pub fn on_peer_durable(&mut self, from: u16, seq: u64) {
-        let u = &mut self.sent_to[from as usize].unsynced;
+        let s = &mut self.sent_to[from as usize];
+        s.handled = s.handled.max(seq);
+        s.durable = s.durable.max(seq);
+        let u = &mut s.unsynced;
         while u.front().is_some_and(|&(_, hi)| hi <= seq) {
             u.pop_front();
         }
@@ -268,21 +288,26 @@ impl Durability {
     }
 
     /// End of a round whose records were committed up to `committed`: each peer we received numbered messages
-    /// from is told at once which it handled and which wrote records (`handled(peer, upto, written)`).
+    /// from is told at once which it handled and which wrote records (`handled(peer, upto, written)`), unless
+    /// all of them wrote records: then the `Durable` that follows the sync says everything.
     pub fn end_round(
         &mut self,
         committed: Lsn,
         mut handled: impl FnMut(u16, u64, Box<[(u64, u64)]>),
     ) {
         for (peer, r) in self.received_from.iter_mut().enumerate() {
-            if r.seq == 0 {
+            let upto = std::mem::take(&mut r.seq);
+            if upto == 0 {
                 continue;
             }
-            let written = std::mem::take(&mut r.written).into_boxed_slice();
-            if let Some(&(_, last)) = written.last() {
+            if std::mem::take(&mut r.wrote_in_round) {
+                let last = r.written.last().map_or(upto, |&(_, hi)| hi);
                 r.owed.push_back((last, committed));
             }
-            handled(peer as u16, std::mem::take(&mut r.seq), written);
+            if std::mem::take(&mut r.clean_in_round) {
+                let written = std::mem::take(&mut r.written).into_boxed_slice();
+                handled(peer as u16, upto, written);
+            }
         }
         if std::mem::take(&mut self.local_hold_this_round) {
             self.lsn_barriers.push_back((self.round, committed));
@@ -306,6 +331,11 @@ impl Durability {
             }
             if let Some(seq) = last {
                 confirm(peer as u16, seq);
+                // Ranges not yet sent in a `Handled` that this confirmation covers need no mention.
+                r.written.retain_mut(|w| {
+                    w.0 = w.0.max(seq + 1);
+                    w.0 <= w.1
+                });
             }
         }
         // Holds are walked only when something they wait for moved (not every round while a sync is pending).
@@ -575,7 +605,7 @@ mod tests {
     }
 
     #[test]
-    fn nothing_is_released_before_the_peer_handled_it() {
+    fn nothing_is_released_before_the_peer_answered_for_it() {
         let mut d = Durability::new(0, 2);
         let c = k(1);
         d.start_publish();
@@ -583,12 +613,298 @@ mod tests {
         d.hold(c, 0, false);
         end(&mut d, 0);
         d.on_peer_handled(1, s - 1, &[]);
-        d.on_peer_durable(1, s);
+        assert!(poll(&mut d, 0).1.is_empty(), "not handled yet");
+        d.on_peer_handled(1, s, &[(s, s)]);
         assert!(
             poll(&mut d, 0).1.is_empty(),
-            "durable says nothing about unhandled messages"
+            "handled, written, not durable"
         );
-        d.on_peer_handled(1, s, &[]);
+        d.on_peer_durable(1, s);
         assert_eq!(poll(&mut d, 0).1, vec![c]);
+    }
+
+    #[test]
+    fn a_round_whose_messages_all_wrote_is_answered_by_its_durable_confirmation_alone() {
+        let mut q = Durability::new(1, 2);
+        q.on_peer_msg(0, 1, true);
+        q.on_peer_msg(0, 2, true);
+        assert!(
+            end_answers(&mut q, 10).is_empty(),
+            "no Handled: Durable says it all"
+        );
+        q.on_peer_msg(0, 3, true);
+        q.on_peer_msg(0, 4, false);
+        assert_eq!(
+            end_answers(&mut q, 20),
+            vec![(0, 4, vec![(1, 3)])],
+            "the next Handled carries the earlier round's writes"
+        );
+        // Messages 5 (wrote) and 6 (wrote) in a round, then the log syncs the first round before the next
+        // Handled: the ranges it covers are not mentioned again.
+        q.on_peer_msg(0, 5, true);
+        assert!(end_answers(&mut q, 30).is_empty());
+        assert_eq!(poll(&mut q, 30).0, vec![(0, 5)]);
+        q.on_peer_msg(0, 6, false);
+        assert_eq!(end_answers(&mut q, 30), vec![(0, 6, vec![])]);
+
+        // The publisher side: a Durable alone releases a hold whose messages all wrote.
+        let mut p = Durability::new(0, 2);
+        let c = k(1);
+        p.start_publish();
+        let s = p.next_seq(1);
+        p.hold(c, 0, false);
+        end(&mut p, 0);
+        p.on_peer_durable(1, s);
+        assert_eq!(poll(&mut p, 0).1, vec![c]);
+        // A late Handled naming ranges the Durable covered does not make anything wait again.
+        p.on_peer_handled(1, s, &[(s, s)]);
+        assert_eq!(p.backlog(), 0);
+    }
+
+    /// Model-based: a publisher shard and a receiver shard exchanging messages and answers over FIFO channels,
+    /// in any interleaving of handling, round ends, (partial) syncs and deliveries. An acknowledgement is never
+    /// released before every record it vouches for is durable (ours or the peer's) and every message it sent
+    /// was handled; once everything is delivered and synced, every acknowledgement is released.
+    mod model {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Clone, Debug)]
+        enum Op {
+            /// A publish on connection `conn`: maybe to the peer (which logs it if `writes`), maybe logged here.
+            Publish {
+                conn: u8,
+                to_peer: bool,
+                writes: bool,
+                local: bool,
+            },
+            PEndRound,
+            /// Sync the publisher's log up to `frac`/4 of the way to what it committed.
+            PSync(u8),
+            QHandle,
+            QEndRound,
+            QSync(u8),
+            PReceive,
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                3 => (0u8..3, any::<bool>(), any::<bool>(), any::<bool>())
+                    .prop_map(|(conn, to_peer, writes, local)| Op::Publish { conn, to_peer, writes, local }),
+                1 => Just(Op::PEndRound),
+                1 => (1u8..=4).prop_map(Op::PSync),
+                2 => Just(Op::QHandle),
+                1 => Just(Op::QEndRound),
+                1 => (1u8..=4).prop_map(Op::QSync),
+                2 => Just(Op::PReceive),
+            ]
+        }
+
+        /// What one acknowledgement vouches for.
+        #[derive(Clone, Copy)]
+        struct Ack {
+            peer_seq: Option<u64>,
+            local_lsn: Option<u64>,
+        }
+
+        enum Answer {
+            Handled(u64, Vec<(u64, u64)>),
+            Durable(u64),
+        }
+
+        #[derive(Default)]
+        struct Log {
+            appended: u64,
+            committed: u64,
+            durable: u64,
+        }
+
+        impl Log {
+            fn sync(&mut self, frac: u8) {
+                self.durable += (self.committed - self.durable) * frac as u64 / 4;
+            }
+        }
+
+        struct World {
+            p: Durability,
+            q: Durability,
+            plog: Log,
+            qlog: Log,
+            acks: Vec<Vec<Ack>>,
+            to_q: VecDeque<(u64, bool)>,
+            to_p: VecDeque<Answer>,
+            /// Receiver: sequence number -> LSN of the record it wrote (if any); handled up to.
+            q_wrote: HashMap<u64, u64>,
+            q_handled: u64,
+        }
+
+        impl World {
+            fn new() -> Self {
+                World {
+                    p: Durability::new(0, 2),
+                    q: Durability::new(1, 2),
+                    plog: Log::default(),
+                    qlog: Log::default(),
+                    acks: vec![Vec::new(); 3],
+                    to_q: VecDeque::new(),
+                    to_p: VecDeque::new(),
+                    q_wrote: HashMap::new(),
+                    q_handled: 0,
+                }
+            }
+
+            fn p_poll(&mut self) {
+                self.p.poll(
+                    Lsn(self.plog.durable),
+                    |_, _| panic!("p received nothing"),
+                    |_| {},
+                );
+            }
+
+            fn q_poll(&mut self) {
+                let to_p = &mut self.to_p;
+                self.q.poll(
+                    Lsn(self.qlog.durable),
+                    |_, s| to_p.push_back(Answer::Durable(s)),
+                    |_| panic!("q holds nothing"),
+                );
+            }
+
+            fn apply(&mut self, op: &Op) {
+                match *op {
+                    Op::Publish {
+                        conn,
+                        to_peer,
+                        writes,
+                        local,
+                    } => {
+                        if !to_peer && !local {
+                            return;
+                        }
+                        self.p.start_publish();
+                        let peer_seq = to_peer.then(|| {
+                            let s = self.p.next_seq(1);
+                            self.to_q.push_back((s, writes));
+                            s
+                        });
+                        let local_lsn = local.then(|| {
+                            self.p.note_append();
+                            self.plog.appended += 1;
+                            self.plog.appended
+                        });
+                        let out = &mut self.acks[conn as usize];
+                        self.p.hold(k(conn as u32), out.len(), local);
+                        out.push(Ack {
+                            peer_seq,
+                            local_lsn,
+                        });
+                    }
+                    Op::PEndRound => {
+                        self.plog.committed = self.plog.appended;
+                        self.p.end_round(Lsn(self.plog.committed), |_, _, _| {
+                            panic!("p received nothing")
+                        });
+                        self.p_poll();
+                    }
+                    Op::PSync(f) => {
+                        self.plog.sync(f);
+                        self.p_poll();
+                    }
+                    Op::QHandle => {
+                        if let Some((seq, writes)) = self.to_q.pop_front() {
+                            if writes {
+                                self.qlog.appended += 1;
+                                self.q_wrote.insert(seq, self.qlog.appended);
+                            }
+                            self.q.on_peer_msg(0, seq, writes);
+                            self.q_handled = seq;
+                        }
+                    }
+                    Op::QEndRound => {
+                        self.qlog.committed = self.qlog.appended;
+                        let to_p = &mut self.to_p;
+                        self.q.end_round(Lsn(self.qlog.committed), |_, upto, w| {
+                            to_p.push_back(Answer::Handled(upto, w.to_vec()))
+                        });
+                        self.q_poll();
+                    }
+                    Op::QSync(f) => {
+                        self.qlog.sync(f);
+                        self.q_poll();
+                    }
+                    Op::PReceive => {
+                        match self.to_p.pop_front() {
+                            Some(Answer::Handled(upto, w)) => self.p.on_peer_handled(1, upto, &w),
+                            Some(Answer::Durable(s)) => self.p.on_peer_durable(1, s),
+                            None => return,
+                        }
+                        self.p_poll();
+                    }
+                }
+            }
+
+            /// Acknowledgements released on each connection.
+            fn released(&self, conn: usize) -> usize {
+                self.p.writable(k(conn as u32), self.acks[conn].len())
+            }
+
+            fn check_safety(&self) {
+                for conn in 0..3 {
+                    for a in &self.acks[conn][..self.released(conn)] {
+                        if let Some(lsn) = a.local_lsn {
+                            assert!(
+                                lsn <= self.plog.durable,
+                                "released before our log synced it"
+                            );
+                        }
+                        if let Some(s) = a.peer_seq {
+                            assert!(s <= self.q_handled, "released before the peer handled it");
+                            if let Some(&lsn) = self.q_wrote.get(&s) {
+                                assert!(
+                                    lsn <= self.qlog.durable,
+                                    "released before the peer's log synced it"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+
+            fn drain(&mut self) {
+                for _ in 0..4 {
+                    for op in [Op::PEndRound, Op::PSync(4)] {
+                        self.apply(&op);
+                    }
+                    while !self.to_q.is_empty() {
+                        self.apply(&Op::QHandle);
+                    }
+                    for op in [Op::QEndRound, Op::QSync(4)] {
+                        self.apply(&op);
+                    }
+                    while !self.to_p.is_empty() {
+                        self.apply(&Op::PReceive);
+                    }
+                    self.check_safety();
+                }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+            #[test]
+            fn acknowledgements_are_released_only_when_safe_and_eventually(ops in proptest::collection::vec(op(), 0..80)) {
+                let mut w = World::new();
+                for op in &ops {
+                    w.apply(op);
+                    w.check_safety();
+                }
+                w.drain();
+                for conn in 0..3 {
+                    prop_assert_eq!(w.released(conn), w.acks[conn].len(), "connection {} still held", conn);
+                }
+                prop_assert_eq!(w.p.backlog() + w.q.backlog(), 0);
+                prop_assert!(!w.p.waiting() && !w.q.waiting());
+            }
+        }
     }
 }

@@ -7,7 +7,9 @@
 #   cargo build --release --workspace && benches/cost-per-message.sh
 #   SCEN="pairs --pairs 10" RATE=10000 benches/cost-per-message.sh         # the latency scenario
 #   BROKERS="coremq coremq-spin0 coremq-spin100 mosquitto" RUNS=3 benches/cost-per-message.sh
-# coremq-spinN is coremq with `idle_spin_us = N`; plain coremq runs its defaults.
+# coremq-spinN is coremq with `idle_spin_us = N`; plain coremq runs its defaults. null is `coremq-loadgen
+# null-broker`, a relay that only forwards QoS 0 frames to exact topics: the floor of what any broker can cost here
+# (pairs and fan-out only; it refuses wildcard filters).
 set -u
 # shellcheck source=benches/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -28,6 +30,7 @@ start_broker() {
   rm -rf "$DATA"
   case $1 in
     mosquitto) taskset -c 0 mosquitto -c "$CONF" >/dev/null 2>&1 & ;;
+    null) taskset -c 0 "$LG" null-broker --listen "127.0.0.1:$PORT" >/dev/null 2>&1 & ;;
     coremq) taskset -c 0 "$CQ" --listen "127.0.0.1:$PORT" --shards 1 --data-dir "$DATA" --log-level error >/dev/null 2>&1 & ;;
     coremq-spin*)
       printf 'idle_spin_us = %s\n' "${1#coremq-spin}" > "$SPINCONF"

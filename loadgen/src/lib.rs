@@ -8,6 +8,7 @@ pub mod client;
 pub mod clock;
 pub mod cpu;
 pub mod mqtt;
+pub mod null_broker;
 pub mod opts;
 pub mod pacing;
 pub mod payload;

@@ -5,7 +5,7 @@ use clap::Parser;
 use coremq_loadgen::opts::{Cli, Cmd, Common};
 use coremq_loadgen::run::{run_conn, run_pubsub, Plan, Scenario, Settings};
 use coremq_loadgen::stats::Report;
-use coremq_loadgen::{capacity, cpu, plot, table};
+use coremq_loadgen::{capacity, cpu, null_broker, plot, table};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -31,6 +31,10 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         }
         Cmd::Table(a) => {
             print!("{}", table::render(&table::load(&a.files)?));
+            return Ok(ExitCode::SUCCESS);
+        }
+        Cmd::NullBroker(a) => {
+            null_broker::main(&a)?;
             return Ok(ExitCode::SUCCESS);
         }
         Cmd::Conn(c) => (Scenario::Conn, c),

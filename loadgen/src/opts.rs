@@ -1,6 +1,7 @@
 //! Command line. Every load scenario shares `Common`; scenario defaults (how many publishers, which topic) are
 //! filled in by `run::Plan`.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -36,6 +37,9 @@ pub enum Cmd {
     Plot(PlotArgs),
     /// Print result files side by side as one table (used by benches/compare.sh).
     Table(TableArgs),
+    /// Featureless single-threaded QoS 0 relay (exact topics only): the latency/cost floor to compare brokers
+    /// against on this machine (benches/latency-floor.sh).
+    NullBroker(NullBrokerArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -202,6 +206,18 @@ pub struct PlotArgs {
 pub struct TableArgs {
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct NullBrokerArgs {
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    pub listen: SocketAddr,
+    /// Pin the relay's one thread to this CPU.
+    #[arg(long)]
+    pub cpu: Option<usize>,
+    /// Seconds to serve (0 = until SIGINT/SIGTERM).
+    #[arg(long, default_value_t = 0.0)]
+    pub duration: f64,
 }
 
 /// Parses `1`, `2,3`, `4-7`, `0,2-3` into CPU ids.

@@ -6,7 +6,11 @@
 # on this shared VM one host stall fails a 4 s step. Both brokers hold up to 100,000 messages per client (mosquitto
 # `max_queued_messages`, coremq `--max-queued-messages`).
 #
+# BROKERS may include null (`coremq-loadgen null-broker`, a relay that only forwards QoS 0 to exact topics: the
+# ceiling this machine and the loadgen allow; it runs fanout and pairs only). SCENARIOS picks scenarios.
+#
 #   cargo build --release --workspace && benches/issue4-findmax.sh        # MODE=unpinned RUNS=1 BROKERS=coremq
+#   BROKERS="null coremq mosquitto" SCENARIOS=pairs benches/issue4-findmax.sh
 set -u
 # shellcheck source=benches/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -30,6 +34,7 @@ start_broker() {
     mosquitto) "${BROKER_PIN[@]}" mosquitto -c "$CONF" >/dev/null 2>&1 & ;;
     # Unpinned coremq runs one shard per CPU (2 here); pinned, the one CPU it may use.
     coremq) "${BROKER_PIN[@]}" "$CQ" --listen "127.0.0.1:$PORT" --data-dir "$DATA" --max-queued-messages 100000 --log-level error >/dev/null 2>&1 & ;;
+    null) "${BROKER_PIN[@]}" "$LG" null-broker --listen "127.0.0.1:$PORT" >/dev/null 2>&1 & ;;
     *) echo "unknown broker $1" >&2; exit 2 ;;
   esac
   BPID=$!
@@ -48,10 +53,16 @@ run() {
 for i in $(seq "$RUNS"); do
   for b in ${BROKERS:-mosquitto coremq}; do
     echo "# run $i: $b ($MODE)" >&2
-    run "$b" fanin --publishers 8 --qos 0
-    run "$b" fanout --subscribers 100 --qos 0
-    run "$b" pairs --pairs 100 --qos 0
-    run "$b" fanin --publishers 8 --qos 1
+    for sc in ${SCENARIOS:-fanin0 fanout pairs fanin1}; do
+      case $b/$sc in
+        null/fanin*) ;; # wildcard subscription and QoS 1: not something the null broker does
+        */fanin0) run "$b" fanin --publishers 8 --qos 0 ;;
+        */fanout) run "$b" fanout --subscribers 100 --qos 0 ;;
+        */pairs) run "$b" pairs --pairs 100 --qos 0 ;;
+        */fanin1) run "$b" fanin --publishers 8 --qos 1 ;;
+        *) echo "unknown scenario $sc" >&2; exit 2 ;;
+      esac
+    done
   done
 done
 echo "results: $OUT" >&2

@@ -23,25 +23,11 @@ TMP="$(mktemp -d)"
 mosquitto_conf "$PORT" > "$CONF"
 trap 'stop_broker; rm -rf "$CONF" "$SPINCONF" "$DATA" "$TMP"' EXIT
 
-start_broker() {
-  rm -rf "$DATA"
-  case $1 in
-    null) taskset -c 0 "$LG" null-broker --listen "127.0.0.1:$PORT" >/dev/null 2>&1 & ;;
-    mosquitto) taskset -c 0 mosquitto -c "$CONF" >/dev/null 2>&1 & ;;
-    coremq) taskset -c 0 "$CQ" --listen "127.0.0.1:$PORT" --shards 1 --data-dir "$DATA" --log-level error >/dev/null 2>&1 & ;;
-    coremq-spin*)
-      printf 'idle_spin_us = %s\n' "${1#coremq-spin}" > "$SPINCONF"
-      taskset -c 0 "$CQ" --listen "127.0.0.1:$PORT" --shards 1 --data-dir "$DATA" --config "$SPINCONF" --log-level error >/dev/null 2>&1 & ;;
-    *) echo "unknown broker $1" >&2; exit 2 ;;
-  esac
-  BPID=$!
-  sleep 0.7
-}
 
 printf '%-14s %9s %7s %8s %9s %9s\n' broker received lost p50_us p99_us p999_us
 for _ in $(seq "$RUNS"); do
   for b in ${BROKERS:-null coremq coremq-spin100 mosquitto}; do
-    start_broker "$b"
+    start_one_core_broker "$b"
     taskset -c 1 "$LG" pairs --pairs 10 --qos 0 --rate "$RATE" --duration "$DUR" --warmup 1 --threads 1 \
       --broker "127.0.0.1:$PORT" --label "$b" --json 2>/dev/null | tail -1 > "$TMP/run.json"
     stop_broker

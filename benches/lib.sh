@@ -35,3 +35,22 @@ mosquitto_conf() {
     printf 'persistence false\n'
   fi
 }
+
+# start_one_core_broker NAME: one broker alone on CPU 0, pid in BPID. NAME is mosquitto (config in $CONF), null
+# (`coremq-loadgen null-broker`, the floor), coremq (1 shard, its defaults) or coremq-spinN (`idle_spin_us = N`,
+# written to $SPINCONF). coremq keeps its log in $DATA, emptied first.
+start_one_core_broker() {
+  rm -rf "$DATA"
+  local cq=(taskset -c 0 "$CQ" --listen "127.0.0.1:$PORT" --shards 1 --data-dir "$DATA" --log-level error)
+  case $1 in
+    mosquitto) taskset -c 0 mosquitto -c "$CONF" >/dev/null 2>&1 & ;;
+    null) taskset -c 0 "$LG" null-broker --listen "127.0.0.1:$PORT" >/dev/null 2>&1 & ;;
+    coremq) "${cq[@]}" >/dev/null 2>&1 & ;;
+    coremq-spin*)
+      printf 'idle_spin_us = %s\n' "${1#coremq-spin}" > "$SPINCONF"
+      "${cq[@]}" --config "$SPINCONF" >/dev/null 2>&1 & ;;
+    *) echo "unknown broker $1" >&2; exit 2 ;;
+  esac
+  BPID=$!
+  sleep 0.7
+}

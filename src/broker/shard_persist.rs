@@ -1154,6 +1154,30 @@ mod tests {
         }
     }
 
+    /// Two shards with synced logs: on shard 1 a clean subscriber to `clean/+` and a persistent one to `kept/+`;
+    /// on shard 0 a persistent one to `mine/+`.
+    fn two_shards_with_subscribers(dir: &std::path::Path) -> (Shard, Shard) {
+        let mut s0 = two_shard_member(&dir.join("0"), 0, 1 << 20);
+        let mut s1 = two_shard_member(&dir.join("1"), 1, 1 << 20);
+        let clean_sub = connect(&mut s1, 1, &id_on("csub", 1), true);
+        s1.on_bytes(clean_sub, &mut subscribe("clean/+", QoS::AtLeastOnce));
+        let durable_sub = connect(&mut s1, 2, &id_on("dsub", 1), false);
+        s1.on_bytes(durable_sub, &mut subscribe("kept/+", QoS::AtLeastOnce));
+        let local_sub = connect(&mut s0, 3, &id_on("lsub", 0), false);
+        s0.on_bytes(local_sub, &mut subscribe("mine/+", QoS::AtLeastOnce));
+        shuttle(&mut s0, &mut s1, [true, true]);
+        (s0, s1)
+    }
+
+    fn pubacks(got: &[Packet]) -> Vec<u16> {
+        got.iter()
+            .filter_map(|p| match p {
+                Packet::PubAck(r) => Some(r.packet_id),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn publish_to(topic: &str, qos: QoS, id: u16, payload: &[u8]) -> BytesMut {
         frame(&Packet::Publish(Publish {
             dup: false,
@@ -1188,24 +1212,8 @@ mod tests {
     /// still waits for it.
     #[test]
     fn a_cross_shard_publish_waits_only_for_the_records_it_wrote() {
-        let acks = |got: &[Packet]| -> Vec<u16> {
-            got.iter()
-                .filter_map(|p| match p {
-                    Packet::PubAck(r) => Some(r.packet_id),
-                    _ => None,
-                })
-                .collect()
-        };
         let dir = tempfile::tempdir().unwrap();
-        let mut s0 = two_shard_member(&dir.path().join("0"), 0, 1 << 20);
-        let mut s1 = two_shard_member(&dir.path().join("1"), 1, 1 << 20);
-        let clean_sub = connect(&mut s1, 1, &id_on("csub", 1), true);
-        s1.on_bytes(clean_sub, &mut subscribe("clean/+", QoS::AtLeastOnce));
-        let durable_sub = connect(&mut s1, 2, &id_on("dsub", 1), false);
-        s1.on_bytes(durable_sub, &mut subscribe("kept/+", QoS::AtLeastOnce));
-        let local_sub = connect(&mut s0, 3, &id_on("lsub", 0), false);
-        s0.on_bytes(local_sub, &mut subscribe("mine/+", QoS::AtLeastOnce));
-        shuttle(&mut s0, &mut s1, [true, true]);
+        let (mut s0, mut s1) = two_shards_with_subscribers(dir.path());
         // Shard 1's own traffic leaves records in its log that are not synced below.
         let local = connect(&mut s1, 4, &id_on("lpub", 1), true);
         s1.on_bytes(local, &mut publish_to("kept/1", QoS::AtLeastOnce, 1, b"x"));
@@ -1220,49 +1228,35 @@ mod tests {
         s0.on_bytes(q, &mut publish_to("clean/2", QoS::AtLeastOnce, 9, b"x"));
         shuttle(&mut s0, &mut s1, [false, false]);
         assert_eq!(
-            acks(&take_output(&mut s0, q)),
+            pubacks(&take_output(&mut s0, q)),
             vec![9],
             "clean traffic waited for a log"
         );
         assert_eq!(
-            acks(&take_output(&mut s0, p)),
+            pubacks(&take_output(&mut s0, p)),
             Vec::<u16>::new(),
             "6 waits for shard 0's log and 7 behind it"
         );
         shuttle(&mut s0, &mut s1, [true, false]);
-        assert_eq!(acks(&take_output(&mut s0, p)), vec![6, 7]);
+        assert_eq!(pubacks(&take_output(&mut s0, p)), vec![6, 7]);
         // To a persistent subscriber on shard 1: waits for shard 1's log.
         s0.on_bytes(p, &mut publish_to("kept/2", QoS::AtLeastOnce, 8, b"x"));
         shuttle(&mut s0, &mut s1, [true, false]);
         assert_eq!(
-            acks(&take_output(&mut s0, p)),
+            pubacks(&take_output(&mut s0, p)),
             Vec::<u16>::new(),
             "acknowledged before the peer's log holds it"
         );
         shuttle(&mut s0, &mut s1, [true, true]);
-        assert_eq!(acks(&take_output(&mut s0, p)), vec![8]);
+        assert_eq!(pubacks(&take_output(&mut s0, p)), vec![8]);
     }
 
     /// Mixed traffic between two shards: a clean message does not wait behind an earlier one, from another
     /// publisher on the same shard, that wrote to the peer's log (confirmations are not one cumulative number).
     #[test]
     fn a_clean_cross_shard_publish_does_not_wait_behind_a_persistent_one() {
-        let acks = |got: &[Packet]| -> Vec<u16> {
-            got.iter()
-                .filter_map(|p| match p {
-                    Packet::PubAck(r) => Some(r.packet_id),
-                    _ => None,
-                })
-                .collect()
-        };
         let dir = tempfile::tempdir().unwrap();
-        let mut s0 = two_shard_member(&dir.path().join("0"), 0, 1 << 20);
-        let mut s1 = two_shard_member(&dir.path().join("1"), 1, 1 << 20);
-        let clean_sub = connect(&mut s1, 1, &id_on("csub", 1), true);
-        s1.on_bytes(clean_sub, &mut subscribe("clean/+", QoS::AtLeastOnce));
-        let durable_sub = connect(&mut s1, 2, &id_on("dsub", 1), false);
-        s1.on_bytes(durable_sub, &mut subscribe("kept/+", QoS::AtLeastOnce));
-        shuttle(&mut s0, &mut s1, [true, true]);
+        let (mut s0, mut s1) = two_shards_with_subscribers(dir.path());
         let p = connect(&mut s0, 5, &id_on("p", 0), true);
         let q = connect(&mut s0, 6, &id_on("q", 0), true);
         take_output(&mut s0, p);
@@ -1276,17 +1270,17 @@ mod tests {
         s0.on_bytes(q, &mut publish_to("clean/2", QoS::AtLeastOnce, 4, b"x"));
         shuttle(&mut s0, &mut s1, [true, false]);
         assert_eq!(
-            acks(&take_output(&mut s0, q)),
+            pubacks(&take_output(&mut s0, q)),
             vec![2, 4],
             "clean traffic waited for the peer's log"
         );
         assert_eq!(
-            acks(&take_output(&mut s0, p)),
+            pubacks(&take_output(&mut s0, p)),
             Vec::<u16>::new(),
             "acknowledged before the peer's log holds it"
         );
         shuttle(&mut s0, &mut s1, [true, true]);
-        assert_eq!(acks(&take_output(&mut s0, p)), vec![1, 3]);
+        assert_eq!(pubacks(&take_output(&mut s0, p)), vec![1, 3]);
         assert_eq!(s0.dur.backlog() + s1.dur.backlog(), 0);
     }
 

@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod common;
+use common::{loadgen, n};
+
 fn mosquitto_binary() -> Option<PathBuf> {
     let candidates = [
         "/usr/sbin/mosquitto",
@@ -93,31 +96,6 @@ fn start_mosquitto() -> Option<Broker> {
         std::thread::sleep(Duration::from_millis(20));
     }
     Some(broker)
-}
-
-fn loadgen(args: &[&str]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_coremq-loadgen"))
-        .args(args)
-        .args(["--json", "--quiet"])
-        .output()
-        .expect("run coremq-loadgen");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "loadgen {args:?} failed: {}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let line = stdout
-        .lines()
-        .last()
-        .unwrap_or_else(|| panic!("no output from {args:?}"));
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("bad JSON {line:?}: {e}"))
-}
-
-fn n(v: &Value, key: &str) -> u64 {
-    v[key]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{key} missing in {v}"))
 }
 
 fn assert_exact(v: &Value, sent: u64, expected: u64) {

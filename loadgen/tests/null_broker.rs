@@ -4,7 +4,6 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -17,6 +16,9 @@ use coremq_loadgen::mqtt::{
 };
 use coremq_loadgen::null_broker::NullBroker;
 use serde_json::Value;
+
+mod common;
+use common::{loadgen, n};
 
 struct Relay {
     addr: SocketAddr,
@@ -45,28 +47,6 @@ fn start() -> Relay {
         stop,
         thread: Some(thread),
     }
-}
-
-fn loadgen(args: &[&str]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_coremq-loadgen"))
-        .args(args)
-        .args(["--json", "--quiet"])
-        .output()
-        .expect("run coremq-loadgen");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "loadgen {args:?} failed: {}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let line = stdout.lines().last().expect("no output");
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("bad JSON {line:?}: {e}"))
-}
-
-fn n(v: &Value, key: &str) -> u64 {
-    v[key]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{key} missing in {v}"))
 }
 
 fn assert_exact(v: &Value, sent: u64) {

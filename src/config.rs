@@ -26,6 +26,7 @@ pub struct Config {
     pub max_queued_messages: usize,
     pub queue_overflow: OverflowPolicy,
     pub offline_overflow: OverflowPolicy,
+    pub qos0_overflow: OverflowPolicy,
     pub max_out_buffer: usize,
     pub max_subscriptions_per_session: usize,
     pub max_retained_messages: usize,
@@ -139,6 +140,9 @@ impl Config {
         if self.offline_overflow == OverflowPolicy::Backpressure {
             return bad("offline_overflow", "cannot be \"backpressure\": an offline session reads nothing; use \"drop-newest\" or \"drop-oldest\"");
         }
+        if self.qos0_overflow == OverflowPolicy::DropOldest {
+            return bad("qos0_overflow", "must be \"drop-newest\" or \"backpressure\" (the oldest queued message may be a QoS 1/2 one)");
+        }
         if self.max_out_buffer < 1024 {
             return bad("max_out_buffer", "must be at least 1024 bytes");
         }
@@ -199,6 +203,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("offline_overflow"), "{e}");
+        let e = Config::from_toml_str("qos0_overflow = \"drop-oldest\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("qos0_overflow"), "{e}");
+        let c = Config::from_toml_str("qos0_overflow = \"backpressure\"").unwrap();
+        assert_eq!(c.qos0_overflow, OverflowPolicy::Backpressure);
         let e = Config::from_toml_str("listen = [\"nope\"]")
             .unwrap_err()
             .to_string();

@@ -58,6 +58,9 @@ pub struct ShardConfig {
     pub overflow: OverflowPolicy,
     /// Offline sessions cannot exert backpressure: their full queues drop (oldest or newest).
     pub offline_overflow: OverflowPolicy,
+    /// QoS 0 for an online session whose queue is full: dropped (`DropNewest`, counted) or `Backpressure` like
+    /// QoS 1/2. Offline sessions always drop QoS 0.
+    pub qos0_overflow: OverflowPolicy,
     /// Bytes encoded ahead into a connection's output buffer before the rest waits in the session queue.
     pub max_out_buffer: usize,
     pub max_subscriptions_per_session: usize,
@@ -80,6 +83,7 @@ impl Default for ShardConfig {
             max_in_transit: 16384,
             overflow: OverflowPolicy::Backpressure,
             offline_overflow: OverflowPolicy::DropNewest,
+            qos0_overflow: OverflowPolicy::DropNewest,
             max_out_buffer: 64 * 1024,
             max_subscriptions_per_session: 1024,
             max_sessions: 1 << 20,
@@ -1430,16 +1434,22 @@ impl Shard {
         let shard_id = self.cfg.shard_id;
         let overflow = self.cfg.overflow;
         let offline_overflow = self.cfg.offline_overflow;
+        let qos0_backpressure = self.cfg.qos0_overflow == OverflowPolicy::Backpressure;
         let mut dropped = None;
         let s = self.sessions[sidx as usize].as_mut().expect("live session");
         let online = s.conn.is_some();
         if s.backlog() >= soft {
-            if q.qos == QoS::AtMostOnce {
+            let qos0 = q.qos == QoS::AtMostOnce;
+            if qos0 && !(online && qos0_backpressure) {
                 self.stats.dropped_qos0 += 1;
                 s.dropped += 1;
                 return;
             }
-            let policy = if online { overflow } else { offline_overflow };
+            let policy = match (qos0, online) {
+                (true, _) => OverflowPolicy::Backpressure,
+                (false, true) => overflow,
+                (false, false) => offline_overflow,
+            };
             match policy {
                 OverflowPolicy::DropNewest => {
                     if online {
@@ -1468,7 +1478,11 @@ impl Shard {
                 OverflowPolicy::Backpressure => {
                     if s.backlog() >= hard {
                         // Publishers overshot the soft bound by more than the pause could stop: bounded memory wins.
-                        self.stats.dropped_qos12 += 1;
+                        if qos0 {
+                            self.stats.dropped_qos0 += 1;
+                        } else {
+                            self.stats.dropped_qos12 += 1;
+                        }
                         s.dropped += 1;
                         return;
                     }
@@ -2047,6 +2061,117 @@ mod output_bound {
         let mut empty = BytesMut::new();
         shard.on_bytes(key, &mut empty);
         assert!(shard.stats.publishes_in > 0);
+    }
+}
+
+#[cfg(test)]
+mod qos0_overflow {
+    use super::*;
+    use crate::codec::{SubscribeFilter, SubscriptionOptions};
+
+    const V: ProtocolVersion = ProtocolVersion::V3_1_1;
+
+    fn frame(p: &Packet) -> BytesMut {
+        let mut b = BytesMut::new();
+        codec::encode(p, V, &mut b).unwrap();
+        b
+    }
+
+    fn connect(shard: &mut Shard, io: u64, id: &str) -> ConnKey {
+        let key = shard.accept(io);
+        let c = Connect {
+            protocol: V,
+            clean_start: true,
+            keep_alive: 0,
+            client_id: id.into(),
+            will: None,
+            username: None,
+            password: None,
+            properties: None,
+        };
+        shard.on_bytes(key, &mut frame(&Packet::Connect(Box::new(c))));
+        key
+    }
+
+    /// Takes the connection's output, as if written, and counts the PUBLISHes in it.
+    fn drain(shard: &mut Shard, key: ConnKey) -> usize {
+        let mut out = std::mem::take(shard.out_buf(key).unwrap());
+        shard.flushed(key);
+        let mut d = Decoder::new_client(V, 1 << 20);
+        std::iter::from_fn(|| d.decode(&mut out).unwrap())
+            .filter(|p| matches!(p, Packet::Publish(_)))
+            .count()
+    }
+
+    /// A subscriber that reads slowly, 600 QoS 0 messages at it, a queue bound of 10: with `DropNewest` the
+    /// publisher is never slowed and the excess is counted as dropped; with `Backpressure` the publisher stops
+    /// being read until the subscriber catches up, and every message arrives.
+    fn run(policy: OverflowPolicy) -> (usize, u64, bool) {
+        let mut shard = Shard::new(ShardConfig {
+            max_queued_messages: 10,
+            max_out_buffer: 1024,
+            qos0_overflow: policy,
+            ..ShardConfig::default()
+        });
+        let sub = connect(&mut shard, 1, "sub");
+        let subscribe = Subscribe {
+            packet_id: 1,
+            filters: vec![SubscribeFilter {
+                filter: "t".into(),
+                options: SubscriptionOptions {
+                    qos: QoS::AtMostOnce,
+                    ..Default::default()
+                },
+            }],
+            properties: None,
+        };
+        shard.on_bytes(sub, &mut frame(&Packet::Subscribe(subscribe)));
+        drain(&mut shard, sub);
+        let publisher = connect(&mut shard, 2, "pub");
+        let mut input = BytesMut::new();
+        for i in 0..600u32 {
+            input.extend_from_slice(&frame(&Packet::Publish(Publish {
+                dup: false,
+                qos: QoS::AtMostOnce,
+                retain: false,
+                topic: "t".into(),
+                packet_id: 0,
+                properties: None,
+                payload: bytes::Bytes::from(format!("{i:0>64}")),
+            })));
+        }
+        shard.on_bytes(publisher, &mut input);
+        let was_paused = !shard.can_read(publisher);
+        let mut delivered = 0;
+        let mut resumed = Vec::new();
+        for _ in 0..10_000 {
+            delivered += drain(&mut shard, sub);
+            shard.take_resumed(&mut resumed);
+            for k in resumed.drain(..) {
+                shard.on_bytes(k, &mut BytesMut::new());
+            }
+            if !shard.has_partial(publisher) && shard.out_buf(sub).unwrap().is_empty() {
+                break;
+            }
+        }
+        delivered += drain(&mut shard, sub);
+        (delivered, shard.stats.dropped_qos0, was_paused)
+    }
+
+    #[test]
+    fn qos0_is_dropped_and_counted_by_default() {
+        let (delivered, dropped, paused) = run(OverflowPolicy::DropNewest);
+        assert!(!paused, "a QoS 0 publisher is never slowed by default");
+        assert!(dropped > 0);
+        assert_eq!(delivered as u64 + dropped, 600);
+    }
+
+    #[test]
+    fn qos0_backpressure_slows_the_publisher_and_loses_nothing() {
+        let (delivered, dropped, paused) = run(OverflowPolicy::Backpressure);
+        assert!(paused, "the publisher was not paused");
+        assert_eq!(dropped, 0);
+        assert_eq!(delivered, 600);
     }
 }
 

@@ -163,6 +163,7 @@ pub fn shard_config(cfg: &Config, shard_id: u16, shards: u16) -> ShardConfig {
         max_in_transit: cfg.mesh_capacity + shard_loop::IN_TRANSIT_SLACK,
         overflow: cfg.queue_overflow,
         offline_overflow: cfg.offline_overflow,
+        qos0_overflow: cfg.qos0_overflow,
         max_out_buffer: cfg.max_out_buffer,
         max_subscriptions_per_session: cfg.max_subscriptions_per_session,
         max_sessions: cfg.max_connections as usize,

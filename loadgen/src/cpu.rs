@@ -43,14 +43,27 @@ extern "C" fn on_sigint(_: libc::c_int) {
 /// First Ctrl-C ends the run early and still prints the report (clients disconnect cleanly); the default
 /// action is restored so a second Ctrl-C kills the process.
 pub fn catch_sigint() {
+    catch_signals(&[libc::SIGINT]);
+}
+
+/// Each of `signals` sets the stop flag (`interrupted`, `stop_flag`) once, then has its default action back. No
+/// SA_RESTART, so a blocking wait (epoll_wait) returns EINTR and its loop sees the flag.
+pub fn catch_signals(signals: &[libc::c_int]) {
     // SAFETY: installing a handler that only stores to an atomic.
     unsafe {
         let mut sa: libc::sigaction = std::mem::zeroed();
         sa.sa_sigaction = on_sigint as *const () as usize;
         sa.sa_flags = libc::SA_RESETHAND;
         libc::sigemptyset(&mut sa.sa_mask);
-        libc::sigaction(libc::SIGINT, &sa, std::ptr::null_mut());
+        for &sig in signals {
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
     }
+}
+
+/// The flag the caught signals set.
+pub fn stop_flag() -> &'static std::sync::atomic::AtomicBool {
+    &INTERRUPTED
 }
 
 pub fn interrupted() -> bool {

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,7 @@ use coremq::codec::{
     encode, fixed_header, ConnAck, Decoder, FixedHeader, Packet, ProtocolVersion, ReasonCode,
     SubAck, UnsubAck,
 };
+use coremq::server::netpoll::{self, Epoll};
 
 use crate::opts::NullBrokerArgs;
 
@@ -31,7 +32,6 @@ const MAX_FRAME: u32 = 16 << 20;
 /// Unsent output beyond which a subscriber is too slow and is closed: bytes are never dropped silently.
 const MAX_PENDING: usize = 16 << 20;
 const LISTENER: u64 = u64::MAX;
-const ET_FLAGS: u32 = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLET | libc::EPOLLRDHUP) as u32;
 
 struct Conn {
     stream: TcpStream,
@@ -64,7 +64,8 @@ type Closed = Option<String>;
 
 pub struct NullBroker {
     listener: TcpListener,
-    epoll: OwnedFd,
+    /// coremq's own shard readiness set: edge-triggered connections, registered once.
+    epoll: Epoll,
     /// Slab indexed by epoll token; freed slots are reused only after the round that closed them.
     conns: Vec<Option<Conn>>,
     free: Vec<usize>,
@@ -79,8 +80,7 @@ impl NullBroker {
     pub fn bind(addr: SocketAddr) -> io::Result<NullBroker> {
         let listener = TcpListener::bind(addr)?;
         listener.set_nonblocking(true)?;
-        // SAFETY: epoll_create1 has no preconditions; a fresh fd that nothing else owns.
-        let epoll = unsafe { OwnedFd::from_raw_fd(cvt(libc::epoll_create1(libc::EPOLL_CLOEXEC))?) };
+        let epoll = Epoll::new()?;
         let b = NullBroker {
             listener,
             epoll,
@@ -92,8 +92,7 @@ impl NullBroker {
             closing: Vec::new(),
             warned_qos: false,
         };
-        let listen = (libc::EPOLLIN | libc::EPOLLET) as u32;
-        b.watch(b.listener.as_raw_fd(), LISTENER, listen)?;
+        b.epoll.add_listener(b.listener.as_raw_fd(), LISTENER)?;
         Ok(b)
     }
 
@@ -101,17 +100,10 @@ impl NullBroker {
         self.listener.local_addr()
     }
 
-    fn watch(&self, fd: i32, token: u64, events: u32) -> io::Result<()> {
-        let mut ev = libc::epoll_event { events, u64: token };
-        let ep = self.epoll.as_raw_fd();
-        // SAFETY: both fds are open; the kernel copies `ev`.
-        cvt(unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) }).map(drop)
-    }
-
     /// Serves until `stop` is set or `deadline` passes. One round: handle every ready event, then write what the
     /// round queued for each connection (one write per subscriber per round), then close what has to close.
     pub fn run(mut self, deadline: Option<Instant>, stop: &AtomicBool) -> io::Result<()> {
-        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+        let mut events = Vec::with_capacity(256);
         while !stop.load(Ordering::Relaxed) {
             // Bounded wait: a stop signal landing just before epoll_wait is still seen within 0.5 s.
             let mut wait = Duration::from_millis(500);
@@ -122,24 +114,19 @@ impl NullBroker {
                 }
             }
             let ms = wait.as_micros().div_ceil(1000) as i32;
-            let ep = self.epoll.as_raw_fd();
-            // SAFETY: `events` outlives the call and its length is passed.
-            let n = match cvt(unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), 256, ms) }) {
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                n => n? as usize,
-            };
-            for ev in &events[..n] {
+            // A signal ends the wait early with no events; the loop then sees `stop`.
+            self.epoll.wait(&mut events, ms)?;
+            for ev in &events {
                 let (token, flags) = (ev.u64, ev.events);
                 if token == LISTENER {
                     self.accept();
                     continue;
                 }
                 let idx = token as usize;
-                let hangup = (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
-                if flags & (libc::EPOLLIN as u32 | hangup) != 0 {
-                    self.read(idx, flags & hangup != 0);
+                if flags & netpoll::READABLE != 0 {
+                    self.read(idx, flags & netpoll::HANGUP != 0);
                 }
-                let out = flags & libc::EPOLLOUT as u32 != 0;
+                let out = flags & netpoll::WRITABLE != 0;
                 if out && self.conns[idx].as_ref().is_some_and(|c| c.blocked) {
                     self.flush(idx);
                 }
@@ -174,8 +161,8 @@ impl NullBroker {
             self.conns.push(None);
             self.conns.len() - 1
         });
-        // Everything edge-triggered from the start: no epoll_ctl when a write blocks or unblocks.
-        self.watch(stream.as_raw_fd(), idx as u64, ET_FLAGS)?;
+        // Edge-triggered for reads and writes from the start: no epoll_ctl when a write blocks or unblocks.
+        self.epoll.add_conn(stream.as_raw_fd(), idx as u64)?;
         self.conns[idx] = Some(Conn {
             stream,
             peer,
@@ -396,17 +383,6 @@ impl NullBroker {
     }
 }
 
-fn cvt(r: i32) -> io::Result<i32> {
-    (r >= 0).then_some(r).ok_or_else(io::Error::last_os_error)
-}
-
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_stop(_: libc::c_int) {
-    // Only an atomic store: async-signal-safe.
-    STOP.store(true, Ordering::Relaxed);
-}
-
 /// The `null-broker` command: pin, bind, serve until SIGINT/SIGTERM or `--duration`.
 pub fn main(a: &NullBrokerArgs) -> Result<(), String> {
     if let Some(cpu) = a.cpu {
@@ -422,17 +398,9 @@ pub fn main(a: &NullBrokerArgs) -> Result<(), String> {
     crate::cpu::raise_nofile();
     let broker = NullBroker::bind(a.listen).map_err(|e| format!("{}: {e}", a.listen))?;
     let addr = broker.local_addr().map_err(|e| e.to_string())?;
-    // SAFETY: installing a handler that only stores to an atomic; no SA_RESTART, so epoll_wait returns EINTR.
-    unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = on_stop as *const () as usize;
-        sa.sa_flags = libc::SA_RESETHAND;
-        libc::sigemptyset(&mut sa.sa_mask);
-        libc::sigaction(libc::SIGINT, &sa, std::ptr::null_mut());
-        libc::sigaction(libc::SIGTERM, &sa, std::ptr::null_mut());
-    }
+    crate::cpu::catch_signals(&[libc::SIGINT, libc::SIGTERM]);
     eprintln!("null-broker: listening on {addr} (QoS 0, exact topics only)");
     let deadline = (a.duration > 0.0).then(|| Instant::now() + Duration::from_secs_f64(a.duration));
-    let served = broker.run(deadline, &STOP);
+    let served = broker.run(deadline, crate::cpu::stop_flag());
     served.map_err(|e| format!("epoll: {e}"))
 }

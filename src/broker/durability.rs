@@ -89,7 +89,6 @@ struct ReceivedFrom {
 }
 
 pub struct Durability {
-    shard: u16,
     round: u64,
     /// ... a hold of the current round vouches for local records, so the round needs an LSN barrier.
     local_hold_this_round: bool,
@@ -115,10 +114,9 @@ pub struct Durability {
 }
 
 impl Durability {
-    pub fn new(shard: u16, shards: u16) -> Self {
+    pub fn new(shards: u16) -> Self {
         let n = shards.max(1) as usize;
         Durability {
-            shard,
             round: 1,
             local_hold_this_round: false,
             lsn_barriers: VecDeque::new(),
@@ -352,12 +350,12 @@ impl Durability {
         if !moved {
             return;
         }
-        let (lsn_round, sent_to, me) = (self.lsn_round, &self.sent_to, self.shard);
+        let (lsn_round, sent_to) = (self.lsn_round, &self.sent_to);
         let ready = |h: &Hold| {
             (!h.local || h.round <= lsn_round)
                 && h.peers
                     .iter()
-                    .all(|n| n.peer == me || sent_to[n.peer as usize].covers(n.lo, n.hi))
+                    .all(|n| sent_to[n.peer as usize].covers(n.lo, n.hi))
         };
         self.held.retain(|&conn, marks| {
             let mut freed = false;
@@ -419,7 +417,7 @@ mod tests {
 
     #[test]
     fn a_hold_waits_for_the_local_log_and_keeps_order() {
-        let mut d = Durability::new(0, 1);
+        let mut d = Durability::new(1);
         let c = k(1);
         // 10 bytes already written before the hold may go; the held PUBACK and everything after it waits.
         d.hold(c, 10, true);
@@ -436,7 +434,7 @@ mod tests {
 
     #[test]
     fn a_hold_waits_for_every_peer_it_sent_to() {
-        let mut d = Durability::new(0, 3);
+        let mut d = Durability::new(3);
         let c = k(1);
         d.start_publish();
         let s1 = d.next_seq(1);
@@ -457,7 +455,7 @@ mod tests {
 
     #[test]
     fn holds_of_a_later_round_are_released_after_earlier_ones() {
-        let mut d = Durability::new(0, 1);
+        let mut d = Durability::new(1);
         let c = k(1);
         d.hold(c, 0, true);
         end(&mut d, 10);
@@ -471,7 +469,7 @@ mod tests {
 
     #[test]
     fn answers_to_peers_say_what_wrote_and_durable_confirmations_wait_for_the_log() {
-        let mut d = Durability::new(1, 2);
+        let mut d = Durability::new(2);
         d.on_peer_msg(0, 5, true);
         d.on_peer_msg(0, 6, true);
         d.on_peer_msg(0, 7, false);
@@ -493,7 +491,7 @@ mod tests {
 
     #[test]
     fn a_hold_that_vouches_only_for_peers_does_not_wait_for_the_local_log() {
-        let mut d = Durability::new(0, 2);
+        let mut d = Durability::new(2);
         let (a, b) = (k(1), k(2));
         // Round 1: connection a's acknowledgement vouches for a local record (LSN 100, not durable yet).
         d.start_publish();
@@ -528,7 +526,7 @@ mod tests {
     fn a_peer_message_that_wrote_nothing_does_not_wait_behind_one_that_did() {
         // Publisher p's message to peer 1 writes there (a persistent subscriber), q's does not; q's comes later
         // in the same round and again in the next round.
-        let mut d = Durability::new(0, 2);
+        let mut d = Durability::new(2);
         let (p, q) = (k(1), k(2));
         d.start_publish();
         let sp = d.next_seq(1);
@@ -557,7 +555,7 @@ mod tests {
 
     #[test]
     fn merged_holds_of_one_round_wait_for_everything_either_needs() {
-        let mut d = Durability::new(0, 3);
+        let mut d = Durability::new(3);
         let (c, other) = (k(1), k(2));
         d.start_publish();
         let a = d.next_seq(1);
@@ -585,7 +583,7 @@ mod tests {
 
     #[test]
     fn a_partial_durable_confirmation_trims_an_unsynced_range() {
-        let mut d = Durability::new(0, 2);
+        let mut d = Durability::new(2);
         let (x, y) = (k(1), k(2));
         d.start_publish();
         let sx = d.next_seq(1);
@@ -606,7 +604,7 @@ mod tests {
 
     #[test]
     fn nothing_is_released_before_the_peer_answered_for_it() {
-        let mut d = Durability::new(0, 2);
+        let mut d = Durability::new(2);
         let c = k(1);
         d.start_publish();
         let s = d.next_seq(1);
@@ -625,7 +623,7 @@ mod tests {
 
     #[test]
     fn a_round_whose_messages_all_wrote_is_answered_by_its_durable_confirmation_alone() {
-        let mut q = Durability::new(1, 2);
+        let mut q = Durability::new(2);
         q.on_peer_msg(0, 1, true);
         q.on_peer_msg(0, 2, true);
         assert!(
@@ -648,7 +646,7 @@ mod tests {
         assert_eq!(end_answers(&mut q, 30), vec![(0, 6, vec![])]);
 
         // The publisher side: a Durable alone releases a hold whose messages all wrote.
-        let mut p = Durability::new(0, 2);
+        let mut p = Durability::new(2);
         let c = k(1);
         p.start_publish();
         let s = p.next_seq(1);
@@ -741,8 +739,8 @@ mod tests {
         impl World {
             fn new() -> Self {
                 World {
-                    p: Durability::new(0, 2),
-                    q: Durability::new(1, 2),
+                    p: Durability::new(2),
+                    q: Durability::new(2),
                     plog: Log::default(),
                     qlog: Log::default(),
                     acks: vec![Vec::new(); 3],

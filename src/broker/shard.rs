@@ -369,7 +369,7 @@ pub struct Shard {
 
 impl Shard {
     pub fn new(cfg: ShardConfig) -> Self {
-        let (cfg_shard, cfg_shards) = (cfg.shard_id, cfg.shards);
+        let cfg_shards = cfg.shards;
         Shard {
             wheel: Wheel::new(4096),
             cfg,
@@ -393,7 +393,7 @@ impl Shard {
             hits: Vec::new(),
             stats: Stats::default(),
             store: None,
-            dur: Durability::new(cfg_shard, cfg_shards),
+            dur: Durability::new(cfg_shards),
             epoch_unix: 0,
             cur_body: None,
             pending_enqueues: 0,
@@ -581,13 +581,13 @@ impl Shard {
         match msg {
             MeshMsg::Publish(m, seq) => {
                 let m = Rc::new(*m);
-                let before = (self.stats.persist_errors, self.dur.work());
+                let before = (self.stats.persist_errors, self.dur.appends());
                 self.deliver_local(&m);
                 self.peer_msg_done(from, seq, m.origin, before);
             }
             MeshMsg::Retain(m, seq) => {
                 let origin = m.origin;
-                let before = (self.stats.persist_errors, self.dur.work());
+                let before = (self.stats.persist_errors, self.dur.appends());
                 self.store_retained(Rc::new(*m));
                 self.peer_msg_done(from, seq, origin, before);
             }
@@ -1432,58 +1432,46 @@ impl Shard {
         let soft = self.cfg.max_queued_messages.max(1);
         let hard = soft + self.cfg.max_in_transit;
         let shard_id = self.cfg.shard_id;
-        let overflow = self.cfg.overflow;
-        let offline_overflow = self.cfg.offline_overflow;
-        let qos0_backpressure = self.cfg.qos0_overflow == OverflowPolicy::Backpressure;
+        let cfg = &self.cfg;
+        let stats = &mut self.stats;
         let mut dropped = None;
         let s = self.sessions[sidx as usize].as_mut().expect("live session");
         let online = s.conn.is_some();
-        if s.backlog() >= soft {
-            let qos0 = q.qos == QoS::AtMostOnce;
-            if qos0 && !(online && qos0_backpressure) {
-                self.stats.dropped_qos0 += 1;
-                s.dropped += 1;
-                return;
+        let qos0 = q.qos == QoS::AtMostOnce;
+        // Which counter a drop of this message goes to.
+        let mut count_drop = |s: &mut Session| {
+            s.dropped += 1;
+            match (qos0, online) {
+                (true, _) => stats.dropped_qos0 += 1,
+                (false, true) => stats.dropped_qos12 += 1,
+                (false, false) => stats.dropped_offline += 1,
             }
+        };
+        if s.backlog() >= soft {
             let policy = match (qos0, online) {
-                (true, _) => OverflowPolicy::Backpressure,
-                (false, true) => overflow,
-                (false, false) => offline_overflow,
+                (true, true) => cfg.qos0_overflow,
+                (true, false) => OverflowPolicy::DropNewest,
+                (false, true) => cfg.overflow,
+                (false, false) => cfg.offline_overflow,
             };
             match policy {
                 OverflowPolicy::DropNewest => {
-                    if online {
-                        self.stats.dropped_qos12 += 1;
-                    } else {
-                        self.stats.dropped_offline += 1;
-                    }
-                    s.dropped += 1;
+                    count_drop(s);
                     return;
                 }
                 OverflowPolicy::DropOldest => {
+                    // Everything in flight: the newest gives way instead.
                     let Some(oldest) = s.queue.pop_front() else {
-                        // Everything is in flight: the newest gives way instead.
-                        self.stats.dropped_qos12 += 1;
-                        s.dropped += 1;
+                        count_drop(s);
                         return;
                     };
                     dropped = Some(oldest);
-                    if online {
-                        self.stats.dropped_qos12 += 1;
-                    } else {
-                        self.stats.dropped_offline += 1;
-                    }
-                    s.dropped += 1;
+                    count_drop(s);
                 }
                 OverflowPolicy::Backpressure => {
                     if s.backlog() >= hard {
                         // Publishers overshot the soft bound by more than the pause could stop: bounded memory wins.
-                        if qos0 {
-                            self.stats.dropped_qos0 += 1;
-                        } else {
-                            self.stats.dropped_qos12 += 1;
-                        }
-                        s.dropped += 1;
+                        count_drop(s);
                         return;
                     }
                     // Pause the publisher feeding us, unless it is this session's own connection (a client that

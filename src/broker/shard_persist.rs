@@ -612,7 +612,7 @@ impl Shard {
         self.store.is_some() && self.dur.waiting()
     }
 
-    /// A numbered (QoS>0) message from peer `from` was handled; `before` is (persist errors, durability work)
+    /// A numbered (QoS>0) message from peer `from` was handled; `before` is (persist errors, records appended)
     /// from just before. If part of it did not reach our log, the publisher's shard is told before our
     /// confirmation, so its held acknowledgement never leaves. If it wrote nothing, the confirmation waits for
     /// no sync.
@@ -621,7 +621,7 @@ impl Shard {
         from: u16,
         seq: u64,
         origin: Option<crate::broker::message::Origin>,
-        (failures_before, work_before): (u64, u64),
+        (failures_before, appends_before): (u64, u64),
     ) {
         if seq == 0 {
             return;
@@ -632,7 +632,7 @@ impl Shard {
                     .push((from, super::MeshMsg::LogRefused(o.conn)));
             }
         }
-        let appended = self.dur.work() != work_before;
+        let appended = self.dur.appends() != appends_before;
         self.dur.on_peer_msg(from, seq, appended);
     }
 

@@ -33,10 +33,6 @@ impl Epoll {
         Ok(Epoll { fd })
     }
 
-    pub fn raw(&self) -> RawFd {
-        self.fd
-    }
-
     /// Register a connection socket: edge-triggered for reads and writes, registered once for its lifetime.
     pub fn add_conn(&self, fd: RawFd, token: u64) -> io::Result<()> {
         let events = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;

@@ -217,7 +217,7 @@ impl ShardIo {
     }
 
     fn mark_readable(&self, key: ConnKey) {
-        let before = self.set_flags(key, |_| {});
+        let before = self.flags_of(key);
         self.set_flags(key, |f| *f |= F_READABLE | F_IN_READY);
         if before & F_IN_READY == 0 {
             self.ready.borrow_mut().push_back(key);
@@ -364,7 +364,7 @@ impl ShardIo {
         }
         drop(core);
         // More may be waiting: go to the back of the line.
-        let f = self.set_flags(key, |_| {});
+        let f = self.flags_of(key);
         if f & F_READABLE != 0 && f & F_IN_READY == 0 {
             self.set_flags(key, |f| *f |= F_IN_READY);
             self.ready.borrow_mut().push_back(key);
@@ -411,7 +411,7 @@ impl ShardIo {
                 break;
             }
             for &key in keys.iter() {
-                let f = self.set_flags(key, |_| {});
+                let f = self.flags_of(key);
                 if f & F_WANT_WRITE == 0 {
                     self.write_conn(key);
                 }
@@ -453,7 +453,7 @@ impl ShardIo {
                 }
             }
             drop(core);
-            if self.set_flags(key, |_| {}) & F_READABLE != 0 {
+            if self.flags_of(key) & F_READABLE != 0 {
                 self.mark_readable(key);
             }
         }

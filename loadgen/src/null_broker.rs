@@ -31,6 +31,9 @@ const SCRATCH_LEN: usize = 64 * 1024;
 const MAX_FRAME: u32 = 16 << 20;
 /// Unsent output beyond which a subscriber is too slow and is closed: bytes are never dropped silently.
 const MAX_PENDING: usize = 16 << 20;
+/// Exact topics one connection may subscribe to (the scenarios use one); more are refused in the SUBACK, so the
+/// topic table is bounded by connections times this.
+const MAX_TOPICS_PER_CONN: usize = 64;
 const LISTENER: u64 = u64::MAX;
 
 struct Conn {
@@ -330,6 +333,9 @@ impl NullBroker {
             return ReasonCode::WildcardSubscriptionsNotSupported;
         }
         let (c, filter) = (self.conns[idx].as_mut().expect("open"), filter.as_bytes());
+        if c.topics.len() >= MAX_TOPICS_PER_CONN {
+            return ReasonCode::QuotaExceeded;
+        }
         if !c.topics.iter().any(|t| &t[..] == filter) {
             c.topics.push(filter.into());
             self.subs.entry(filter.into()).or_default().push(idx);

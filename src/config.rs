@@ -2,7 +2,7 @@
 //! command-line overrides. Unknown keys and out-of-range values are rejected at start with the key named.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -13,7 +13,21 @@ pub const DEFAULT_CONFIG: &str = include_str!("default_config.toml");
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Plain MQTT listeners with the global security settings (shorthand for `[[listeners]]` tables).
     pub listen: Vec<SocketAddr>,
+    /// Listeners with their own protocol, TLS and authentication settings.
+    #[serde(default)]
+    pub listeners: Vec<ListenerConfig>,
+    /// mosquitto-format password file (`user:$7$...` lines) for every listener that does not name its own.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// mosquitto-format ACL file; none = every client may read and write every topic it can name.
+    #[serde(default)]
+    pub acl_file: Option<PathBuf>,
+    /// Anonymous clients for listeners that do not say; none = allowed only on a loopback listener with no
+    /// password file (mosquitto 2.0's rule: a broker reachable from the network is not open by accident).
+    #[serde(default)]
+    pub allow_anonymous: Option<bool>,
     pub shards: usize,
     pub cpus: Vec<usize>,
     pub pin: bool,
@@ -39,6 +53,74 @@ pub struct Config {
     pub persistence: bool,
     pub data_dir: std::path::PathBuf,
     pub store: crate::store::StoreConfig,
+}
+
+/// What a listener speaks above TCP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerProtocol {
+    #[default]
+    Mqtt,
+    /// MQTT over WebSocket (mosquitto spells it `websockets`; `websocket` is accepted too).
+    #[serde(alias = "websocket")]
+    Websockets,
+}
+
+/// One `[[listeners]]` table. The TLS and authentication keys carry mosquitto's names.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub address: SocketAddr,
+    #[serde(default)]
+    pub protocol: ListenerProtocol,
+    /// WebSocket listeners: the HTTP path clients upgrade on.
+    #[serde(default = "default_ws_path")]
+    pub path: String,
+    /// Server certificate chain (PEM). With `keyfile`, the listener speaks TLS.
+    #[serde(default)]
+    pub certfile: Option<PathBuf>,
+    #[serde(default)]
+    pub keyfile: Option<PathBuf>,
+    /// CA certificates (PEM) that client certificates are verified against.
+    #[serde(default)]
+    pub cafile: Option<PathBuf>,
+    /// Refuse TLS clients without a certificate signed by `cafile` (mutual TLS).
+    #[serde(default)]
+    pub require_certificate: bool,
+    /// The client certificate's subject CN becomes the user name (for ACLs); no password is asked for.
+    #[serde(default)]
+    pub use_identity_as_username: bool,
+    /// Overrides the global `password_file` for this listener.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Overrides the global `allow_anonymous` for this listener.
+    #[serde(default)]
+    pub allow_anonymous: Option<bool>,
+}
+
+fn default_ws_path() -> String {
+    "/mqtt".into()
+}
+
+impl ListenerConfig {
+    pub fn plain(address: SocketAddr) -> Self {
+        ListenerConfig {
+            address,
+            protocol: ListenerProtocol::Mqtt,
+            path: default_ws_path(),
+            certfile: None,
+            keyfile: None,
+            cafile: None,
+            require_certificate: false,
+            use_identity_as_username: false,
+            password_file: None,
+            allow_anonymous: None,
+        }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.certfile.is_some()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,8 +189,46 @@ impl Config {
                 reason: reason.into(),
             })
         }
-        if self.listen.is_empty() {
-            return bad("listen", "must name at least one address");
+        if self.listen.is_empty() && self.listeners.is_empty() {
+            return bad(
+                "listen",
+                "must name at least one address (or give a [[listeners]] table)",
+            );
+        }
+        for l in &self.listeners {
+            let at = l.address;
+            if l.certfile.is_some() != l.keyfile.is_some() {
+                return bad(
+                    "listeners",
+                    format!("{at}: `certfile` and `keyfile` go together"),
+                );
+            }
+            if (l.cafile.is_some() || l.require_certificate) && !l.is_tls() {
+                return bad(
+                    "listeners",
+                    format!(
+                        "{at}: `cafile` and `require_certificate` need `certfile` and `keyfile`"
+                    ),
+                );
+            }
+            if l.require_certificate && l.cafile.is_none() {
+                return bad(
+                    "listeners",
+                    format!("{at}: `require_certificate` needs a `cafile` to verify client certificates against"),
+                );
+            }
+            if l.use_identity_as_username && !l.require_certificate {
+                return bad(
+                    "listeners",
+                    format!("{at}: `use_identity_as_username` needs `require_certificate = true`"),
+                );
+            }
+            if l.protocol == ListenerProtocol::Websockets && !l.path.starts_with('/') {
+                return bad(
+                    "listeners",
+                    format!("{at}: `path` must start with '/', got {:?}", l.path),
+                );
+            }
         }
         if self.shards > 64 {
             return bad(
@@ -159,6 +279,32 @@ impl Config {
             );
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// Every listener: the `listen` addresses as plain MQTT listeners, then the `[[listeners]]` tables.
+    pub fn all_listeners(&self) -> Vec<ListenerConfig> {
+        let mut all: Vec<ListenerConfig> = self
+            .listen
+            .iter()
+            .map(|&a| ListenerConfig::plain(a))
+            .collect();
+        all.extend(self.listeners.iter().cloned());
+        all
+    }
+
+    /// The password file in force on a listener.
+    pub fn password_file_for<'a>(&'a self, l: &'a ListenerConfig) -> Option<&'a Path> {
+        l.password_file.as_deref().or(self.password_file.as_deref())
+    }
+
+    /// Whether a listener lets clients in without a user name: its own setting, else the global one, else only
+    /// on a loopback address with no password file.
+    pub fn anonymous_allowed(&self, l: &ListenerConfig) -> bool {
+        l.allow_anonymous
+            .or(self.allow_anonymous)
+            .unwrap_or_else(|| l.address.ip().is_loopback() && self.password_file_for(l).is_none())
     }
 }
 
@@ -213,5 +359,44 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("listen"), "{e}");
+    }
+
+    #[test]
+    fn listeners_and_anonymous_rules() {
+        let c = Config::from_toml_str(
+            r#"
+listen = ["127.0.0.1:1883"]
+[[listeners]]
+address = "0.0.0.0:8883"
+certfile = "s.crt"
+keyfile = "s.key"
+[[listeners]]
+address = "0.0.0.0:8080"
+protocol = "websockets"
+allow_anonymous = true
+"#,
+        )
+        .unwrap();
+        let all = c.all_listeners();
+        assert_eq!(all.len(), 3);
+        assert!(c.anonymous_allowed(&all[0]), "loopback, no password file");
+        assert!(!c.anonymous_allowed(&all[1]), "network address, not said");
+        assert!(all[1].is_tls());
+        assert!(c.anonymous_allowed(&all[2]), "said explicitly");
+        assert_eq!(all[2].path, "/mqtt");
+        let c = Config::from_toml_str("password_file = \"p\"").unwrap();
+        assert!(
+            !c.anonymous_allowed(&c.all_listeners()[0]),
+            "a password file closes loopback too"
+        );
+        for (bad, key) in [
+            ("[[listeners]]\naddress = \"0.0.0.0:1\"\ncertfile = \"a\"", "keyfile"),
+            ("[[listeners]]\naddress = \"0.0.0.0:1\"\ncertfile = \"a\"\nkeyfile = \"b\"\nrequire_certificate = true", "cafile"),
+            ("[[listeners]]\naddress = \"0.0.0.0:1\"\nprotocol = \"websockets\"\npath = \"mqtt\"", "path"),
+            ("[[listeners]]\naddress = \"0.0.0.0:1\"\nprotocol = \"http\"", "protocol"),
+        ] {
+            let e = Config::from_toml_str(bad).unwrap_err().to_string();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
     }
 }

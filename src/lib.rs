@@ -5,6 +5,7 @@ pub mod config;
 pub mod limits;
 pub mod server;
 pub mod store;
+pub mod stream;
 
 extern "C" {
     /// mimalloc's collection entry point (the `mimalloc` crate links its static library into every binary).

@@ -103,6 +103,8 @@ pub struct Adopt {
     pub leftover: BytesMut,
     /// A client id we generated (empty id with clean start); reported to v5 clients.
     pub assigned_id: bool,
+    /// The connection's stream layer (TLS, WebSocket), moved along by the I/O layers; the core never looks at it.
+    pub stream: Option<Box<crate::stream::ConnStream>>,
 }
 
 /// Messages between shards (over the SPSC channel mesh).
@@ -450,6 +452,7 @@ impl Shard {
             connect,
             mut leftover,
             assigned_id,
+            stream: _,
         } = a;
         let key = self.accept(io);
         self.stats.connections_accepted -= 1; // counted by the accepting shard
@@ -833,6 +836,7 @@ impl Shard {
                     connect,
                     leftover,
                     assigned_id: assigned,
+                    stream: None,
                 })),
             ));
             return ReadOutcome::HandedOff;

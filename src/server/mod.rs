@@ -7,7 +7,7 @@ mod spin;
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{IntoRawFd, RawFd};
+use std::os::fd::IntoRawFd;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
@@ -129,22 +129,33 @@ fn listen_socket(addr: SocketAddr, backlog: i32) -> io::Result<Socket> {
     Ok(s)
 }
 
-/// Bind every address once per shard (SO_REUSEPORT spreads connections over shards). Port 0 is resolved by the
-/// first socket and reused by the others. Returns per-shard listener fds and the bound addresses.
+/// Bind every listener once per shard (SO_REUSEPORT spreads connections over shards). Port 0 is resolved by the
+/// first socket and reused by the others. Returns per-shard listeners and the bound addresses, in
+/// `Config::all_listeners` order.
 pub fn bind_listeners(
     cfg: &Config,
     shards: usize,
-) -> io::Result<(Vec<Vec<RawFd>>, Vec<SocketAddr>)> {
-    let mut per_shard: Vec<Vec<RawFd>> = vec![Vec::new(); shards];
+) -> io::Result<(Vec<Vec<shard_loop::ShardListener>>, Vec<SocketAddr>)> {
+    let mut per_shard: Vec<Vec<shard_loop::ShardListener>> =
+        (0..shards).map(|_| Vec::new()).collect();
     let mut bound = Vec::new();
-    for &addr in &cfg.listen {
+    for (index, l) in cfg.all_listeners().iter().enumerate() {
+        let addr = l.address;
+        let layers = crate::stream::factory_for(l).map_err(io::Error::other)?;
         let first = listen_socket(addr, cfg.listen_backlog)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
         let actual = first.local_addr()?.as_socket().expect("inet address");
         bound.push(actual);
-        per_shard[0].push(first.into_raw_fd());
-        for fds in per_shard.iter_mut().skip(1) {
-            fds.push(listen_socket(actual, cfg.listen_backlog)?.into_raw_fd());
+        let mut fd = first.into_raw_fd();
+        for (shard, list) in per_shard.iter_mut().enumerate() {
+            if shard > 0 {
+                fd = listen_socket(actual, cfg.listen_backlog)?.into_raw_fd();
+            }
+            list.push(shard_loop::ShardListener {
+                fd,
+                index,
+                layers: layers.clone(),
+            });
         }
     }
     Ok((per_shard, bound))

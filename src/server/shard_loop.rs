@@ -22,13 +22,14 @@ use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::broker::message::ConnKey;
 use crate::broker::shard::{MeshMsg, ReadOutcome, Shard};
 use crate::server::netpoll::{self, Epoll, IoResult};
 use crate::server::spin::SpinBudget;
+use crate::stream::{ConnStream, LayerFactory};
 
 /// Bytes read per recv(2) into the shared scratch buffer.
 const SCRATCH: usize = 64 * 1024;
@@ -132,11 +133,47 @@ pub fn build_mesh(shards: usize, capacity: usize) -> std::io::Result<Vec<MeshLin
     Ok(links)
 }
 
+/// A listening socket of this shard and what its connections speak above TCP.
+pub struct ShardListener {
+    pub fd: RawFd,
+    /// Index into the broker's listener list (`Config::all_listeners`).
+    pub index: usize,
+    /// The stream layer for its connections (TLS, WebSocket); `None` = plain MQTT.
+    pub layers: Option<Arc<dyn LayerFactory>>,
+}
+
+/// What became of a layered connection's pending wire bytes.
+enum WireFlush {
+    Drained,
+    Blocked,
+    Failed,
+}
+
+/// Send a layered connection's pending wire bytes, in order, until the socket stops taking them.
+fn flush_wire(fd: RawFd, cs: &mut ConnStream) -> WireFlush {
+    while !cs.wire_out.is_empty() {
+        match netpoll::send(fd, &cs.wire_out) {
+            IoResult::Done(n) => cs.wire_out.advance(n),
+            IoResult::WouldBlock => return WireFlush::Blocked,
+            IoResult::Closed | IoResult::Error(_) => return WireFlush::Failed,
+        }
+    }
+    // Idle layered connections hold no output buffer.
+    cs.wire_out = BytesMut::new();
+    WireFlush::Drained
+}
+
 pub struct ShardIo {
     pub id: u16,
     pub core: RefCell<Shard>,
     epoll: Epoll,
-    listeners: Vec<RawFd>,
+    listeners: Vec<ShardListener>,
+    /// Stream layers of layered connections, by connection slot; `None` for plain ones (most).
+    streams: RefCell<Vec<Option<Box<ConnStream>>>>,
+    /// Layers of connections handed to another shard this round, by socket, until their `Adopt` leaves.
+    handoff_streams: RefCell<Vec<(u64, Box<ConnStream>)>>,
+    /// Application bytes a layer decoded this read (reused).
+    app: RefCell<BytesMut>,
     listeners_paused: Cell<bool>,
     flags: RefCell<Vec<u8>>,
     ready: RefCell<VecDeque<ConnKey>>,
@@ -155,16 +192,16 @@ pub struct ShardIo {
 impl ShardIo {
     pub fn new(
         core: Shard,
-        listeners: Vec<RawFd>,
+        listeners: Vec<ShardListener>,
         mesh: MeshLink,
         shutdown: Arc<AtomicBool>,
         max_conns: usize,
         idle_spin: Duration,
     ) -> std::io::Result<Rc<Self>> {
         let epoll = Epoll::new()?;
-        for (i, &l) in listeners.iter().enumerate() {
+        for (i, l) in listeners.iter().enumerate() {
             epoll.add_listener(
-                l,
+                l.fd,
                 token(ConnKey {
                     idx: LISTENER_IDX,
                     gen: i as u32,
@@ -185,6 +222,9 @@ impl ShardIo {
             core: RefCell::new(core),
             epoll,
             listeners,
+            streams: RefCell::new(Vec::new()),
+            handoff_streams: RefCell::new(Vec::new()),
+            app: RefCell::new(BytesMut::new()),
             listeners_paused: Cell::new(false),
             flags: RefCell::new(Vec::new()),
             ready: RefCell::new(VecDeque::new()),
@@ -258,7 +298,7 @@ impl ShardIo {
     }
 
     fn accept(&self, listener: usize) {
-        let lfd = self.listeners[listener];
+        let lfd = self.listeners[listener].fd;
         for _ in 0..ACCEPTS_PER_ROUND {
             match netpoll::accept(lfd) {
                 Ok(Some(fd)) => {
@@ -272,15 +312,27 @@ impl ShardIo {
                         );
                         continue;
                     }
+                    let stream = match &self.listeners[listener].layers {
+                        None => None,
+                        Some(f) => match f.new_layer() {
+                            Ok(layer) => Some(Box::new(ConnStream::new(layer))),
+                            Err(e) => {
+                                tracing::warn!(shard = self.id, error = %e, "cannot set up the stream layer; connection refused");
+                                netpoll::close(fd);
+                                continue;
+                            }
+                        },
+                    };
                     let key = self.core.borrow_mut().accept(fd as u64);
+                    self.set_stream(key, stream);
                     self.register(fd, key);
                 }
                 Ok(None) => return,
                 Err(e) => {
                     // Out of file descriptors: stop accepting for a second instead of spinning on the listener.
                     tracing::warn!(shard = self.id, error = %e, "accept failed; pausing accepts for 1 s (see tuning/)");
-                    for &l in &self.listeners {
-                        let _ = self.epoll.remove(l);
+                    for l in &self.listeners {
+                        let _ = self.epoll.remove(l.fd);
                     }
                     self.listeners_paused.set(true);
                     return;
@@ -291,9 +343,9 @@ impl ShardIo {
 
     fn resume_listeners(&self) {
         if self.listeners_paused.replace(false) {
-            for (i, &l) in self.listeners.iter().enumerate() {
+            for (i, l) in self.listeners.iter().enumerate() {
                 let _ = self.epoll.add_listener(
-                    l,
+                    l.fd,
                     token(ConnKey {
                         idx: LISTENER_IDX,
                         gen: i as u32,
@@ -319,7 +371,36 @@ impl ShardIo {
         did
     }
 
+    fn set_stream(&self, key: ConnKey, stream: Option<Box<ConnStream>>) {
+        let mut streams = self.streams.borrow_mut();
+        let i = key.idx as usize;
+        if stream.is_none() && i >= streams.len() {
+            return;
+        }
+        if i >= streams.len() {
+            streams.resize_with(i + 1, || None);
+        }
+        streams[i] = stream;
+    }
+
+    fn take_stream(&self, key: ConnKey) -> Option<Box<ConnStream>> {
+        self.streams
+            .borrow_mut()
+            .get_mut(key.idx as usize)
+            .and_then(Option::take)
+    }
+
+    fn is_layered(&self, key: ConnKey) -> bool {
+        self.streams
+            .borrow()
+            .get(key.idx as usize)
+            .is_some_and(Option::is_some)
+    }
+
     fn read_conn(&self, key: ConnKey, scratch: &mut BytesMut) -> bool {
+        if self.is_layered(key) {
+            return self.read_layered(key, scratch);
+        }
         let mut core = self.core.borrow_mut();
         let Some(fd) = core.conn_io(key).map(|io| io as RawFd) else {
             return false;
@@ -373,6 +454,9 @@ impl ShardIo {
     }
 
     fn write_conn(&self, key: ConnKey) {
+        if self.is_layered(key) {
+            return self.write_layered(key);
+        }
         let mut core = self.core.borrow_mut();
         let Some(fd) = core.conn_io(key).map(|io| io as RawFd) else {
             return;
@@ -402,6 +486,138 @@ impl ShardIo {
         core.flushed(key);
     }
 
+    /// `read_conn` for a connection with a stream layer: wire bytes go through the layer, the core sees only the
+    /// application bytes it decoded.
+    fn read_layered(&self, key: ConnKey, scratch: &mut BytesMut) -> bool {
+        let Some(fd) = self.core.borrow().conn_io(key).map(|io| io as RawFd) else {
+            return false;
+        };
+        let mut did = false;
+        for _ in 0..READS_PER_CONN {
+            if !self.core.borrow().can_read(key) {
+                return did;
+            }
+            scratch.clear();
+            let n = match netpoll::recv_into(fd, scratch, SCRATCH) {
+                IoResult::Done(0) => continue,
+                IoResult::Done(n) => n,
+                IoResult::WouldBlock => {
+                    self.set_flags(key, |f| *f &= !F_READABLE);
+                    return did;
+                }
+                IoResult::Closed | IoResult::Error(_) => {
+                    self.core.borrow_mut().on_io_closed(key);
+                    return true;
+                }
+            };
+            did = true;
+            let mut app = self.app.borrow_mut();
+            app.clear();
+            let (result, flushed, peer_closed) = {
+                let mut streams = self.streams.borrow_mut();
+                let Some(cs) = streams.get_mut(key.idx as usize).and_then(|s| s.as_mut()) else {
+                    return did;
+                };
+                let r = cs.layer.read_wire(scratch, &mut app, &mut cs.wire_out);
+                // Handshake answers, alerts and pongs leave now, ahead of anything the core adds.
+                (r, flush_wire(fd, cs), cs.layer.peer_closed())
+            };
+            let mut core = self.core.borrow_mut();
+            if let Err(e) = result {
+                tracing::debug!(shard = self.id, error = %e, "stream layer closed the connection");
+                core.on_io_closed(key);
+                return true;
+            }
+            match flushed {
+                WireFlush::Drained => {}
+                WireFlush::Blocked => {
+                    self.set_flags(key, |f| *f |= F_WANT_WRITE);
+                }
+                WireFlush::Failed => {
+                    core.on_io_closed(key);
+                    return true;
+                }
+            }
+            let outcome = if app.is_empty() {
+                ReadOutcome::Continue
+            } else {
+                core.on_bytes(key, &mut app)
+            };
+            if peer_closed && outcome != ReadOutcome::HandedOff {
+                core.on_io_closed(key);
+                return true;
+            }
+            match outcome {
+                ReadOutcome::Continue if n < SCRATCH && self.flags_of(key) & F_HUP == 0 => {
+                    self.set_flags(key, |f| *f &= !F_READABLE);
+                    return did;
+                }
+                ReadOutcome::Continue => {}
+                ReadOutcome::Paused | ReadOutcome::Close => return did,
+                ReadOutcome::HandedOff => {
+                    drop(core);
+                    let _ = self.epoll.remove(fd);
+                    self.set_flags(key, |f| *f = 0);
+                    if let Some(cs) = self.take_stream(key) {
+                        self.handoff_streams.borrow_mut().push((fd as u64, cs));
+                    }
+                    return did;
+                }
+            }
+        }
+        let f = self.flags_of(key);
+        if f & F_READABLE != 0 && f & F_IN_READY == 0 {
+            self.set_flags(key, |f| *f |= F_IN_READY);
+            self.ready.borrow_mut().push_back(key);
+        }
+        did
+    }
+
+    /// `write_conn` for a connection with a stream layer: the core's bytes are encoded by the layer, and what the
+    /// socket does not take stays in the layer's wire buffer (sent first next time, so nothing is reordered).
+    fn write_layered(&self, key: ConnKey) {
+        let mut core = self.core.borrow_mut();
+        let Some(fd) = core.conn_io(key).map(|io| io as RawFd) else {
+            return;
+        };
+        let mut streams = self.streams.borrow_mut();
+        let Some(cs) = streams.get_mut(key.idx as usize).and_then(|s| s.as_mut()) else {
+            return;
+        };
+        loop {
+            match flush_wire(fd, cs) {
+                WireFlush::Drained => {}
+                WireFlush::Blocked => {
+                    drop(streams);
+                    self.set_flags(key, |f| *f |= F_WANT_WRITE);
+                    return;
+                }
+                WireFlush::Failed => {
+                    core.on_io_closed(key);
+                    return;
+                }
+            }
+            if !cs.layer.established() {
+                // The shard has no output before CONNECT, which comes only after the handshake.
+                break;
+            }
+            let Some((out, writable)) = core.out_writable(key) else {
+                return;
+            };
+            if writable == 0 {
+                break;
+            }
+            if let Err(e) = cs.layer.write_app(&out[..writable], &mut cs.wire_out) {
+                tracing::debug!(shard = self.id, error = %e, "stream layer failed on output");
+                core.on_io_closed(key);
+                return;
+            }
+            core.consumed(key, writable);
+        }
+        cs.layer.shrink();
+        core.flushed(key);
+    }
+
     fn flush(&self, keys: &mut Vec<ConnKey>) {
         // Refilling from session queues can dirty connections again; a few passes, then the next round.
         for _ in 0..4 {
@@ -423,13 +639,28 @@ impl ShardIo {
         keys.clear();
         self.core.borrow_mut().take_closing(keys);
         for &key in keys.iter() {
+            let stream = self.take_stream(key);
             let mut core = self.core.borrow_mut();
             if let Some(fd) = core.conn_io(key).map(|io| io as RawFd) {
                 // Best effort: a CONNACK/DISCONNECT with the reason goes out before the close (never bytes still
                 // held for the log: the client retransmits what it has no acknowledgement for).
-                if let Some((out, writable)) = core.out_writable(key) {
-                    if writable > 0 {
-                        let _ = netpoll::send(fd, &out[..writable]);
+                let out = core.out_writable(key);
+                match stream {
+                    None => {
+                        if let Some((out, writable)) = out {
+                            if writable > 0 {
+                                let _ = netpoll::send(fd, &out[..writable]);
+                            }
+                        }
+                    }
+                    Some(mut cs) => {
+                        if let Some((out, writable)) = out {
+                            if writable > 0 && cs.layer.established() {
+                                let _ = cs.layer.write_app(&out[..writable], &mut cs.wire_out);
+                            }
+                        }
+                        cs.layer.close(&mut cs.wire_out);
+                        let _ = flush_wire(fd, &mut cs);
                     }
                 }
                 netpoll::close(fd);
@@ -468,10 +699,17 @@ impl ShardIo {
                 let Ok(msg) = rx.try_recv() else { break };
                 did = true;
                 match msg {
-                    MeshMsg::Adopt(a) => {
+                    MeshMsg::Adopt(mut a) => {
                         let fd = a.io as RawFd;
+                        let stream = a.stream.take();
+                        let layered = stream.is_some();
                         let (key, _outcome) = self.core.borrow_mut().adopt(*a);
+                        self.set_stream(key, stream);
                         self.register(fd, key);
+                        if layered {
+                            // Wire bytes the old shard's layer had not sent yet go out first.
+                            self.write_conn(key);
+                        }
                     }
                     other => self.core.borrow_mut().on_mesh(from as u16, other),
                 }
@@ -489,7 +727,13 @@ impl ShardIo {
         self.retry_overflow();
         let mut overflow = self.overflow.borrow_mut();
         let mut pushed = self.pushed.borrow_mut();
-        for (peer, msg) in out.drain(..) {
+        let mut handoffs = self.handoff_streams.borrow_mut();
+        for (peer, mut msg) in out.drain(..) {
+            if let MeshMsg::Adopt(a) = &mut msg {
+                if let Some(i) = handoffs.iter().position(|(io, _)| *io == a.io) {
+                    a.stream = Some(handoffs.swap_remove(i).1);
+                }
+            }
             let p = peer as usize;
             let Some(tx) = &self.mesh.to[p] else { continue };
             if !overflow[p].is_empty() {
@@ -569,9 +813,9 @@ impl ShardIo {
 
     /// Shutdown: stop listening. Connection sockets close with the process.
     fn close_all(&self) {
-        for &l in &self.listeners {
-            let _ = self.epoll.remove(l);
-            netpoll::close(l);
+        for l in &self.listeners {
+            let _ = self.epoll.remove(l.fd);
+            netpoll::close(l.fd);
         }
     }
 }

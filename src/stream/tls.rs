@@ -1,0 +1,1 @@
+//! TLS (rustls) as a stream layer. Filled in by the security work.

@@ -24,8 +24,6 @@ impl Shard {
         ReadOutcome::Close
     }
 
-    // ----- routing ---------------------------------------------------------------------------------------------
-
     /// Close a connection: detach it from its session (publishing the will when `abnormal`), queue the socket
     /// for closing. With `reason`, a v5 client is told why first.
     pub(super) fn close(&mut self, key: ConnKey, abnormal: bool, reason: Option<ReasonCode>) {
@@ -214,6 +212,4 @@ impl Shard {
             }
         }
     }
-
-    // ----- output ----------------------------------------------------------------------------------------------
 }

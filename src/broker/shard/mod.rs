@@ -4,6 +4,24 @@
 //! from another shard, the clock) and carries out what it leaves behind: bytes in connection output buffers
 //! (`take_dirty` / `out_buf`), connections to close (`take_closing`), messages for other shards (`take_mesh`) and
 //! connections whose reading may resume (`take_resumed`). Tests drive it directly with bytes.
+//!
+//! One flow per file (all of them `impl Shard` blocks on the one `Shard` struct defined here):
+//!
+//! | file           | holds                                                                                   |
+//! |----------------|-----------------------------------------------------------------------------------------|
+//! | `mod.rs`       | `Shard`, `ShardConfig`, `MeshMsg`, `Adopt`, `ReadOutcome`, `Stats`, `OverflowPolicy`;    |
+//! |                | constructor, accessors, I/O-facing entry points (`accept` ... `take_*`), packet dispatch |
+//! | `conn.rs`      | `Conn` (per-connection state) and the `Slab` that holds connections                     |
+//! | `connect.rs`   | CONNECT: establish, takeover, client-id generation, CONNACK errors                      |
+//! | `publish.rs`   | inbound PUBLISH, acks to publishers, routing (local and to peers), retained store       |
+//! | `subscribe.rs` | SUBSCRIBE / UNSUBSCRIBE, pending SUBACKs, interest broadcast                            |
+//! | `delivery.rs`  | enqueue with overflow policies, pump, in-flight windows, replay, resume                 |
+//! | `lifecycle.rs` | DISCONNECT, close, wills, protocol/decode errors, session create/destroy, expiry        |
+//! | `output.rs`    | `send`, `send_raw`, `send_ack`, `build_publish`                                         |
+//! | `persist.rs`   | log writes for sessions, subscriptions, queues, deliveries, retained messages           |
+//! | `recovery.rs`  | `restore` from the log at start, loading message bodies                                 |
+//! | `durable.rs`   | `end_round`, held output until the log is durable, log congestion, store maintenance    |
+//! | `tests/`       | unit tests, one file per flow                                                           |
 
 use std::collections::HashMap;
 use std::rc::Rc;

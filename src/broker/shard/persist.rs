@@ -1,5 +1,6 @@
-//! The shard's side of durable sessions: what goes into the shard's log (`crate::store`), when output must wait
-//! for it (`Durability`), and rebuilding sessions, subscriptions and retained messages from it at start.
+//! The shard's side of durable sessions: what goes into the shard's log (`crate::store`). When output must wait
+//! for it (`Durability`) is in `durable.rs`; rebuilding sessions, subscriptions and retained messages from it at
+//! start is in `recovery.rs`.
 //!
 //! Persisted: sessions that outlive their connection (3.1.1 clean session = 0, v5 session expiry > 0) with their
 //! subscriptions, their QoS 1/2 queue and in-flight state, their inbound QoS 2 packet ids; retained messages (each

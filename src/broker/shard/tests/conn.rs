@@ -1,4 +1,3 @@
-
 /// Idle connections are the million-connection cost: a guard so per-connection state only grows on purpose.
 /// (Measured 2026-11: Session 224 B, Conn slot 80 B, client index 4 B + 1 control byte per bucket; the issue-4
 /// target is 512 B of RSS per connection.)

@@ -1,4 +1,3 @@
-
 use super::*;
 use crate::codec::{SubscribeFilter, SubscriptionOptions};
 

@@ -1,4 +1,3 @@
-
 use super::super::durable::MAX_UNDURABLE_ROUNDS;
 use super::*;
 use crate::codec::{

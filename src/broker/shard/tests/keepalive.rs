@@ -1,4 +1,3 @@
-
 use super::*;
 
 fn connect(keep_alive: u16) -> BytesMut {

@@ -1,4 +1,3 @@
-
 use super::*;
 
 fn frame(p: &Packet, v: ProtocolVersion) -> BytesMut {

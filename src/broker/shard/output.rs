@@ -16,6 +16,17 @@ impl Shard {
         } else {
             ReasonCode::PacketIdentifierNotFound
         };
+        self.send_resp(key, make, packet_id, reason);
+    }
+
+    /// One PUBACK/PUBREC/PUBREL/PUBCOMP without properties.
+    pub(super) fn send_resp(
+        &mut self,
+        key: ConnKey,
+        make: fn(PubResp) -> Packet,
+        packet_id: u16,
+        reason: ReasonCode,
+    ) {
         self.send(
             key,
             &make(PubResp {

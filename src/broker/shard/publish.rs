@@ -118,14 +118,7 @@ impl Shard {
         } else {
             Packet::PubRec
         };
-        self.send(
-            key,
-            &make(PubResp {
-                packet_id,
-                reason,
-                properties: None,
-            }),
-        );
+        self.send_resp(key, make, packet_id, reason);
     }
 
     /// A message accepted from a publisher (or a will): retain, deliver locally, forward to interested shards.

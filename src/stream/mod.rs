@@ -151,6 +151,8 @@ pub trait LayerFactory: Send + Sync {
 pub struct ConnStream {
     pub layer: Box<dyn Layer>,
     pub wire_out: BytesMut,
+    /// The layer's peer identity was given to the shard core.
+    pub identity_reported: bool,
 }
 
 impl ConnStream {
@@ -158,6 +160,7 @@ impl ConnStream {
         ConnStream {
             layer,
             wire_out: BytesMut::new(),
+            identity_reported: false,
         }
     }
 }

@@ -197,6 +197,21 @@ impl Layer for TlsLayer {
     fn peer_identity(&self) -> Option<&str> {
         self.identity.as_deref()
     }
+
+    /// rustls' read buffer grows to a whole record (16 KiB and more) and shrinks back to 4 KiB only at its next
+    /// read: a read that yields nothing (`WouldBlock`, so no end of stream is recorded) shrinks it now.
+    fn shrink(&mut self) {
+        let _ = self.conn.read_tls(&mut NothingYet);
+    }
+}
+
+/// A reader with no bytes yet.
+struct NothingYet;
+
+impl Read for NothingYet {
+    fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+        Err(std::io::ErrorKind::WouldBlock.into())
+    }
 }
 
 /// A rustls error in words a broker operator can act on.

@@ -182,8 +182,9 @@ pub fn factory_for(
     use crate::config::ListenerProtocol;
     match (l.is_tls(), l.protocol) {
         (false, ListenerProtocol::Mqtt) => Ok(None),
-        (true, _) => Err(format!(
-            "listener {}: TLS listeners are not available in this build yet",
+        (true, ListenerProtocol::Mqtt) => Ok(Some(tls::tls_factory(l)?)),
+        (true, ListenerProtocol::Websockets) => Err(format!(
+            "listener {}: WebSocket over TLS is not available in this build yet",
             l.address
         )),
         (false, ListenerProtocol::Websockets) => Err(format!(

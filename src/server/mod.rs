@@ -4,6 +4,7 @@
 pub mod netpoll;
 pub mod shard_loop;
 mod spin;
+pub mod uring;
 
 use std::io;
 use std::net::SocketAddr;

@@ -275,7 +275,7 @@ impl UringBackend {
             (opcode::Send::CODE, "SEND"),
             (opcode::PollAdd::CODE, "POLL_ADD"),
             (opcode::Timeout::CODE, "TIMEOUT"),
-            (opcode::TimeoutUpdate::CODE, "TIMEOUT_REMOVE"),
+            (opcode::TimeoutRemove::CODE, "TIMEOUT_REMOVE"),
             (opcode::AsyncCancel2::CODE, "ASYNC_CANCEL"),
             (opcode::Read::CODE, "READ"),
         ] {
@@ -377,13 +377,14 @@ impl UringBackend {
                 "the probe's receive was never cancelled".into(),
             ))
         })();
+        let disarmed = self.disarm_timer();
         self.stats = Stats::default();
         // SAFETY: closing the two fds we opened; the ring holds no operation on them any more (or failed).
         unsafe {
             libc::close(sv[0]);
             libc::close(sv[1]);
         }
-        res.and(drained)
+        res.and(drained).and(disarmed)
     }
 
     /// Queue an SQE; if the submission queue is full, submit what is there first (one extra enter).
@@ -698,6 +699,17 @@ impl UringBackend {
         self.enter(0)
     }
 
+    /// Remove the armed timer, so no stale Timeout reaches a later `wait`.
+    fn disarm_timer(&mut self) -> io::Result<()> {
+        if self.timer.take().is_none() {
+            return Ok(());
+        }
+        let e = opcode::TimeoutRemove::new(ud(K_TIMER, 0, 0))
+            .build()
+            .user_data(ud(K_QUIET, 0, 0));
+        self.push(e)
+    }
+
     fn harvest(&mut self, out: &mut Vec<Completion>) -> io::Result<()> {
         out.extend(self.ready.drain(..));
         loop {
@@ -831,11 +843,10 @@ impl UringBackend {
                 out.push(Completion::Doorbell);
                 self.arm_doorbell()?;
             }
-            K_TIMER => {
+            // ECANCELED is a timer we removed (`disarm_timer`), which already forgot it.
+            K_TIMER if res != -libc::ECANCELED => {
                 self.timer = None;
-                if res == -libc::ETIME {
-                    out.push(Completion::Timeout);
-                }
+                out.push(Completion::Timeout);
             }
             _ => {}
         }

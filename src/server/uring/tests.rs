@@ -446,6 +446,10 @@ fn timeout_wakes_wait() {
         return;
     };
     let mut out = Vec::new();
+    // The start-up probe left no timer behind (it would surface as a stale Timeout in a later wait).
+    assert!(b.timer.is_none());
+    b.wait(Some(Duration::ZERO), &mut out).unwrap();
+    assert!(out.is_empty(), "{out:?}");
     b.wait(Some(Duration::from_millis(20)), &mut out).unwrap();
     assert!(matches!(out.as_slice(), [Completion::Timeout]), "{out:?}");
     // A shorter deadline moves an armed longer one forward.

@@ -1,7 +1,7 @@
 //! Syscalls per message, io_uring backend vs today's epoll path (issue 17). Not a test: a tool to run under
 //! `perf stat -e raw_syscalls:sys_enter` (or `strace -c -f`).
 //!
-//!     echo_syscalls server uring|epoll PORT TOTAL_BYTES   # echoes until TOTAL_BYTES came back out, then exits
+//!     echo_syscalls server uring|uring-sqpoll|epoll PORT TOTAL_BYTES   # echoes until TOTAL_BYTES came back out, then exits
 //!     echo_syscalls client PORT CONNS ROUNDS MSG_BYTES     # each round: one message on every connection, then
 //!                                                          # read every echo
 //!
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use coremq::server::netpoll::{self, Epoll, IoResult};
-use coremq::server::uring::{Completion, UringBackend};
+use coremq::server::uring::{Completion, UringBackend, UringConfig};
 
 fn main() {
     let a: Vec<String> = std::env::args().collect();
@@ -25,7 +25,8 @@ fn main() {
             let l = TcpListener::bind(("127.0.0.1", n(3) as u16)).unwrap();
             let total = n(4);
             match a[2].as_str() {
-                "uring" => uring_server(l, total),
+                "uring" => uring_server(l, total, None),
+                "uring-sqpoll" => uring_server(l, total, Some(10)),
                 "epoll" => epoll_server(l, total),
                 other => panic!("backend {other}?"),
             }
@@ -35,8 +36,15 @@ fn main() {
     }
 }
 
-fn uring_server(l: TcpListener, total: usize) {
-    let mut b = UringBackend::new(4096, 1024, 4096).expect("io_uring");
+fn uring_server(l: TcpListener, total: usize, sqpoll_idle_ms: Option<u32>) {
+    let mut b = UringBackend::with_config(UringConfig {
+        entries: 4096,
+        buf_count: 1024,
+        buf_size: 4096,
+        sqpoll_idle_ms,
+        ..UringConfig::default()
+    })
+    .expect("io_uring");
     b.add_listener(u64::MAX, l.as_raw_fd()).unwrap();
     let (mut echoed, mut next, mut out) = (0usize, 0u64, Vec::new());
     while echoed < total {

@@ -704,8 +704,18 @@ impl UringBackend {
                 let Some(idx) = self.slot(gen, idx) else {
                     return Ok(());
                 };
-                if res > 0 {
-                    let bid = cqueue::buffer_select(cqe.flags()).expect("provided buffer");
+                let bid = cqueue::buffer_select(cqe.flags());
+                if res > 0 && bid.is_none() {
+                    // Cannot happen with buffer select; refuse the connection rather than guess.
+                    let token = self.conn(idx).token;
+                    out.push(Completion::RecvError {
+                        token,
+                        err: io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "receive without a buffer id",
+                        ),
+                    });
+                } else if let (true, Some(bid)) = (res > 0, bid) {
                     self.bufs.taken();
                     let token = self.conn(idx).token;
                     out.push(Completion::Data {

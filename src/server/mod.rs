@@ -6,6 +6,7 @@ pub mod netpoll;
 pub mod shard_loop;
 mod spin;
 pub mod verifier;
+pub mod uring;
 
 use std::io;
 use std::net::SocketAddr;

@@ -183,7 +183,10 @@ impl Shard {
             if let Some(old) = self.session_mut(sidx).queue.pop_front() {
                 self.persist_done(sidx, &old);
                 self.count_full_drop(sidx, online, reason);
-                if self.full_reason(sidx, q, online, in_log, usize::MAX).is_none() {
+                if self
+                    .full_reason(sidx, q, online, in_log, usize::MAX)
+                    .is_none()
+                {
                     return true;
                 }
             }
@@ -208,6 +211,17 @@ impl Shard {
         }
     }
 
+    /// The largest backlog (queued + in flight) of any session: for tests and the simulation, which check that
+    /// every queue stays within its bound. O(sessions).
+    pub fn max_session_backlog(&self) -> usize {
+        self.sessions
+            .iter()
+            .flatten()
+            .map(Session::backlog)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Failures and refusals so far: a publish whose routing changed this must not be acknowledged.
     pub(super) fn refusals(&self) -> u64 {
         self.stats.persist_errors + self.stats.refused_queue_full
@@ -227,7 +241,10 @@ impl Shard {
         }
         let s = self.session_mut(sidx);
         s.log_bytes = s.log_bytes.saturating_sub(q.log_bytes);
-        self.stats.queued_log_bytes = self.stats.queued_log_bytes.saturating_sub(q.log_bytes as u64);
+        self.stats.queued_log_bytes = self
+            .stats
+            .queued_log_bytes
+            .saturating_sub(q.log_bytes as u64);
     }
 
     /// Move messages from a session's queue into its connection's output buffer, within the in-flight window

@@ -113,7 +113,10 @@ impl Shard {
             f.q.log_bytes = 0;
         }
         // Out of the log: its bytes no longer count (the memory bound applies from now on).
-        self.stats.queued_log_bytes = self.stats.queued_log_bytes.saturating_sub(s.log_bytes as u64);
+        self.stats.queued_log_bytes = self
+            .stats
+            .queued_log_bytes
+            .saturating_sub(s.log_bytes as u64);
         s.log_bytes = 0;
         s.persisted = false;
         let rec = Record::SessionDelete {

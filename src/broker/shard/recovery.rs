@@ -46,7 +46,10 @@ impl Shard {
 
     /// Log bytes of a stored body, as counted against the queue bounds (at least 1, so it is always counted).
     pub(super) fn stored_len(&self, msg_id: u64) -> u32 {
-        let len = self.store.as_ref().and_then(|st| st.message_len(MsgRef(msg_id)));
+        let len = self
+            .store
+            .as_ref()
+            .and_then(|st| st.message_len(MsgRef(msg_id)));
         len.unwrap_or(0).max(1)
     }
 

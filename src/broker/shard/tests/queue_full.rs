@@ -1,7 +1,7 @@
 //! Acknowledged means kept (issue 20): persistent queues are bounded by log bytes, and a truly full queue
 //! refuses the publish (default) or drops for that session only, counted and logged.
 use super::durable::{
-    connect, connect_as, id_on, publish_to, pubacks, shuttle, subscribe, take_output,
+    connect, connect_as, id_on, pubacks, publish_to, shuttle, subscribe, take_output,
 };
 use super::*;
 use crate::store::{FsyncPolicy, StoreConfig};

@@ -274,7 +274,7 @@ impl World {
                 }
             }
             _ => {
-                if self.rng.chance(4) {
+                if self.rng.chance(8) {
                     self.crash();
                 }
             }

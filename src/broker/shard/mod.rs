@@ -732,7 +732,13 @@ impl Shard {
             Packet::PubRec(r) => {
                 let known = self.session_mut(session).on_pubrec(r.packet_id);
                 if let Some(msg_id) = known {
+                    // Once a PUBREL left, that PUBLISH must never be resent (the client forgets the packet id at
+                    // PUBREL and would take it for a new message): the state must be durable first.
+                    let work = self.dur.work();
                     self.persist_delivery(session, msg_id, r.packet_id, DeliveryState::PubRelSent);
+                    if self.dur.work() != work {
+                        self.hold_output(key, true);
+                    }
                 }
                 self.send_ack(key, Packet::PubRel, r.packet_id, known.is_some());
                 ReadOutcome::Continue

@@ -345,3 +345,39 @@ fn an_online_session_past_its_hard_bound_refuses() {
     let acked = pubacks(&take_output(&mut s0, p));
     assert!(acked.len() <= 2, "{acked:?}");
 }
+
+/// Found by the simulation's reasoning about QoS 2: once a PUBREL has left, the broker must never send that
+/// PUBLISH again (the subscriber forgets the packet id at PUBREL and would take a resend for a new message). So
+/// the `PubRelSent` state must be durable before the PUBREL leaves, or a crash would resend the PUBLISH.
+#[test]
+fn a_pubrel_to_a_persistent_subscriber_waits_until_its_state_is_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut shard = member(dir.path(), 0, 1, ShardConfig::default());
+    let s = connect(&mut shard, 1, "sub", false);
+    shard.on_bytes(s, &mut subscribe("t/+", QoS::ExactlyOnce));
+    shard.end_round();
+    shard.sync_log();
+    take_output(&mut shard, s);
+    let p = connect(&mut shard, 2, "pub", true);
+    shard.on_bytes(p, &mut publish_to("t/1", QoS::ExactlyOnce, 1, b"m"));
+    shard.end_round();
+    shard.sync_log();
+    let got = take_output(&mut shard, s);
+    let Some(Packet::Publish(m)) = got.first() else {
+        panic!("{got:?}")
+    };
+    let mut b = BytesMut::new();
+    let rec = Packet::PubRec(codec::PubResp {
+        packet_id: m.packet_id,
+        reason: ReasonCode::Success,
+        properties: None,
+    });
+    codec::encode(&rec, ProtocolVersion::V3_1_1, &mut b).unwrap();
+    shard.on_bytes(s, &mut b);
+    shard.end_round();
+    // Not synced yet: the PUBREL must not be writable.
+    assert!(take_output(&mut shard, s).is_empty());
+    shard.sync_log();
+    let got = take_output(&mut shard, s);
+    assert!(matches!(got[..], [Packet::PubRel(_)]), "{got:?}");
+}

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::broker::shard::OverflowPolicy;
+use crate::broker::shard::{OverflowPolicy, QueueFullPolicy};
 
 pub const DEFAULT_CONFIG: &str = include_str!("default_config.toml");
 
@@ -44,6 +44,11 @@ pub struct Config {
     pub max_queued_messages: usize,
     pub queue_overflow: OverflowPolicy,
     pub offline_overflow: OverflowPolicy,
+    pub max_offline_bytes_per_session: u64,
+    pub max_offline_messages_per_session: usize,
+    /// 0 = sized at start from the `[store]` budget and the data directory's free space.
+    pub max_offline_bytes_per_shard: u64,
+    pub persistent_queue_full: QueueFullPolicy,
     pub qos0_overflow: OverflowPolicy,
     pub max_out_buffer: usize,
     pub max_subscriptions_per_session: usize,
@@ -276,6 +281,15 @@ impl Config {
         }
         if self.offline_overflow == OverflowPolicy::Backpressure {
             return bad("offline_overflow", "cannot be \"backpressure\": an offline session reads nothing; use \"drop-newest\" or \"drop-oldest\"");
+        }
+        if !(1024..=u32::MAX as u64).contains(&self.max_offline_bytes_per_session) {
+            return bad(
+                "max_offline_bytes_per_session",
+                "must be between 1024 bytes and 4 GiB - 1",
+            );
+        }
+        if self.max_offline_messages_per_session == 0 {
+            return bad("max_offline_messages_per_session", "must be at least 1");
         }
         if self.qos0_overflow == OverflowPolicy::DropOldest {
             return bad("qos0_overflow", "must be \"drop-newest\" or \"backpressure\" (the oldest queued message may be a QoS 1/2 one)");

@@ -187,10 +187,12 @@ fn check(who: &str, got: &Received, topic: &str, acked: u32, exactly_once: bool)
     dups
 }
 
+/// Issue 20's scenario with the default config (`max_queued_messages = 1000`): 10,000 QoS 1 + 10,000 QoS 2
+/// acknowledged for offline persistent sessions all arrive after a clean restart and after `kill -9`.
 #[test]
 fn acknowledged_messages_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
-    let mut b = Broker::start_in(dir.path(), &["--max-queued-messages", QUEUE]);
+    let mut b = Broker::start_in(dir.path(), &[]);
     let far = id_on_shard("dur-far", 1, 2);
     let near = id_on_shard("dur-near", 0, 2);
     persistent_subscriber(&b, &far, "dur/#");
@@ -210,9 +212,12 @@ fn acknowledged_messages_survive_kill_9() {
         publish_stream(&mut p, "dur/q2", QoS::ExactlyOnce, n, 100, &acked),
         n
     );
+    // A clean restart first (nothing drained), then kill -9 of the restarted broker.
+    b.terminate();
+    let mut b = Broker::start_in(dir.path(), &[]);
     b.kill9();
 
-    let b = Broker::start_in(dir.path(), &["--max-queued-messages", QUEUE]);
+    let b = Broker::start_in(dir.path(), &[]);
     for who in [&far, &near] {
         let got = drain(&b, who, Duration::from_secs(3));
         let dups = check(who, &got, "dur/q1", n, false);
@@ -477,6 +482,72 @@ fn a_full_log_refuses_qos1_publishes_with_quota_exceeded_and_loses_nothing_ackno
     assert!(lost.is_empty(), "{} acknowledged messages lost", lost.len());
     eprintln!(
         "log full after {} accepted messages; {refused} refused with 0x97",
+        accepted.len()
+    );
+}
+
+/// A tiny per-session byte bound: the v5 publisher gets PUBACK 0x97 for what the offline persistent session
+/// cannot keep, and every message acknowledged with Success arrives after `kill -9`.
+#[test]
+fn a_full_persistent_session_refuses_with_quota_exceeded_and_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("tiny.toml");
+    std::fs::write(&cfg, "max_offline_bytes_per_session = 20000\n").unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let cfg = cfg.to_str().unwrap().to_string();
+    let mut b = Broker::start_in(&data, &["--config", &cfg]);
+    let sub = id_on_shard("tiny-sub", 0, 2);
+    persistent_subscriber(&b, &sub, "tiny/#");
+
+    let v5 = ProtocolVersion::V5;
+    let (mut p, _) = Raw::connect(
+        b.addr,
+        Raw::connect_packet(&id_on_shard("tiny-pub", 0, 2), true, 60, v5),
+    );
+    p.set_timeout(Duration::from_secs(10));
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    for i in 0..1_000u32 {
+        let mut payload = i.to_be_bytes().to_vec();
+        payload.resize(200, 0);
+        p.publish(
+            "tiny/t",
+            QoS::AtLeastOnce,
+            (i % 60_000) as u16 + 1,
+            &payload,
+            false,
+            false,
+        );
+        match p.recv() {
+            Some(Packet::PubAck(r)) if r.reason == ReasonCode::Success => accepted.push(i),
+            Some(Packet::PubAck(r)) => {
+                assert_eq!(r.reason, ReasonCode::QuotaExceeded);
+                refused += 1;
+                if refused == 10 {
+                    break;
+                }
+            }
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+    }
+    assert!(refused > 0, "the session bound was never reached");
+    assert!(!accepted.is_empty());
+    b.kill9();
+
+    let b = Broker::start_in(&data, &["--config", &cfg]);
+    let got = drain(&b, &sub, Duration::from_secs(2));
+    let seqs: HashSet<u32> = got
+        .seqs
+        .get("tiny/t")
+        .into_iter()
+        .flatten()
+        .copied()
+        .collect();
+    let lost: Vec<&u32> = accepted.iter().filter(|s| !seqs.contains(s)).collect();
+    assert!(lost.is_empty(), "{} acknowledged messages lost", lost.len());
+    eprintln!(
+        "session full after {} accepted messages; {refused} refused with 0x97",
         accepted.len()
     );
 }

@@ -32,6 +32,8 @@ pub struct Queued {
     pub log_pending: bool,
     /// v5 subscription identifiers of the matching subscriptions.
     pub sub_ids: Vec<u32>,
+    /// Log bytes this entry counts against its session's and shard's bounds (0 = not counted: not persisted).
+    pub log_bytes: u32,
 }
 
 impl Queued {
@@ -44,6 +46,7 @@ impl Queued {
             restored: false,
             log_pending: false,
             sub_ids,
+            log_bytes: 0,
         }
     }
 }
@@ -97,6 +100,9 @@ pub struct Session {
     /// v5 maximum packet size the client accepts (0 = protocol maximum).
     pub client_max_packet: u32,
     pub dropped: u64,
+    /// Log bytes of the QoS 1/2 messages queued and in flight (sum of their `Queued::log_bytes`, saturating; u32
+    /// keeps `Session` small, and the per-session bound is below 4 GiB).
+    pub log_bytes: u32,
     /// The session is in the shard's log (persistent: it outlives its connection).
     pub persisted: bool,
 }
@@ -119,6 +125,7 @@ impl Session {
             waiters: Vec::new(),
             client_max_packet: 0,
             dropped: 0,
+            log_bytes: 0,
             persisted: false,
         }
     }

@@ -177,6 +177,10 @@ pub fn shard_config(cfg: &Config, shard_id: u16, shards: u16) -> ShardConfig {
         max_in_transit: cfg.mesh_capacity + shard_loop::IN_TRANSIT_SLACK,
         overflow: cfg.queue_overflow,
         offline_overflow: cfg.offline_overflow,
+        max_offline_bytes_per_session: cfg.max_offline_bytes_per_session,
+        max_offline_messages_per_session: cfg.max_offline_messages_per_session,
+        max_offline_bytes_per_shard: offline_bytes_per_shard(cfg, shards),
+        persistent_queue_full: cfg.persistent_queue_full,
         qos0_overflow: cfg.qos0_overflow,
         max_out_buffer: cfg.max_out_buffer,
         max_subscriptions_per_session: cfg.max_subscriptions_per_session,
@@ -186,6 +190,37 @@ pub fn shard_config(cfg: &Config, shard_id: u16, shards: u16) -> ShardConfig {
         subscribe_denied_reason: crate::codec::ReasonCode::from_u8(cfg.acl_subscribe_denied_reason)
             .unwrap_or(crate::codec::ReasonCode::NotAuthorized),
     }
+}
+
+/// The shard's bound on log bytes queued for persistent sessions: the configured one, or half of the smaller of
+/// the `[store]` budget and this shard's share of the data directory's free space at start.
+fn offline_bytes_per_shard(cfg: &Config, shards: u16) -> u64 {
+    if cfg.max_offline_bytes_per_shard > 0 || !cfg.persistence {
+        return cfg.max_offline_bytes_per_shard;
+    }
+    let budget = cfg.store.max_segments as u64 * cfg.store.segment_size as u64;
+    let free = free_bytes(&cfg.data_dir).map_or(u64::MAX, |f| f / shards.max(1) as u64);
+    (budget.min(free) / 2).max(1 << 20)
+}
+
+/// Free bytes (for an unprivileged user) on the file system of `dir` or its nearest existing parent.
+fn free_bytes(dir: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut p = dir;
+    while !p.exists() {
+        p = p.parent()?;
+    }
+    let path = if p.as_os_str().is_empty() {
+        std::ffi::CString::new(".").ok()?
+    } else {
+        std::ffi::CString::new(p.as_os_str().as_bytes()).ok()?
+    };
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a valid NUL-terminated string and `st` a valid out-parameter.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 /// Run the broker until `shutdown` is set. `on_bound` is told the listening addresses once they are bound.

@@ -1002,6 +1002,11 @@ impl Store {
         self.shared.wait(lsn.0, timeout)
     }
 
+    /// Bytes of a message body's record in the log (None if the log holds no such body).
+    pub fn message_len(&self, msg: MsgRef) -> Option<u32> {
+        self.index.message_loc(msg.0).map(|l| l.len)
+    }
+
     /// Reads a message body back from the log (the payload is copied out of the mapping).
     pub fn read_message(&self, msg: MsgRef) -> StoreResult<StoredMessage> {
         let unreadable = |reason: &str| StoreError::Unreadable {

@@ -2,56 +2,84 @@
 
 use super::*;
 
+/// Why a queue could not take a QoS 1/2 message (counted per reason in `Stats::full_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum QueueFull {
+    /// An online session past `max_queued_messages + max_in_transit`.
+    OnlineHard,
+    /// An offline session at `max_offline_messages_per_session` references (or, not in the log,
+    /// `max_queued_messages`).
+    SessionMessages,
+    /// A persistent session at `max_offline_bytes_per_session`.
+    SessionBytes,
+    /// The shard's persistent queues at `max_offline_bytes_per_shard`.
+    ShardBytes,
+}
+
+/// Log bytes a message body costs (its record: topic, payload, properties and framing).
+pub(super) fn message_log_bytes(m: &Message) -> u32 {
+    let props = m.properties.as_ref().map_or(0, |_| 64);
+    (m.topic.len() + m.payload.len() + props + 32).min(u32::MAX as usize) as u32
+}
+
+fn queued_log_bytes(q: &Queued) -> u32 {
+    q.msg.as_ref().map_or(0, |m| message_log_bytes(m))
+}
+
 impl Shard {
-    /// Put a message in a session's queue, applying the bound and the overflow policy.
+    /// Put a message in a session's queue, applying the bounds and the overflow policies.
+    ///
+    /// QoS 1/2 for a persistent session is bounded by log bytes (per session and per shard) and, offline, by the
+    /// count of references; the message count bound (`max_queued_messages`) is for memory: online queues and QoS 0.
+    /// A queue that is truly full follows `persistent_queue_full` (see `queue_full`).
     pub(super) fn enqueue(&mut self, sidx: u32, mut q: Queued, origin: Option<Origin>) {
         let soft = self.cfg.max_queued_messages.max(1);
         let hard = soft + self.cfg.max_in_transit;
         let shard_id = self.cfg.shard_id;
-        let cfg = &self.cfg;
-        let stats = &mut self.stats;
-        let mut dropped = None;
-        let s = self.sessions[sidx as usize].as_mut().expect("live session");
+        let s = self.sessions[sidx as usize].as_ref().expect("live session");
         let online = s.conn.is_some();
         let qos0 = q.qos == QoS::AtMostOnce;
-        // Which counter a drop of this message goes to.
-        let mut count_drop = |s: &mut Session| {
-            s.dropped += 1;
-            match (qos0, online) {
-                (true, _) => stats.dropped_qos0 += 1,
-                (false, true) => stats.dropped_qos12 += 1,
-                (false, false) => stats.dropped_offline += 1,
+        let in_log = !qos0 && s.persisted && self.store.is_some();
+        if !qos0 {
+            if let Some(reason) = self.full_reason(sidx, &q, online, in_log, hard) {
+                if !self.queue_full(sidx, &q, origin, in_log, reason) {
+                    return;
+                }
             }
-        };
-        if s.backlog() >= soft {
+        }
+        let s = self.sessions[sidx as usize].as_mut().expect("live session");
+        let mut dropped = None;
+        if s.backlog() >= soft && (online || qos0) {
             let policy = match (qos0, online) {
-                (true, true) => cfg.qos0_overflow,
+                (true, true) => self.cfg.qos0_overflow,
                 (true, false) => OverflowPolicy::DropNewest,
-                (false, true) => cfg.overflow,
-                (false, false) => cfg.offline_overflow,
+                (false, _) => self.cfg.overflow,
+            };
+            let count_drop = |s: &mut Session, stats: &mut Stats| {
+                s.dropped += 1;
+                if qos0 {
+                    stats.dropped_qos0 += 1
+                } else {
+                    stats.dropped_qos12 += 1
+                }
             };
             match policy {
                 OverflowPolicy::DropNewest => {
-                    count_drop(s);
+                    count_drop(s, &mut self.stats);
                     return;
                 }
                 OverflowPolicy::DropOldest => {
                     // Everything in flight: the newest gives way instead.
                     let Some(oldest) = s.queue.pop_front() else {
-                        count_drop(s);
+                        count_drop(s, &mut self.stats);
                         return;
                     };
                     dropped = Some(oldest);
-                    count_drop(s);
+                    count_drop(s, &mut self.stats);
                 }
                 OverflowPolicy::Backpressure => {
-                    if s.backlog() >= hard {
-                        // Publishers overshot the soft bound by more than the pause could stop: bounded memory wins.
-                        count_drop(s);
-                        return;
-                    }
                     // Pause the publisher feeding us, unless it is this session's own connection (a client that
-                    // stops reading while it writes would deadlock with itself).
+                    // stops reading while it writes would deadlock with itself). Past the hard bound, see above.
                     if let Some(o) = origin {
                         let own = o.shard == shard_id && Some(o.conn) == s.conn;
                         if !own && !s.waiters.contains(&o) && s.waiters.len() < 4096 {
@@ -74,8 +102,149 @@ impl Shard {
             self.persist_done(sidx, &old);
         }
         self.persist_enqueue(sidx, &mut q);
+        if in_log && q.msg_id != 0 {
+            q.log_bytes = queued_log_bytes(&q);
+            self.account(sidx, q.log_bytes);
+        }
         let s = self.sessions[sidx as usize].as_mut().expect("live session");
         s.queue.push_back(q);
+    }
+
+    /// Why a QoS 1/2 message cannot be queued for this session without breaking a bound, if it cannot.
+    fn full_reason(
+        &self,
+        sidx: u32,
+        q: &Queued,
+        online: bool,
+        in_log: bool,
+        hard: usize,
+    ) -> Option<QueueFull> {
+        let s = self.session(sidx);
+        if online && s.backlog() >= hard {
+            // Publishers overshot the soft bound by more than the pause could stop: bounded memory wins.
+            return Some(QueueFull::OnlineHard);
+        }
+        if !online {
+            // Offline: references only, bounded by their own (larger) count.
+            let max = if in_log {
+                self.cfg.max_offline_messages_per_session
+            } else {
+                // Not in the log (persistence off): the bodies stay in memory, so the memory bound applies.
+                self.cfg.max_queued_messages
+            };
+            if s.backlog() >= max.max(1) {
+                return Some(QueueFull::SessionMessages);
+            }
+        }
+        if in_log {
+            let size = q.msg.as_ref().map_or(0, |m| message_log_bytes(m)) as u64;
+            if s.log_bytes as u64 + size > self.cfg.max_offline_bytes_per_session {
+                return Some(QueueFull::SessionBytes);
+            }
+            let total = self.cfg.max_offline_bytes_per_shard;
+            if total > 0 && self.stats.queued_log_bytes + size > total {
+                return Some(QueueFull::ShardBytes);
+            }
+        }
+        None
+    }
+
+    /// A QoS 1/2 message meets a truly full queue. `refuse`: the publish is not acknowledged (the caller sees
+    /// `refusals()` change and refuses it, or tells the publisher's shard with `LogRefused`); a message with no
+    /// publisher waiting for an acknowledgement (a will, a retained copy) can only be dropped. `drop`: dropped for
+    /// this session, counted, logged with the client id at once (then at every power of two of its drops). True
+    /// if the message should be queued anyway (`drop` with `offline_overflow = "drop-oldest"` made room).
+    fn queue_full(
+        &mut self,
+        sidx: u32,
+        q: &Queued,
+        origin: Option<Origin>,
+        in_log: bool,
+        reason: QueueFull,
+    ) -> bool {
+        match reason {
+            QueueFull::OnlineHard => self.stats.full_online_hard += 1,
+            QueueFull::SessionMessages => self.stats.full_session_messages += 1,
+            QueueFull::SessionBytes => self.stats.full_session_bytes += 1,
+            QueueFull::ShardBytes => self.stats.full_shard_bytes += 1,
+        }
+        let waits_for_ack = q.msg.as_ref().is_some_and(|m| m.origin.is_some()) && origin.is_some();
+        if self.cfg.persistent_queue_full == QueueFullPolicy::Refuse && waits_for_ack {
+            self.stats.refused_queue_full += 1;
+            tracing::debug!(shard = self.cfg.shard_id, client = %self.session(sidx).client_id, ?reason,
+                "session queue full: refusing the publish");
+            return false;
+        }
+        let online = self.session(sidx).conn.is_some();
+        if !online
+            && self.cfg.offline_overflow == OverflowPolicy::DropOldest
+            && reason != QueueFull::ShardBytes
+        {
+            if let Some(old) = self.session_mut(sidx).queue.pop_front() {
+                self.persist_done(sidx, &old);
+                self.count_full_drop(sidx, online, reason);
+                if self
+                    .full_reason(sidx, q, online, in_log, usize::MAX)
+                    .is_none()
+                {
+                    return true;
+                }
+            }
+        }
+        self.count_full_drop(sidx, online, reason);
+        false
+    }
+
+    /// Count (and log, loudly, with the client id) a message dropped for a full session.
+    fn count_full_drop(&mut self, sidx: u32, online: bool, reason: QueueFull) {
+        if online {
+            self.stats.dropped_qos12 += 1;
+        } else {
+            self.stats.dropped_offline += 1;
+        }
+        let shard = self.cfg.shard_id;
+        let s = self.session_mut(sidx);
+        s.dropped += 1;
+        if s.dropped.is_power_of_two() {
+            tracing::warn!(shard, client = %s.client_id, ?reason, dropped = s.dropped,
+                "ACKNOWLEDGED QoS 1/2 MESSAGE DROPPED for a full session (persistent_queue_full = \"drop\")");
+        }
+    }
+
+    /// The largest backlog (queued + in flight) of any session: for tests and the simulation, which check that
+    /// every queue stays within its bound. O(sessions).
+    pub fn max_session_backlog(&self) -> usize {
+        self.sessions
+            .iter()
+            .flatten()
+            .map(Session::backlog)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Failures and refusals so far: a publish whose routing changed this must not be acknowledged.
+    pub(super) fn refusals(&self) -> u64 {
+        self.stats.persist_errors + self.stats.refused_queue_full
+    }
+
+    /// `bytes` of log now count against the session's and the shard's bounds.
+    pub(super) fn account(&mut self, sidx: u32, bytes: u32) {
+        let s = self.session_mut(sidx);
+        s.log_bytes = s.log_bytes.saturating_add(bytes);
+        self.stats.queued_log_bytes += bytes as u64;
+    }
+
+    /// A queued entry left its session (acknowledged, dropped, discarded): its bytes no longer count.
+    pub(super) fn unaccount(&mut self, sidx: u32, q: &Queued) {
+        if q.log_bytes == 0 {
+            return;
+        }
+        let s = self.session_mut(sidx);
+        s.log_bytes = s.log_bytes.saturating_sub(q.log_bytes);
+        self.stats.queued_log_bytes = self
+            .stats
+            .queued_log_bytes
+            .saturating_sub(q.log_bytes as u64);
     }
 
     /// Move messages from a session's queue into its connection's output buffer, within the in-flight window

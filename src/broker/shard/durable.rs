@@ -77,7 +77,7 @@ impl Shard {
         if seq == 0 {
             return;
         }
-        if self.stats.persist_errors != failures_before {
+        if self.refusals() != failures_before {
             if let Some(o) = origin {
                 self.mesh_out
                     .push((from, super::MeshMsg::LogRefused(o.conn)));
@@ -87,7 +87,7 @@ impl Shard {
         self.dur.on_peer_msg(from, seq, appended);
     }
 
-    /// A peer's log could not take a message published on `key`: drop the connection's output from its first
+    /// A peer's log could not take a message published on `key`, or a full session there refused it: drop the connection's output from its first
     /// hold on (the acknowledgement that would vouch for it is there) and close it (v5: DISCONNECT 0x97), so the
     /// client sends the message again after reconnecting. Counted as a refused publish.
     pub(super) fn refuse_held(&mut self, key: ConnKey) {
@@ -101,7 +101,7 @@ impl Shard {
         tracing::warn!(
             shard = self.cfg.shard_id,
             conn = ?key,
-            "a peer shard's log could not take a publish: closing the publisher unacknowledged"
+            "a peer shard's log or a full session there refused a publish: closing the publisher unacknowledged"
         );
         self.close(key, true, Some(crate::codec::ReasonCode::QuotaExceeded));
     }

@@ -165,6 +165,10 @@ impl Shard {
         self.set_session_acl(sidx, None);
         self.release_waiters(sidx);
         let s = self.sessions[sidx as usize].take().expect("live session");
+        self.stats.queued_log_bytes = self
+            .stats
+            .queued_log_bytes
+            .saturating_sub(s.log_bytes as u64);
         self.delete_persisted(&s);
         self.by_client.remove(&s.client_id, sidx);
         self.free_sessions.push(sidx);

@@ -71,6 +71,18 @@ pub enum OverflowPolicy {
     DropNewest,
 }
 
+/// What to do with a QoS 1/2 message for a session whose queue is truly full (an offline persistent session at
+/// its byte or reference bound, or an online one past the hard bound).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum QueueFullPolicy {
+    /// Do not acknowledge the publish (v5: PUBACK/PUBREC 0x97; 3.1.1: close the publisher), so nothing
+    /// acknowledged is ever lost; the publisher retries. Other matching sessions may then get it twice (default).
+    Refuse,
+    /// Keep it for the other sessions and drop it for the full one: counted per reason, logged with the client id.
+    Drop,
+}
+
 #[derive(Debug, Clone)]
 pub struct ShardConfig {
     pub shard_id: u16,
@@ -95,6 +107,16 @@ pub struct ShardConfig {
     /// QoS 0 for an online session whose queue is full: dropped (`DropNewest`, counted) or `Backpressure` like
     /// QoS 1/2. Offline sessions always drop QoS 0.
     pub qos0_overflow: OverflowPolicy,
+    /// Log bytes of QoS 1/2 messages queued (and in flight) for one persistent session.
+    pub max_offline_bytes_per_session: u64,
+    /// Queued references (QoS 1/2, body in the log) per offline persistent session: bounds their memory
+    /// (a `Queued` is 48 bytes, up to twice that in a growing `VecDeque`, plus ~70 bytes of log index).
+    pub max_offline_messages_per_session: usize,
+    /// Log bytes of QoS 1/2 messages queued for all persistent sessions of this shard (0 = no bound); sized by the
+    /// server from the `[store]` budget and the data directory's free space.
+    pub max_offline_bytes_per_shard: u64,
+    /// A truly full queue: refuse the publish or drop for that session.
+    pub persistent_queue_full: QueueFullPolicy,
     /// Bytes encoded ahead into a connection's output buffer before the rest waits in the session queue.
     pub max_out_buffer: usize,
     pub max_subscriptions_per_session: usize,
@@ -120,6 +142,10 @@ impl Default for ShardConfig {
             overflow: OverflowPolicy::Backpressure,
             offline_overflow: OverflowPolicy::DropNewest,
             qos0_overflow: OverflowPolicy::DropNewest,
+            max_offline_bytes_per_session: 64 << 20,
+            max_offline_messages_per_session: 1_000_000,
+            max_offline_bytes_per_shard: 0,
+            persistent_queue_full: QueueFullPolicy::Refuse,
             max_out_buffer: 64 * 1024,
             max_subscriptions_per_session: 1024,
             max_sessions: 1 << 20,
@@ -179,7 +205,8 @@ pub enum MeshMsg {
     /// Stop / resume reading a publisher connection of the receiving shard (backpressure).
     Pause(ConnKey),
     Resume(ConnKey),
-    /// The sender's log could not take a QoS>0 message published on this connection of the receiving shard:
+    /// The sender's log could not take a QoS>0 message published on this connection of the receiving shard, or a
+    /// full session there refused it (`persistent_queue_full = "refuse"`):
     /// the acknowledgement held for it must never leave. Sent before the sender's `Durable` for that message
     /// (channels are FIFO), so it always arrives first.
     LogRefused(ConnKey),
@@ -222,6 +249,16 @@ pub struct Stats {
     pub persist_errors: u64,
     /// QoS>0 publishes refused because the log is full or failed.
     pub publishes_refused: u64,
+    /// Copies of QoS 1/2 messages a full session refused (`persistent_queue_full = "refuse"`): the publish was
+    /// not acknowledged.
+    pub refused_queue_full: u64,
+    /// Times a session queue was truly full, per reason (refused or dropped).
+    pub full_session_bytes: u64,
+    pub full_session_messages: u64,
+    pub full_shard_bytes: u64,
+    pub full_online_hard: u64,
+    /// Gauge: log bytes of QoS 1/2 messages queued for persistent sessions of this shard.
+    pub queued_log_bytes: u64,
     /// SUBSCRIBEs refused because too many were waiting for the other shards.
     pub subscribes_refused: u64,
     /// Times the shard stopped reading its sockets because too many rounds waited for the log (slow disk).
@@ -236,6 +273,7 @@ impl Stats {
             + self.dropped_too_large
             + self.retained_rejected
             + self.publishes_refused
+            + self.refused_queue_full
             + self.persist_errors
     }
 }
@@ -534,13 +572,13 @@ impl Shard {
         match msg {
             MeshMsg::Publish(m, seq) => {
                 let m = Rc::new(*m);
-                let before = (self.stats.persist_errors, self.dur.appends());
+                let before = (self.refusals(), self.dur.appends());
                 self.deliver_local(&m);
                 self.peer_msg_done(from, seq, m.origin, before);
             }
             MeshMsg::Retain(m, seq) => {
                 let origin = m.origin;
-                let before = (self.stats.persist_errors, self.dur.appends());
+                let before = (self.refusals(), self.dur.appends());
                 self.store_retained(Rc::new(*m));
                 self.peer_msg_done(from, seq, origin, before);
             }
@@ -631,6 +669,7 @@ impl Shard {
                 too_large = self.stats.dropped_too_large,
                 retained_rejected = self.stats.retained_rejected,
                 refused_publishes = self.stats.publishes_refused,
+                refused_queue_full = self.stats.refused_queue_full,
                 log_errors = self.stats.persist_errors,
                 "messages dropped or refused (totals since start)"
             );
@@ -701,6 +740,7 @@ impl Shard {
             Packet::PubAck(r) => {
                 if let Some(done) = self.session_mut(session).on_puback(r.packet_id) {
                     self.persist_ack(session, done.q.msg_id);
+                    self.unaccount(session, &done.q);
                     self.pump(session);
                 }
                 ReadOutcome::Continue
@@ -708,7 +748,13 @@ impl Shard {
             Packet::PubRec(r) => {
                 let known = self.session_mut(session).on_pubrec(r.packet_id);
                 if let Some(msg_id) = known {
+                    // Once a PUBREL left, that PUBLISH must never be resent (the client forgets the packet id at
+                    // PUBREL and would take it for a new message): the state must be durable first.
+                    let work = self.dur.work();
                     self.persist_delivery(session, msg_id, r.packet_id, DeliveryState::PubRelSent);
+                    if self.dur.work() != work {
+                        self.hold_output(key, true);
+                    }
                 }
                 self.send_ack(key, Packet::PubRel, r.packet_id, known.is_some());
                 ReadOutcome::Continue
@@ -730,6 +776,7 @@ impl Shard {
             Packet::PubComp(r) => {
                 if let Some(done) = self.session_mut(session).on_pubcomp(r.packet_id) {
                     self.persist_ack(session, done.q.msg_id);
+                    self.unaccount(session, &done.q);
                     self.pump(session);
                 }
                 ReadOutcome::Continue

@@ -104,12 +104,20 @@ impl Shard {
         for q in queue.iter_mut() {
             q.msg_id = 0;
             q.log_pending = false;
+            q.log_bytes = 0;
         }
         let s = self.sessions[sidx as usize].as_mut().expect("live session");
         s.queue = queue;
         for f in s.inflight.iter_mut() {
             f.q.msg_id = 0;
+            f.q.log_bytes = 0;
         }
+        // Out of the log: its bytes no longer count (the memory bound applies from now on).
+        self.stats.queued_log_bytes = self
+            .stats
+            .queued_log_bytes
+            .saturating_sub(s.log_bytes as u64);
+        s.log_bytes = 0;
         s.persisted = false;
         let rec = Record::SessionDelete {
             client_id: &s.client_id,
@@ -281,6 +289,7 @@ impl Shard {
     /// policy): acknowledge it in the log, unless its enqueue was never written (then nothing references the
     /// body, and the log forgets it).
     pub(super) fn persist_done(&mut self, sidx: u32, q: &Queued) {
+        self.unaccount(sidx, q);
         if q.log_pending {
             self.pending_enqueues = self.pending_enqueues.saturating_sub(1);
         } else {

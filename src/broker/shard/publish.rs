@@ -65,10 +65,11 @@ impl Shard {
         };
         let packet_id = p.packet_id;
         let qos = p.qos;
-        let failures = self.stats.persist_errors;
+        let failures = self.refusals();
         self.route(msg);
-        if qos != QoS::AtMostOnce && self.stats.persist_errors != failures {
-            // Part of it did not reach the log: it may be delivered, but it must not be acknowledged as safe.
+        if qos != QoS::AtMostOnce && self.refusals() != failures {
+            // Part of it did not reach the log, or a full session refused it: it may be delivered to others, but
+            // it must not be acknowledged as safe.
             if qos == QoS::ExactlyOnce {
                 self.session_mut(sidx).inbound_qos2_release(packet_id);
             }

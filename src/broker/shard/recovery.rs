@@ -44,6 +44,15 @@ impl Shard {
             .and_then(message_of)
     }
 
+    /// Log bytes of a stored body, as counted against the queue bounds (at least 1, so it is always counted).
+    pub(super) fn stored_len(&self, msg_id: u64) -> u32 {
+        let len = self
+            .store
+            .as_ref()
+            .and_then(|st| st.message_len(MsgRef(msg_id)));
+        len.unwrap_or(0).max(1)
+    }
+
     /// Read a queued message's body back from the log (and, for restored entries, work out its QoS, RETAIN and
     /// subscription ids). False if it is unreadable: then it is acknowledged away, counted and logged.
     pub(super) fn load_body(&mut self, sidx: u32, q: &mut Queued) -> bool {
@@ -76,6 +85,7 @@ impl Shard {
                 self.stats.dropped_offline += 1;
                 tracing::error!(msg_id = q.msg_id, error = %e, "stored message unreadable; dropped");
                 self.persist_ack(sidx, q.msg_id);
+                self.unaccount(sidx, q);
                 false
             }
         }
@@ -144,7 +154,10 @@ impl Shard {
                     restored: true,
                     log_pending: false,
                     sub_ids: Vec::new(),
+                    log_bytes: self.stored_len(qm.msg.0),
                 };
+                let bytes = q.log_bytes;
+                self.account(sidx, bytes);
                 match qm.delivery {
                     Some(d) => {
                         if !self.load_body(sidx, &mut q) {

@@ -8,14 +8,14 @@ use std::time::Duration;
 
 const V: ProtocolVersion = ProtocolVersion::V3_1_1;
 
-fn frame(p: &Packet) -> BytesMut {
+pub(super) fn frame(p: &Packet) -> BytesMut {
     let mut b = BytesMut::new();
     codec::encode(p, V, &mut b).unwrap();
     b
 }
 
 /// Accept a connection and feed it a CONNECT (v3.1.1, or v5 with a session expiry when `v5_expiry` is set).
-fn connect_as(
+pub(super) fn connect_as(
     shard: &mut Shard,
     io: u64,
     id: &str,
@@ -49,11 +49,11 @@ fn connect_as(
     key
 }
 
-fn connect(shard: &mut Shard, io: u64, id: &str, clean: bool) -> ConnKey {
+pub(super) fn connect(shard: &mut Shard, io: u64, id: &str, clean: bool) -> ConnKey {
     connect_as(shard, io, id, clean, None)
 }
 
-fn take_output(shard: &mut Shard, key: ConnKey) -> Vec<Packet> {
+pub(super) fn take_output(shard: &mut Shard, key: ConnKey) -> Vec<Packet> {
     let (out, n) = shard.out_writable(key).unwrap();
     let mut bytes = BytesMut::from(&out[..n]);
     shard.consumed(key, n);
@@ -80,7 +80,7 @@ fn shard_with_log(dir: &std::path::Path) -> Shard {
     shard
 }
 
-fn subscribe(filter: &str, qos: QoS) -> BytesMut {
+pub(super) fn subscribe(filter: &str, qos: QoS) -> BytesMut {
     frame(&Packet::Subscribe(Subscribe {
         packet_id: 1,
         filters: vec![SubscribeFilter {
@@ -349,7 +349,7 @@ fn rounds_waiting_for_the_log_are_bounded() {
 }
 
 /// A client id that lands on `shard` of 2.
-fn id_on(prefix: &str, shard: u16) -> String {
+pub(super) fn id_on(prefix: &str, shard: u16) -> String {
     (0..)
         .map(|i| format!("{prefix}{i}"))
         .find(|id| super::super::owner_shard(id, 2) == shard)
@@ -378,7 +378,7 @@ fn two_shard_member(dir: &std::path::Path, id: u16, max_record_size: u32) -> Sha
 
 /// A few rounds of both shards, carrying mesh messages between them; a shard's log is synced each round
 /// only if `sync[shard]`.
-fn shuttle(a: &mut Shard, b: &mut Shard, sync: [bool; 2]) {
+pub(super) fn shuttle(a: &mut Shard, b: &mut Shard, sync: [bool; 2]) {
     let mut msgs = Vec::new();
     for _ in 0..4 {
         for (from, to) in [(0u16, 1u16), (1, 0)] {
@@ -416,7 +416,7 @@ fn two_shards_with_subscribers(dir: &std::path::Path) -> (Shard, Shard) {
     (s0, s1)
 }
 
-fn pubacks(got: &[Packet]) -> Vec<u16> {
+pub(super) fn pubacks(got: &[Packet]) -> Vec<u16> {
     got.iter()
         .filter_map(|p| match p {
             Packet::PubAck(r) => Some(r.packet_id),
@@ -425,7 +425,7 @@ fn pubacks(got: &[Packet]) -> Vec<u16> {
         .collect()
 }
 
-fn publish_to(topic: &str, qos: QoS, id: u16, payload: &[u8]) -> BytesMut {
+pub(super) fn publish_to(topic: &str, qos: QoS, id: u16, payload: &[u8]) -> BytesMut {
     frame(&Packet::Publish(Publish {
         dup: false,
         qos,

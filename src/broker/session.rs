@@ -32,11 +32,15 @@ pub struct Queued {
     pub log_pending: bool,
     /// v5 subscription identifiers of the matching subscriptions.
     pub sub_ids: Vec<u32>,
+    /// Shard second the message reached this shard (v5 message expiry counts from it; kept while the body
+    /// lives only in the log).
+    pub since: u32,
 }
 
 impl Queued {
     pub fn new(msg: Rc<Message>, qos: QoS, retain: bool, sub_ids: Vec<u32>) -> Self {
         Queued {
+            since: msg.received_at,
             msg: Some(msg),
             msg_id: 0,
             qos,
@@ -231,6 +235,7 @@ mod tests {
                 retain: false,
                 properties: None,
                 origin: None,
+                received_at: 0,
             }),
             QoS::ExactlyOnce,
             false,

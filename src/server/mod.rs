@@ -181,6 +181,10 @@ pub fn shard_config(cfg: &Config, shard_id: u16, shards: u16) -> ShardConfig {
         max_sessions: cfg.max_connections as usize,
         max_retained_messages: cfg.max_retained_messages,
         max_retained_bytes: cfg.max_retained_bytes,
+        topic_alias_maximum: cfg.topic_alias_maximum,
+        response_information: cfg.response_information.clone(),
+        server_reference: cfg.server_reference.clone(),
+        server_moved: cfg.redirect == crate::config::Redirect::Moved,
     }
 }
 

@@ -32,6 +32,7 @@ pub(super) fn message_of(stored: crate::store::StoredMessage) -> Result<Message,
         retain: stored.retain,
         properties,
         origin: None,
+        received_at: 0,
     })
 }
 
@@ -144,6 +145,8 @@ impl Shard {
                     restored: true,
                     log_pending: false,
                     sub_ids: Vec::new(),
+                    // The log keeps no arrival time: expiry counts again from the restart.
+                    since: 0,
                 };
                 match qm.delivery {
                     Some(d) => {

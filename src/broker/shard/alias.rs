@@ -45,13 +45,12 @@ impl Shard {
         let max = self.cfg.topic_alias_maximum;
         if alias == 0 || alias > max {
             // [MQTT-3.3.2-9], [MQTT-3.3.2-10]
-            return Err((ReasonCode::TopicAliasInvalid, "topic alias above the maximum"));
+            return Err((
+                ReasonCode::TopicAliasInvalid,
+                "topic alias above the maximum",
+            ));
         }
-        let conn = self.conns.get_mut(key).ok_or((
-            ReasonCode::UnspecifiedError,
-            "connection gone",
-        ))?;
-        let a = conn.aliases.get_or_insert_with(Box::default);
+        let a = self.aliases.entry(key).or_default();
         let slot = alias as usize - 1;
         if a.inbound.len() <= slot {
             a.inbound.resize(slot + 1, None);
@@ -71,11 +70,14 @@ impl Shard {
     /// Replace an outbound PUBLISH's topic by its alias, or assign one while there is room. Returns whether a
     /// new alias was assigned (so a failed send can take it back with `forget_alias`).
     pub(super) fn outbound_alias(&mut self, key: ConnKey, publish: &mut Publish) -> bool {
-        let Some(a) = self.conns.get_mut(key).and_then(|c| c.aliases.as_mut()) else {
+        let Some(a) = self.aliases.get_mut(&key) else {
             return false;
         };
         if let Some(&alias) = a.outbound.get(&publish.topic) {
-            publish.properties.get_or_insert_with(Box::default).topic_alias = Some(alias);
+            publish
+                .properties
+                .get_or_insert_with(Box::default)
+                .topic_alias = Some(alias);
             publish.topic = ByteString::new();
             return false;
         }
@@ -84,13 +86,16 @@ impl Shard {
         }
         let alias = a.outbound.len() as u16 + 1;
         a.outbound.insert(publish.topic.clone(), alias);
-        publish.properties.get_or_insert_with(Box::default).topic_alias = Some(alias);
+        publish
+            .properties
+            .get_or_insert_with(Box::default)
+            .topic_alias = Some(alias);
         true
     }
 
     /// A PUBLISH that assigned an alias was not sent after all: the client never learned it.
     pub(super) fn forget_alias(&mut self, key: ConnKey, topic: &ByteString) {
-        if let Some(a) = self.conns.get_mut(key).and_then(|c| c.aliases.as_mut()) {
+        if let Some(a) = self.aliases.get_mut(&key) {
             a.outbound.remove(topic);
         }
     }
@@ -98,8 +103,10 @@ impl Shard {
     /// At CONNECT: outbound aliases for a v5 client that accepts them.
     pub(super) fn setup_aliases(&mut self, key: ConnKey, client_max: u16) {
         let out_max = client_max.min(self.cfg.topic_alias_maximum);
-        if let Some(c) = self.conns.get_mut(key) {
-            c.aliases = (out_max > 0).then(|| Box::new(Aliases::new(out_max)));
+        if out_max > 0 {
+            self.aliases.insert(key, Aliases::new(out_max));
+        } else {
+            self.aliases.remove(&key);
         }
     }
 }

@@ -23,8 +23,6 @@ pub(super) struct Conn {
     pub(super) out_blocked: bool,
     /// v5 client allows reason strings (Request Problem Information is not 0).
     pub(super) reason_strings: bool,
-    /// v5 topic aliases, allocated once either side uses them.
-    pub(super) aliases: Option<Box<super::alias::Aliases>>,
 }
 
 #[derive(Debug)]

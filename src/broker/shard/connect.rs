@@ -178,8 +178,9 @@ impl Shard {
             self.setup_aliases(key, props.and_then(|p| p.topic_alias_maximum).unwrap_or(0));
         }
         let wants_response_info = props.and_then(|p| p.request_response_information) == Some(1);
-        let response_information = (wants_response_info && !self.cfg.response_information.is_empty())
-            .then(|| ByteString::from(self.cfg.response_information.as_str()));
+        let response_information = (wants_response_info
+            && !self.cfg.response_information.is_empty())
+        .then(|| ByteString::from(self.cfg.response_information.as_str()));
         let properties = (protocol == ProtocolVersion::V5).then(|| {
             Box::new(Properties {
                 receive_maximum: Some(self.cfg.max_inbound_qos2),

@@ -116,7 +116,11 @@ impl Shard {
                 continue;
             }
             if self.queued_expired(front) {
-                let q = self.session_mut(sidx).queue.pop_front().expect("front exists");
+                let q = self
+                    .session_mut(sidx)
+                    .queue
+                    .pop_front()
+                    .expect("front exists");
                 self.drop_expired(sidx, &q);
                 continue;
             }

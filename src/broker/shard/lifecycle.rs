@@ -118,7 +118,11 @@ impl Shard {
             "closing connection"
         );
         // The reason string goes only to v5 clients that did not turn problem information off [MQTT-3.1.2-29].
-        let explain = self.conns.get(key).filter(|c| c.reason_strings && !c.closing).is_some();
+        let explain = self
+            .conns
+            .get(key)
+            .filter(|c| c.reason_strings && !c.closing)
+            .is_some();
         if explain {
             let properties = Some(Box::new(Properties {
                 reason_string: Some(ByteString::from_static(why)),

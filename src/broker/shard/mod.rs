@@ -322,6 +322,8 @@ pub struct Shard {
     log_stalled: bool,
     /// Offline sessions with an expiry, by (deadline in shard seconds, session).
     expiring: std::collections::BTreeSet<(u64, u32)>,
+    /// v5 topic aliases of the connections that use them (beside `Conn`, whose size every idle connection pays).
+    aliases: HashMap<ConnKey, alias::Aliases>,
     /// v5 wills waiting for their Will Delay Interval.
     wills: will_delay::PendingWills,
 }
@@ -359,6 +361,7 @@ impl Shard {
             restoring: false,
             log_stalled: false,
             expiring: std::collections::BTreeSet::new(),
+            aliases: HashMap::new(),
             wills: will_delay::PendingWills::default(),
         }
     }
@@ -397,7 +400,6 @@ impl Shard {
             closing: false,
             out_blocked: false,
             reason_strings: false,
-            aliases: None,
         });
         self.wheel
             .insert(key, self.now + self.cfg.connect_timeout_secs, self.now);
@@ -537,6 +539,7 @@ impl Shard {
         if self.conns.remove(key).is_some() {
             self.stats.connections_closed += 1;
         }
+        self.aliases.remove(&key);
         self.dur.forget(key);
     }
 

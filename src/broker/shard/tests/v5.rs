@@ -595,3 +595,64 @@ fn reason_strings_only_when_problem_information_is_allowed() {
         );
     }
 }
+
+/// An expired message queued for a persistent session is acknowledged away in the log, so a restart does not
+/// bring it back.
+#[test]
+fn an_expired_persistent_message_leaves_the_log() {
+    use crate::store::{FsyncPolicy, StoreConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        fsync: FsyncPolicy::Interval(std::time::Duration::from_secs(10)),
+        sync_bytes: usize::MAX,
+        segment_size: 1 << 20,
+        ..StoreConfig::default()
+    };
+    let (store, rec) = Store::open(dir.path(), 0, cfg).unwrap();
+    let mut shard = Shard::new(ShardConfig::default());
+    shard.attach_store(store, 1_000_000);
+    shard.restore(rec.state);
+    let (sub, _) = connect_with(&mut shard, 1, "sub", true, session(3600), None);
+    subscribe(&mut shard, sub, "t", QoS::AtLeastOnce);
+    shard.end_round();
+    shard.sync_log();
+    take(&mut shard, sub);
+    shard.on_io_closed(sub);
+    shard.release(sub);
+    let publisher = connect(&mut shard, 2, "pub");
+    send(
+        &mut shard,
+        publisher,
+        &publish("t", QoS::AtLeastOnce, false, expiring(5), 1),
+    );
+    send(
+        &mut shard,
+        publisher,
+        &publish("t", QoS::AtLeastOnce, false, Properties::default(), 2),
+    );
+    shard.end_round();
+    shard.sync_log();
+    let queued = |shard: &Shard| {
+        let state = shard.store.as_ref().unwrap().snapshot();
+        state
+            .sessions
+            .iter()
+            .find(|s| s.client_id == "sub")
+            .unwrap()
+            .queue
+            .len()
+    };
+    assert_eq!(queued(&shard), 2);
+    shard.tick(10);
+    let (_sub, out) = connect_with(&mut shard, 3, "sub", false, session(3600), None);
+    shard.end_round();
+    shard.sync_log();
+    let got = publishes(out);
+    assert_eq!(got.len(), 1);
+    assert_eq!(shard.stats.expired, 1);
+    assert_eq!(
+        queued(&shard),
+        1,
+        "only the unexpired (in-flight) message is left in the log"
+    );
+}

@@ -229,3 +229,65 @@ fn paho_mqtt31_end_to_end() {
         run_paho("paho_v31.py");
     }
 }
+
+/// rumqttc's v5 client: its topic alias is honoured (a publish by alias with an empty topic reaches a rumqttc
+/// subscriber on the other shard under the full topic), and the Message Expiry Interval is forwarded.
+#[test]
+fn rumqttc_v5_alias_and_expiry() {
+    use rumqttc::v5::mqttbytes::v5::{Packet as RPacket, PublishProperties};
+    use rumqttc::v5::mqttbytes::QoS as RQoS;
+    use rumqttc::v5::{Client, Event, MqttOptions};
+    let b = Broker::start(&[]);
+    let opts = |id: String| {
+        let mut o = MqttOptions::new(id, "127.0.0.1", b.port());
+        o.set_keep_alive(Duration::from_secs(5));
+        o
+    };
+    let (sub, mut sub_conn) = Client::new(opts(id_on_shard("r5-sub", 0, 2)), 16);
+    sub.subscribe("r5/#", RQoS::AtLeastOnce).unwrap();
+    let mut subscribed = false;
+    for ev in sub_conn.iter().take(20) {
+        if let Ok(Event::Incoming(RPacket::SubAck(_))) = ev {
+            subscribed = true;
+            break;
+        }
+    }
+    assert!(subscribed, "no SUBACK");
+    let (publisher, mut pub_conn) = Client::new(opts(id_on_shard("r5-pub", 1, 2)), 16);
+    let props = |alias: u16| PublishProperties {
+        topic_alias: Some(alias),
+        message_expiry_interval: Some(30),
+        ..Default::default()
+    };
+    publisher
+        .publish_with_properties("r5/t", RQoS::AtLeastOnce, false, b"one".to_vec(), props(1))
+        .unwrap();
+    publisher
+        .publish_with_properties("", RQoS::AtLeastOnce, false, b"two".to_vec(), props(1))
+        .unwrap();
+    std::thread::spawn(move || for _ in pub_conn.iter() {});
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while got.len() < 2 && std::time::Instant::now() < deadline {
+        if let Ok(Ok(Event::Incoming(RPacket::Publish(p)))) =
+            sub_conn.recv_timeout(Duration::from_millis(200))
+        {
+            let expiry = p
+                .properties
+                .as_ref()
+                .and_then(|p| p.message_expiry_interval);
+            got.push((
+                String::from_utf8_lossy(&p.topic).to_string(),
+                p.payload.to_vec(),
+                expiry,
+            ));
+        }
+    }
+    assert_eq!(got.len(), 2, "{got:?}");
+    for (i, payload) in [b"one".to_vec(), b"two".to_vec()].into_iter().enumerate() {
+        assert_eq!(got[i].0, "r5/t");
+        assert_eq!(got[i].1, payload);
+        let left = got[i].2.expect("expiry forwarded");
+        assert!((25..=30).contains(&left), "{left}");
+    }
+}

@@ -102,6 +102,9 @@ impl Shard {
                     let gone = unix_now.saturating_sub(off);
                     if gone >= e as u64 {
                         expired.push(rs.client_id.clone());
+                        if let Some(w) = rs.pending_will {
+                            self.restore_will(None, w);
+                        }
                         continue;
                     }
                     Some(e - gone as u32)
@@ -125,6 +128,9 @@ impl Shard {
             session.inbound_qos2 = rs.inbound_qos2.clone();
             let sidx = self.new_session(session);
             self.schedule_expiry(sidx);
+            if let Some(w) = rs.pending_will {
+                self.restore_will(Some(sidx), w);
+            }
             let subs = self.session(sidx).subs.clone();
             for sub in &subs {
                 let entry = Subscriber {

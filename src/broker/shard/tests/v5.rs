@@ -656,3 +656,84 @@ fn an_expired_persistent_message_leaves_the_log() {
         "only the unexpired (in-flight) message is left in the log"
     );
 }
+
+fn shard_on_log(dir: &std::path::Path, epoch_unix: u64) -> Shard {
+    use crate::store::{FsyncPolicy, StoreConfig};
+    let cfg = StoreConfig {
+        fsync: FsyncPolicy::Interval(std::time::Duration::from_secs(10)),
+        sync_bytes: usize::MAX,
+        segment_size: 1 << 20,
+        ..StoreConfig::default()
+    };
+    let (store, rec) = Store::open(dir, 0, cfg).unwrap();
+    let mut shard = Shard::new(ShardConfig::default());
+    shard.attach_store(store, epoch_unix);
+    shard.restore(rec.state);
+    shard
+}
+
+/// A persistent session's pending will is in the log: after a restart it still goes at its original due time
+/// (wall clock), and a reconnect after the restart cancels it and clears it from the log.
+#[test]
+fn a_pending_will_survives_a_restart() {
+    for reconnect in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut shard = shard_on_log(dir.path(), 1_000_000);
+            shard.tick(1);
+            let (dev, _) = connect_with(&mut shard, 1, "dev", true, session(100), Some(will(30)));
+            shard.on_io_closed(dev);
+            shard.release(dev);
+            shard.end_round();
+            shard.sync_log();
+            assert_eq!(shard.wills.len(), 1);
+        }
+        // Restarted 10 s later: due at unix 1_000_031 = shard second 21.
+        let mut shard = shard_on_log(dir.path(), 1_000_010);
+        assert_eq!(shard.wills.len(), 1, "restored");
+        let watcher = connect(&mut shard, 2, "watcher");
+        subscribe(&mut shard, watcher, "will", QoS::AtMostOnce);
+        if reconnect {
+            connect_with(&mut shard, 3, "dev", false, session(100), None);
+            shard.end_round();
+            shard.sync_log();
+        }
+        shard.tick(20);
+        assert!(publishes(take(&mut shard, watcher)).is_empty());
+        shard.tick(21);
+        let got = publishes(take(&mut shard, watcher));
+        assert_eq!(got.len(), usize::from(!reconnect), "reconnect {reconnect}");
+        shard.end_round();
+        shard.sync_log();
+        let state = shard.store.as_ref().unwrap().snapshot();
+        let dev = state
+            .sessions
+            .iter()
+            .find(|s| s.client_id == "dev")
+            .unwrap();
+        assert!(
+            dev.pending_will.is_none(),
+            "published or cancelled: cleared from the log"
+        );
+    }
+}
+
+/// The session expired while the broker was down: its will goes at the first tick after the restart.
+#[test]
+fn a_will_whose_session_expired_while_down_goes_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut shard = shard_on_log(dir.path(), 1_000_000);
+        let (dev, _) = connect_with(&mut shard, 1, "dev", true, session(20), Some(will(60)));
+        shard.on_io_closed(dev);
+        shard.release(dev);
+        shard.end_round();
+        shard.sync_log();
+    }
+    let mut shard = shard_on_log(dir.path(), 1_000_500);
+    assert_eq!(shard.session_count(), 0);
+    let watcher = connect(&mut shard, 2, "watcher");
+    subscribe(&mut shard, watcher, "will", QoS::AtMostOnce);
+    shard.tick(1);
+    assert_eq!(publishes(take(&mut shard, watcher)).len(), 1);
+}

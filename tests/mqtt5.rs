@@ -291,3 +291,37 @@ fn rumqttc_v5_alias_and_expiry() {
         assert!((25..=30).contains(&left), "{left}");
     }
 }
+
+/// kill -9 with a delayed will pending: after the restart on the same data directory the will still arrives.
+#[test]
+fn a_pending_will_survives_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = Broker::start_in(dir.path(), &[]);
+    let mut c = Raw::connect_packet("k9-dev", true, 30, V5);
+    c.properties = Some(Box::new(Properties {
+        session_expiry_interval: Some(300),
+        ..Default::default()
+    }));
+    c.will = Some(coremq::codec::Will {
+        topic: "k9/will".into(),
+        payload: bytes::Bytes::from_static(b"gone"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: Some(Box::new(Properties {
+            will_delay_interval: Some(8),
+            ..Default::default()
+        })),
+    });
+    let (dev, ack) = Raw::connect(b.addr, c);
+    assert_eq!(ack.reason, ReasonCode::Success);
+    drop(dev); // no DISCONNECT: the will is pending for 8 s (time enough to restart and subscribe)
+    std::thread::sleep(Duration::from_millis(500)); // the broker has seen the close and synced (fsync every 10 ms)
+    b.kill9();
+    let b = Broker::start_in(dir.path(), &[]);
+    let mut watcher = connect_v5(&b, "k9-watch", Properties::default());
+    watcher.subscribe(1, "k9/will", QoS::AtLeastOnce);
+    watcher.set_timeout(Duration::from_secs(15));
+    let p = next_publish(&mut watcher);
+    assert_eq!(&*p.topic, "k9/will");
+    assert_eq!(&p.payload[..], b"gone");
+}

@@ -28,7 +28,7 @@ pub(super) struct PendingWills {
     by_session: HashMap<u32, Pending>,
     due: BTreeSet<(u64, u32)>,
     /// Restored wills of sessions that expired while the broker was down: published at the first tick.
-    orphans: Vec<Box<codec::Will>>,
+    orphans: Vec<codec::Will>,
 }
 
 impl PendingWills {
@@ -144,7 +144,7 @@ impl Shard {
             properties,
         });
         let Some(sidx) = sidx else {
-            self.wills.orphans.push(will);
+            self.wills.orphans.push(*will);
             return;
         };
         let deadline = w
@@ -165,7 +165,7 @@ impl Shard {
     /// From `tick`: publish the wills whose delay has passed.
     pub(super) fn fire_due_wills(&mut self) {
         for will in std::mem::take(&mut self.wills.orphans) {
-            self.publish_will(*will);
+            self.publish_will(will);
         }
         let now = self.now as u64;
         while let Some(&(deadline, sidx)) = self.wills.due.first() {

@@ -41,6 +41,17 @@ pub struct Config {
     pub connect_timeout: u32,
     pub max_inflight: u16,
     pub max_inbound_qos2: u16,
+    /// v5 topic aliases per connection and direction (see `src/broker/shard/alias.rs`).
+    #[serde(default = "default_topic_alias_maximum")]
+    pub topic_alias_maximum: u16,
+    /// Response Information for v5 clients that request it; empty = not sent.
+    #[serde(default)]
+    pub response_information: String,
+    /// Server redirection: every client is refused with this Server Reference; empty = off.
+    #[serde(default)]
+    pub server_reference: String,
+    #[serde(default)]
+    pub redirect: Redirect,
     pub max_queued_messages: usize,
     pub queue_overflow: OverflowPolicy,
     pub offline_overflow: OverflowPolicy,
@@ -109,6 +120,21 @@ pub struct ListenerConfig {
 
 fn default_subscribe_denied() -> u8 {
     0x87
+}
+
+/// How `server_reference` refuses clients (v5 CONNACK reason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Redirect {
+    /// 0x9C Use another server (temporary).
+    #[default]
+    UseAnother,
+    /// 0x9D Server moved (permanent).
+    Moved,
+}
+
+fn default_topic_alias_maximum() -> u16 {
+    10
 }
 
 fn default_ws_path() -> String {

@@ -539,3 +539,72 @@ fn disk_full_is_reported_as_capacity_error() {
     let (_st, rec) = Store::open(&mnt, 0, small(FsyncPolicy::Always)).unwrap();
     assert_eq!(rec.state.sessions[0].queue.len(), n);
 }
+
+/// A pending v5 will survives a reopen (and compaction of the segment that held it), is replaced by a newer one,
+/// and is gone after `WillCleared` or with its session.
+#[test]
+fn pending_wills_are_kept_until_cleared_or_their_session_is_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let will_for = |client_id: &'static str, payload: &'static [u8]| Record::WillPending {
+        client_id,
+        due_unix: 1_700_000_042,
+        topic: "will/dev",
+        qos: 1,
+        retain: true,
+        payload,
+        properties: &[],
+    };
+    let will = |payload: &'static [u8]| will_for("dev", payload);
+    let will_of = |st: &Store, id: &str| {
+        st.snapshot()
+            .sessions
+            .into_iter()
+            .find(|s| s.client_id == id)
+            .and_then(|s| s.pending_will)
+    };
+    {
+        let (mut st, _) = Store::open(dir.path(), 0, small(FsyncPolicy::Always)).unwrap();
+        st.append(&upsert("dev")).unwrap();
+        st.append(&upsert("other")).unwrap();
+        st.append(&will(b"old")).unwrap();
+        st.append(&will(b"new")).unwrap();
+        st.append(&will_for("other", b"x")).unwrap();
+        st.commit().unwrap();
+        st.sync().unwrap();
+    }
+    let (mut st, rec) = Store::open(dir.path(), 0, small(FsyncPolicy::Always)).unwrap();
+    let dev = rec
+        .state
+        .sessions
+        .iter()
+        .find(|s| s.client_id == "dev")
+        .unwrap();
+    let w = dev.pending_will.as_ref().expect("pending will restored");
+    assert_eq!(&w.payload[..], b"new", "the newer will replaces the older");
+    assert_eq!(
+        (w.due_unix, w.topic.as_str(), w.qos, w.retain),
+        (1_700_000_042, "will/dev", 1, true)
+    );
+    // Compaction keeps the live will.
+    while st.compact_step(1 << 20).unwrap().deleted_segments > 0 {}
+    assert!(will_of(&st, "dev").is_some());
+    st.append(&Record::WillCleared { client_id: "dev" })
+        .unwrap();
+    st.append(&Record::SessionDelete { client_id: "other" })
+        .unwrap();
+    assert!(
+        st.append(&Record::WillCleared { client_id: "dev" })
+            .is_err(),
+        "clearing a will that is not pending is refused"
+    );
+    st.commit().unwrap();
+    st.sync().unwrap();
+    drop(st);
+    let (st, _) = Store::open(dir.path(), 0, small(FsyncPolicy::Always)).unwrap();
+    assert!(will_of(&st, "dev").is_none());
+    assert!(st
+        .snapshot()
+        .sessions
+        .iter()
+        .all(|s| s.client_id != "other"));
+}

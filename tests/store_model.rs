@@ -148,6 +148,7 @@ impl Model {
                             })
                             .collect(),
                         inbound_qos2: s.qos2.iter().copied().collect(),
+                        pending_will: None,
                     })
                 })
                 .collect(),

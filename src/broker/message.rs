@@ -32,4 +32,14 @@ pub struct Message {
     pub properties: Props,
     /// `None` for wills and messages restored from storage.
     pub origin: Option<Origin>,
+    /// Shard second this shard received it (restamped on arrival from a peer; 0 for bodies restored at start):
+    /// v5 message expiry counts from here.
+    pub received_at: u32,
+}
+
+impl Message {
+    /// v5 Message Expiry Interval as published, if any.
+    pub fn expiry_interval(&self) -> Option<u32> {
+        self.properties.as_ref()?.message_expiry_interval
+    }
 }

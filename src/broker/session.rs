@@ -34,11 +34,15 @@ pub struct Queued {
     pub sub_ids: Vec<u32>,
     /// Log bytes this entry counts against its session's and shard's bounds (0 = not counted: not persisted).
     pub log_bytes: u32,
+    /// Shard second the message reached this shard (v5 message expiry counts from it; kept while the body
+    /// lives only in the log).
+    pub since: u32,
 }
 
 impl Queued {
     pub fn new(msg: Rc<Message>, qos: QoS, retain: bool, sub_ids: Vec<u32>) -> Self {
         Queued {
+            since: msg.received_at,
             msg: Some(msg),
             msg_id: 0,
             qos,
@@ -238,6 +242,7 @@ mod tests {
                 retain: false,
                 properties: None,
                 origin: None,
+                received_at: 0,
             }),
             QoS::ExactlyOnce,
             false,

@@ -5,8 +5,8 @@ mod linger;
 pub mod netpoll;
 pub mod shard_loop;
 mod spin;
-pub mod verifier;
 pub mod uring;
+pub mod verifier;
 
 use std::io;
 use std::net::SocketAddr;
@@ -189,6 +189,10 @@ pub fn shard_config(cfg: &Config, shard_id: u16, shards: u16) -> ShardConfig {
         max_retained_bytes: cfg.max_retained_bytes,
         subscribe_denied_reason: crate::codec::ReasonCode::from_u8(cfg.acl_subscribe_denied_reason)
             .unwrap_or(crate::codec::ReasonCode::NotAuthorized),
+        topic_alias_maximum: cfg.topic_alias_maximum,
+        response_information: cfg.response_information.clone(),
+        server_reference: cfg.server_reference.clone(),
+        server_moved: cfg.redirect == crate::config::Redirect::Moved,
     }
 }
 

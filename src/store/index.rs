@@ -111,6 +111,20 @@ pub struct RecoveredSession {
     pub queue: Vec<QueuedMessage>,
     /// Inbound QoS 2 packet ids awaiting PUBREL, ascending.
     pub inbound_qos2: Vec<u16>,
+    /// A v5 will waiting for its delay (`WillPending`).
+    pub pending_will: Option<RecoveredWill>,
+}
+
+/// A pending v5 will as stored by `Record::WillPending`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveredWill {
+    pub due_unix: u64,
+    pub topic: String,
+    pub qos: u8,
+    pub retain: bool,
+    pub payload: bytes::Bytes,
+    /// Encoded PUBLISH properties block.
+    pub properties: bytes::Bytes,
 }
 
 /// The live state of a shard, as rebuilt by recovery (or snapshotted with `Store::snapshot`).
@@ -142,6 +156,8 @@ struct SessionIx {
     /// relocated enqueue.
     inflight: IdMap<(Delivery, Loc)>,
     qos2_in: BTreeMap<u16, Loc>,
+    /// Boxed: rare, and every session entry would pay for it inline.
+    will: Option<Box<(RecoveredWill, Loc)>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -505,6 +521,43 @@ impl Index {
                 None => {}
             },
             Record::Commit { .. } => {}
+            Record::WillPending {
+                client_id,
+                due_unix,
+                topic,
+                qos,
+                retain,
+                payload,
+                properties,
+            } => {
+                let Some(s) = self.session_mut(client_id, mode) else {
+                    return invalid(format!("pending will for unknown session {client_id:?}"));
+                };
+                let will = RecoveredWill {
+                    due_unix,
+                    topic: topic.to_string(),
+                    qos,
+                    retain,
+                    payload: bytes::Bytes::copy_from_slice(payload),
+                    properties: bytes::Bytes::copy_from_slice(properties),
+                };
+                if let Some(old) = s.will.replace(Box::new((will, loc))) {
+                    self.sub(old.1);
+                }
+                self.add(loc);
+            }
+            Record::WillCleared { client_id } => {
+                let removed = self
+                    .session_mut(client_id, mode)
+                    .and_then(|s| s.will.take());
+                match removed {
+                    Some(old) => self.sub(old.1),
+                    None if mode == Mode::Append => {
+                        return invalid(format!("no pending will for {client_id:?}"))
+                    }
+                    None => {}
+                }
+            }
         }
         Ok(())
     }
@@ -525,6 +578,9 @@ impl Index {
         }
         for l in s.qos2_in.values() {
             self.sub(*l);
+        }
+        if let Some(w) = s.will {
+            self.sub(w.1);
         }
     }
 
@@ -674,6 +730,9 @@ impl Index {
                 .get(&packet_id)
                 .copied(),
             Record::RetainedSet { topic, .. } => self.retained.get(topic).map(|(_, l)| *l),
+            Record::WillPending { client_id, .. } => {
+                self.sessions.get(client_id)?.will.as_ref().map(|w| w.1)
+            }
             _ => None,
         }
     }
@@ -715,6 +774,10 @@ impl Index {
                 .get_mut(client_id)
                 .and_then(|s| s.qos2_in.get_mut(&packet_id)),
             Record::RetainedSet { topic, .. } => self.retained.get_mut(topic).map(|(_, l)| l),
+            Record::WillPending { client_id, .. } => self
+                .sessions
+                .get_mut(client_id)
+                .and_then(|s| s.will.as_mut().map(|w| &mut w.1)),
             _ => None,
         };
         if let Some(slot) = slot {
@@ -755,6 +818,7 @@ impl Index {
                         })
                         .collect(),
                     inbound_qos2: s.qos2_in.keys().copied().collect(),
+                    pending_will: s.will.as_ref().map(|w| w.0.clone()),
                 })
             })
             .collect();

@@ -99,8 +99,8 @@ use crossbeam_channel::{Sender, TrySendError};
 
 pub use error::{StoreError, StoreResult};
 pub use index::{
-    Delivery, MsgRef, QueuedMessage, RecoveredSession, RecoveredSubscription, ReplayRepairs,
-    SessionMeta, State,
+    Delivery, MsgRef, QueuedMessage, RecoveredSession, RecoveredSubscription, RecoveredWill,
+    ReplayRepairs, SessionMeta, State,
 };
 pub use lock::DirLock;
 pub use record::{DeliveryState, Record};
@@ -789,6 +789,7 @@ impl Store {
             | Record::Enqueue { .. }
             | Record::SubAdd { .. }
             | Record::Qos2InPending { .. }
+            | Record::WillPending { .. }
             | Record::RetainedSet { .. } => true,
             Record::SessionUpsert { client_id, .. } => !self.index.session_exists(client_id),
             _ => false,

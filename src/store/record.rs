@@ -112,6 +112,22 @@ pub enum Record<'a> {
     RetainedClear {
         topic: &'a str,
     },
+    /// A v5 will waiting for its Will Delay Interval (due at unix second `due_unix`), kept across a restart.
+    /// Self-contained: the will is small and has no other reference. Replaces the session's previous one.
+    WillPending {
+        client_id: &'a str,
+        due_unix: u64,
+        topic: &'a str,
+        qos: u8,
+        retain: bool,
+        payload: &'a [u8],
+        /// Opaque encoded PUBLISH properties the will goes out with.
+        properties: &'a [u8],
+    },
+    /// The session's pending will was published or cancelled.
+    WillCleared {
+        client_id: &'a str,
+    },
     /// Group boundary written by `Store::commit`; recovery applies only complete groups.
     Commit {
         group: u64,
@@ -132,6 +148,8 @@ pub(crate) mod kind {
     pub const RETAINED_SET: u8 = 11;
     pub const RETAINED_CLEAR: u8 = 12;
     pub const COMMIT: u8 = 13;
+    pub const WILL_PENDING: u8 = 14;
+    pub const WILL_CLEARED: u8 = 15;
 }
 
 /// Why a body failed to decode (only possible with a CRC collision or a format bug).
@@ -173,6 +191,8 @@ impl<'a> Record<'a> {
             Record::RetainedSet { .. } => RETAINED_SET,
             Record::RetainedClear { .. } => RETAINED_CLEAR,
             Record::Commit { .. } => COMMIT,
+            Record::WillPending { .. } => WILL_PENDING,
+            Record::WillCleared { .. } => WILL_CLEARED,
         }
     }
 
@@ -201,6 +221,14 @@ impl<'a> Record<'a> {
             Record::RetainedSet { topic, .. } => s(topic) + 8,
             Record::RetainedClear { topic } => s(topic),
             Record::Commit { .. } => 8,
+            Record::WillPending {
+                client_id,
+                topic,
+                payload,
+                properties,
+                ..
+            } => s(client_id) + 8 + s(topic) + 1 + 1 + 4 + properties.len() + 4 + payload.len(),
+            Record::WillCleared { client_id } => s(client_id),
         }
     }
 
@@ -220,7 +248,26 @@ impl<'a> Record<'a> {
             | Record::Delivery { client_id, .. }
             | Record::Ack { client_id, .. }
             | Record::Qos2InPending { client_id, .. }
-            | Record::Qos2InReleased { client_id, .. } => check("client id", client_id),
+            | Record::Qos2InReleased { client_id, .. }
+            | Record::WillCleared { client_id } => check("client id", client_id),
+            Record::WillPending {
+                client_id,
+                topic,
+                qos,
+                payload,
+                properties,
+                ..
+            } => {
+                check("client id", client_id)?;
+                check("topic", topic)?;
+                if *qos > 2 {
+                    return Err(format!("qos {qos} out of range"));
+                }
+                if payload.len() > u32::MAX as usize || properties.len() > u32::MAX as usize {
+                    return Err("payload too large".into());
+                }
+                Ok(())
+            }
             Record::SubAdd {
                 client_id, filter, ..
             }
@@ -318,6 +365,24 @@ pub(crate) fn encode_frame(rec: &Record<'_>, out: &mut [u8]) {
             w.u64(disconnected_at);
         }
         Record::SessionDelete { client_id } => w.str(client_id),
+        Record::WillPending {
+            client_id,
+            due_unix,
+            topic,
+            qos,
+            retain,
+            payload,
+            properties,
+        } => {
+            w.str(client_id);
+            w.u64(due_unix);
+            w.str(topic);
+            w.u8(qos);
+            w.u8(retain as u8);
+            w.bytes(properties);
+            w.bytes(payload);
+        }
+        Record::WillCleared { client_id } => w.str(client_id),
         Record::SubAdd {
             client_id,
             filter,
@@ -564,6 +629,30 @@ pub(crate) fn decode_body(kind: u8, body: &[u8]) -> Result<Record<'_>, BodyError
         },
         RETAINED_CLEAR => Record::RetainedClear { topic: r.str()? },
         COMMIT => Record::Commit { group: r.u64()? },
+        WILL_PENDING => {
+            let client_id = r.str()?;
+            let due_unix = r.u64()?;
+            let topic = r.str()?;
+            let qos = r.u8()?;
+            if qos > 2 {
+                return Err(BodyError::BadValue);
+            }
+            let retain = r.bool()?;
+            let properties = r.bytes()?;
+            let payload = r.bytes()?;
+            Record::WillPending {
+                client_id,
+                due_unix,
+                topic,
+                qos,
+                retain,
+                payload,
+                properties,
+            }
+        }
+        WILL_CLEARED => Record::WillCleared {
+            client_id: r.str()?,
+        },
         k => return Err(BodyError::UnknownKind(k)),
     };
     if r.pos != body.len() {
@@ -601,6 +690,16 @@ mod tests {
             disconnected_at: 17,
         });
         roundtrip(Record::SessionDelete { client_id: "c1" });
+        roundtrip(Record::WillPending {
+            client_id: "c1",
+            due_unix: 1_700_000_000,
+            topic: "will/ü",
+            qos: 1,
+            retain: true,
+            payload: &[0, 1, 255],
+            properties: &[0x02, 0, 0, 0, 9],
+        });
+        roundtrip(Record::WillCleared { client_id: "c1" });
         roundtrip(Record::SubAdd {
             client_id: "c",
             filter: "a/+/#",

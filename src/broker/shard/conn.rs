@@ -21,6 +21,8 @@ pub(super) struct Conn {
     pub(super) closing: bool,
     /// Reading stopped because the peer is not reading our output (acks would pile up in `out`).
     pub(super) out_blocked: bool,
+    /// v5 client allows reason strings (Request Problem Information is not 0).
+    pub(super) reason_strings: bool,
 }
 
 #[derive(Debug)]

@@ -18,6 +18,9 @@ impl Shard {
             self.connack_error(key, ReasonCode::BadAuthenticationMethod);
             return ReadOutcome::Close;
         }
+        if self.redirect(key, v) {
+            return ReadOutcome::Close;
+        }
         let mut assigned = false;
         if connect.client_id.is_empty() {
             if !connect.clean_start && v != ProtocolVersion::V5 {
@@ -155,6 +158,7 @@ impl Shard {
         let window = self.cfg.max_inflight.min(receive_maximum).max(1);
         self.unschedule_expiry(sidx);
         self.set_session_acl(sidx, acl);
+        self.cancel_will(sidx);
         {
             let s = self.session_mut(sidx);
             s.protocol = protocol;
@@ -177,6 +181,8 @@ impl Shard {
         };
         conn.session = sidx;
         conn.keep_alive = keep_alive;
+        conn.reason_strings = protocol == ProtocolVersion::V5
+            && props.and_then(|p| p.request_problem_information) != Some(0);
         conn.last_seen = now;
         // The CONNECT-timeout entry filed at accept (due by `now + connect_timeout_secs`) re-files itself at the
         // keep-alive deadline when it fires: a second entry is needed only for a deadline earlier than that.
@@ -185,11 +191,21 @@ impl Shard {
             self.wheel.insert(key, deadline, now);
         }
 
+        if protocol == ProtocolVersion::V5 {
+            self.setup_aliases(key, props.and_then(|p| p.topic_alias_maximum).unwrap_or(0));
+        }
+        let wants_response_info = props.and_then(|p| p.request_response_information) == Some(1);
+        let response_information = (wants_response_info
+            && !self.cfg.response_information.is_empty())
+        .then(|| ByteString::from(self.cfg.response_information.as_str()));
         let properties = (protocol == ProtocolVersion::V5).then(|| {
             Box::new(Properties {
                 receive_maximum: Some(self.cfg.max_inbound_qos2),
                 maximum_packet_size: Some(self.cfg.max_packet_size),
                 shared_subscription_available: Some(0),
+                topic_alias_maximum: (self.cfg.topic_alias_maximum > 0)
+                    .then_some(self.cfg.topic_alias_maximum),
+                response_information,
                 server_keep_alive,
                 assigned_client_identifier: assigned_id
                     .then(|| self.session(sidx).client_id.clone()),

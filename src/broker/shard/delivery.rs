@@ -284,6 +284,15 @@ impl Shard {
                 }
                 continue;
             }
+            if self.queued_expired(front) {
+                let q = self
+                    .session_mut(sidx)
+                    .queue
+                    .pop_front()
+                    .expect("front exists");
+                self.drop_expired(sidx, &q);
+                continue;
+            }
             // A QoS 0 message behind a blocked QoS 1/2 one waits too: order per topic is preserved.
             if front.qos != QoS::AtMostOnce && !s.window_open() {
                 break;
@@ -297,9 +306,10 @@ impl Shard {
             } else {
                 s.alloc_packet_id()
             };
-            let Some(publish) = build_publish(&q, packet_id, false, version) else {
+            let Some(mut publish) = build_publish(&q, packet_id, false, version) else {
                 continue;
             };
+            self.set_remaining_expiry(&q, &mut publish);
             if client_max_packet > 0
                 && codec::encoded_len(&Packet::Publish(publish.clone()), version)
                     > client_max_packet as usize
@@ -309,6 +319,7 @@ impl Shard {
                 self.persist_done(sidx, &q);
                 continue;
             }
+            let new_alias = self.outbound_alias(key, &mut publish);
             let persisted = q.msg_id != 0
                 && q.qos != QoS::AtMostOnce
                 && self.persist_sent(sidx, &mut q, packet_id);
@@ -319,6 +330,10 @@ impl Shard {
             }
             let conn = self.conns.get_mut(key).expect("connection checked above");
             if codec::encode_publish(&publish, version, &mut conn.out).is_err() {
+                if new_alias {
+                    let topic = q.msg.as_ref().map(|m| m.topic.clone()).unwrap_or_default();
+                    self.forget_alias(key, &topic);
+                }
                 self.stats.dropped_too_large += 1;
                 self.persist_done(sidx, &q);
                 continue;

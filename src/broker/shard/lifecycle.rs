@@ -55,7 +55,7 @@ impl Shard {
         let will = self.session_mut(sidx).will.take();
         if abnormal {
             if let Some(w) = will {
-                self.publish_will(*w);
+                self.will_on_close(sidx, w);
             }
         }
         let now = self.now;
@@ -100,6 +100,7 @@ impl Shard {
             retain: w.retain,
             properties,
             origin: None,
+            received_at: self.now,
         });
     }
 
@@ -116,7 +117,26 @@ impl Shard {
             why,
             "closing connection"
         );
-        self.close(key, true, Some(reason));
+        // The reason string goes only to v5 clients that did not turn problem information off [MQTT-3.1.2-29].
+        let explain = self
+            .conns
+            .get(key)
+            .filter(|c| c.reason_strings && !c.closing)
+            .is_some();
+        if explain {
+            let properties = Some(Box::new(Properties {
+                reason_string: Some(ByteString::from_static(why)),
+                ..Properties::default()
+            }));
+            self.send_raw(
+                key,
+                &Packet::Disconnect(Disconnect { reason, properties }),
+                ProtocolVersion::V5,
+            );
+            self.close(key, true, None);
+        } else {
+            self.close(key, true, Some(reason));
+        }
         ReadOutcome::Close
     }
 
@@ -161,6 +181,7 @@ impl Shard {
     }
 
     pub(super) fn destroy_session(&mut self, sidx: u32) {
+        self.fire_pending_will(sidx);
         self.unschedule_expiry(sidx);
         self.set_session_acl(sidx, None);
         self.release_waiters(sidx);

@@ -44,18 +44,22 @@ use crate::store::{DeliveryState, Store};
 
 mod auth;
 pub use auth::{AuthJob, AuthStats, INLINE_ITERATIONS};
+mod alias;
 mod conn;
 mod connect;
 mod delivery;
 mod durable;
+mod expiry;
 mod lifecycle;
 mod output;
 mod persist;
 mod publish;
 mod recovery;
+mod redirect;
 mod subscribe;
 #[cfg(test)]
 mod tests;
+mod will_delay;
 
 use self::conn::{Conn, Slab};
 use self::output::{build_publish, owned_properties};
@@ -125,6 +129,16 @@ pub struct ShardConfig {
     pub max_retained_bytes: usize,
     /// v5 SUBACK code for a filter the ACL gives no read access under (`acl_subscribe_denied_reason`).
     pub subscribe_denied_reason: ReasonCode,
+    /// v5 topic aliases per connection and direction: announced as our Topic Alias Maximum, and the cap on
+    /// aliases we assign (also bounded by the client's maximum). 0 = none.
+    pub topic_alias_maximum: u16,
+    /// Sent as Response Information to v5 clients that request it; empty = never sent.
+    pub response_information: String,
+    /// Server redirection: v5 clients are refused with Use another server (0x9C) or Server moved (0x9D) and
+    /// this Server Reference; 3.1.1 clients with Server unavailable. Empty = off.
+    pub server_reference: String,
+    /// `true` = 0x9D Server moved (permanent), `false` = 0x9C Use another server (temporary).
+    pub server_moved: bool,
 }
 
 impl Default for ShardConfig {
@@ -152,6 +166,10 @@ impl Default for ShardConfig {
             max_retained_messages: 100_000,
             max_retained_bytes: 256 << 20,
             subscribe_denied_reason: ReasonCode::NotAuthorized,
+            topic_alias_maximum: 10,
+            response_information: String::new(),
+            server_reference: String::new(),
+            server_moved: false,
         }
     }
 }
@@ -263,6 +281,8 @@ pub struct Stats {
     pub subscribes_refused: u64,
     /// Times the shard stopped reading its sockets because too many rounds waited for the log (slow disk).
     pub log_stalls: u64,
+    /// v5 messages dropped because their Message Expiry Interval passed (queued or retained).
+    pub expired: u64,
 }
 
 impl Stats {
@@ -275,6 +295,7 @@ impl Stats {
             + self.publishes_refused
             + self.refused_queue_full
             + self.persist_errors
+            + self.expired
     }
 }
 
@@ -346,6 +367,10 @@ pub struct Shard {
     log_stalled: bool,
     /// Offline sessions with an expiry, by (deadline in shard seconds, session).
     expiring: std::collections::BTreeSet<(u64, u32)>,
+    /// v5 topic aliases of the connections that use them (beside `Conn`, whose size every idle connection pays).
+    aliases: HashMap<ConnKey, alias::Aliases>,
+    /// v5 wills waiting for their Will Delay Interval.
+    wills: will_delay::PendingWills,
 }
 
 impl Shard {
@@ -382,6 +407,8 @@ impl Shard {
             restoring: false,
             log_stalled: false,
             expiring: std::collections::BTreeSet::new(),
+            aliases: HashMap::new(),
+            wills: will_delay::PendingWills::default(),
         }
     }
 
@@ -424,6 +451,7 @@ impl Shard {
             dirty: false,
             closing: false,
             out_blocked: false,
+            reason_strings: false,
         });
         self.wheel
             .insert(key, self.now + self.cfg.connect_timeout_secs, self.now);
@@ -564,19 +592,22 @@ impl Shard {
         if self.conns.remove(key).is_some() {
             self.stats.connections_closed += 1;
         }
+        self.aliases.remove(&key);
         self.dur.forget(key);
         self.auth_forget(key);
     }
 
     pub fn on_mesh(&mut self, from: u16, msg: MeshMsg) {
         match msg {
-            MeshMsg::Publish(m, seq) => {
+            MeshMsg::Publish(mut m, seq) => {
+                m.received_at = self.now;
                 let m = Rc::new(*m);
                 let before = (self.refusals(), self.dur.appends());
                 self.deliver_local(&m);
                 self.peer_msg_done(from, seq, m.origin, before);
             }
-            MeshMsg::Retain(m, seq) => {
+            MeshMsg::Retain(mut m, seq) => {
+                m.received_at = self.now;
                 let origin = m.origin;
                 let before = (self.refusals(), self.dur.appends());
                 self.store_retained(Rc::new(*m));
@@ -657,6 +688,7 @@ impl Shard {
             self.stats.keepalive_timeouts += 1;
             self.close(k, true, Some(ReasonCode::KeepAliveTimeout));
         }
+        self.fire_due_wills();
         self.expire_sessions();
         self.store_maintenance();
         let drops = self.stats.drops();
@@ -671,6 +703,7 @@ impl Shard {
                 refused_publishes = self.stats.publishes_refused,
                 refused_queue_full = self.stats.refused_queue_full,
                 log_errors = self.stats.persist_errors,
+                expired = self.stats.expired,
                 "messages dropped or refused (totals since start)"
             );
             self.last_drop_log = drops;

@@ -6,16 +6,11 @@ impl Shard {
     pub(super) fn on_publish(&mut self, key: ConnKey, sidx: u32, mut p: Publish) -> ReadOutcome {
         self.stats.publishes_in += 1;
 
-        if p.properties
-            .as_ref()
-            .is_some_and(|pr| pr.topic_alias.is_some())
-        {
-            // We announce Topic Alias Maximum 0, so any alias is invalid [MQTT-3.3.2-9].
-            return self.close_with(
-                key,
-                ReasonCode::TopicAliasInvalid,
-                "topic alias not allowed",
-            );
+        if let Some(alias) = p.properties.as_ref().and_then(|pr| pr.topic_alias) {
+            match self.inbound_alias(key, alias, &p.topic) {
+                Ok(topic) => p.topic = topic,
+                Err((reason, why)) => return self.close_with(key, reason, why),
+            }
         }
         if !self.may_publish(sidx, &p.topic) {
             return self.deny_publish(key, sidx, p.qos, p.packet_id);
@@ -49,6 +44,8 @@ impl Shard {
         let properties = p.properties.take().map(|pr| {
             let mut owned = owned_properties(&pr);
             owned.subscription_identifiers.clear();
+            // Aliases are per connection: subscribers get the topic (or their own alias).
+            owned.topic_alias = None;
             Box::new(owned)
         });
         let msg = Message {
@@ -62,6 +59,7 @@ impl Shard {
                 shard: self.cfg.shard_id,
                 conn: key,
             }),
+            received_at: self.now,
         };
         let packet_id = p.packet_id;
         let qos = p.qos;

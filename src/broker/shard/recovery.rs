@@ -32,6 +32,7 @@ pub(super) fn message_of(stored: crate::store::StoredMessage) -> Result<Message,
         retain: stored.retain,
         properties,
         origin: None,
+        received_at: 0,
     })
 }
 
@@ -111,6 +112,9 @@ impl Shard {
                     let gone = unix_now.saturating_sub(off);
                     if gone >= e as u64 {
                         expired.push(rs.client_id.clone());
+                        if let Some(w) = rs.pending_will {
+                            self.restore_will(None, w);
+                        }
                         continue;
                     }
                     Some(e - gone as u32)
@@ -134,6 +138,9 @@ impl Shard {
             session.inbound_qos2 = rs.inbound_qos2.clone();
             let sidx = self.new_session(session);
             self.schedule_expiry(sidx);
+            if let Some(w) = rs.pending_will {
+                self.restore_will(Some(sidx), w);
+            }
             let subs = self.session(sidx).subs.clone();
             for sub in &subs {
                 let entry = Subscriber {
@@ -155,6 +162,8 @@ impl Shard {
                     log_pending: false,
                     sub_ids: Vec::new(),
                     log_bytes: self.stored_len(qm.msg.0),
+                    // The log keeps no arrival time: expiry counts again from the restart.
+                    since: 0,
                 };
                 let bytes = q.log_bytes;
                 self.account(sidx, bytes);

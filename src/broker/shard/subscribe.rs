@@ -162,6 +162,7 @@ impl Shard {
             let mut found = Vec::new();
             self.retained
                 .for_each_matched_by(&filter, |m| found.push(m.clone()));
+            found.retain(|m| self.retained_alive(m));
             for m in found {
                 if !self.may_read(p.session, &m.topic) {
                     continue;

@@ -7,3 +7,4 @@ mod durable;
 mod keepalive;
 mod output;
 mod queue_full;
+mod v5;

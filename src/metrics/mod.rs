@@ -139,7 +139,7 @@ gauges! {
     sessions_persistent => "coremq_sessions_persistent", "Sessions that outlive their connection (online or not).";
     subscriptions => "coremq_subscriptions", "Subscriptions of this shard's sessions.";
     retained_messages => "coremq_retained_messages", "Retained messages (each shard holds a replica).";
-    retained_bytes => "coremq_retained_bytes", "Payload bytes of the retained messages.";
+    retained_bytes => "coremq_retained_bytes", "Bytes (topic and payload) of the retained messages.";
     queued_messages => "coremq_queued_messages", "Messages queued for sessions, not yet sent.";
     inflight_messages => "coremq_inflight_messages", "Messages sent and not yet acknowledged.";
     mesh_depth => "coremq_mesh_channel_depth", "Messages waiting in this shard's inbound channels from peers.";

@@ -27,6 +27,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::broker::message::ConnKey;
 use crate::broker::shard::{MeshMsg, ReadOutcome, Shard};
+use crate::metrics::Metrics;
 use crate::server::linger::Lingering;
 use crate::server::netpoll::{self, Epoll, IoResult};
 use crate::server::spin::SpinBudget;
@@ -153,10 +154,13 @@ enum WireFlush {
 }
 
 /// Send a layered connection's pending wire bytes, in order, until the socket stops taking them.
-fn flush_wire(fd: RawFd, cs: &mut ConnStream) -> WireFlush {
+fn flush_wire(fd: RawFd, cs: &mut ConnStream, sent: &Cell<u64>) -> WireFlush {
     while !cs.wire_out.is_empty() {
         match netpoll::send(fd, &cs.wire_out) {
-            IoResult::Done(n) => cs.wire_out.advance(n),
+            IoResult::Done(n) => {
+                sent.set(sent.get() + n as u64);
+                cs.wire_out.advance(n)
+            }
             IoResult::WouldBlock => return WireFlush::Blocked,
             IoResult::Closed | IoResult::Error(_) => return WireFlush::Failed,
         }
@@ -192,6 +196,11 @@ pub struct ShardIo {
     /// How long an idle shard keeps polling before it sleeps in the kernel (`idle_spin_us`).
     idle_spin: Duration,
     rejected: Cell<u64>,
+    /// Where this shard publishes its counters and gauges, once a second (`publish_metrics`).
+    metrics: Arc<Metrics>,
+    /// Socket bytes read and written (wire bytes, layers included), published with the metrics.
+    bytes_in: Cell<u64>,
+    bytes_out: Cell<u64>,
 }
 
 impl ShardIo {
@@ -202,6 +211,7 @@ impl ShardIo {
         shutdown: Arc<AtomicBool>,
         max_conns: usize,
         idle_spin: Duration,
+        metrics: Arc<Metrics>,
     ) -> std::io::Result<Rc<Self>> {
         let epoll = Epoll::new()?;
         for (i, l) in listeners.iter().enumerate() {
@@ -241,6 +251,9 @@ impl ShardIo {
             max_conns,
             idle_spin,
             rejected: Cell::new(0),
+            metrics,
+            bytes_in: Cell::new(0),
+            bytes_out: Cell::new(0),
         }))
     }
 
@@ -428,7 +441,13 @@ impl ShardIo {
                 IoResult::Done(0) => continue,
                 IoResult::Done(n) => {
                     did = true;
-                    match core.on_bytes(key, scratch) {
+                    self.bytes_in.set(self.bytes_in.get() + n as u64);
+                    let connecting = (!core.is_established(key)).then(Instant::now);
+                    let outcome = core.on_bytes(key, scratch);
+                    if let Some(t) = connecting {
+                        self.connect_timed(&core, key, &outcome, t);
+                    }
+                    match outcome {
                         ReadOutcome::Continue if n < SCRATCH && self.flags_of(key) & F_HUP == 0 => {
                             // A short read emptied the socket. Edge-triggered epoll reports any byte that
                             // arrives after this point as a new event, so the usual recv that only says EAGAIN
@@ -482,7 +501,10 @@ impl ShardIo {
                 break;
             }
             match netpoll::send(fd, &out[..writable]) {
-                IoResult::Done(n) => core.consumed(key, n),
+                IoResult::Done(n) => {
+                    self.bytes_out.set(self.bytes_out.get() + n as u64);
+                    core.consumed(key, n)
+                }
                 IoResult::WouldBlock => {
                     drop(core);
                     self.set_flags(key, |f| *f |= F_WANT_WRITE);
@@ -512,7 +534,10 @@ impl ShardIo {
             scratch.clear();
             let n = match netpoll::recv_into(fd, scratch, SCRATCH) {
                 IoResult::Done(0) => continue,
-                IoResult::Done(n) => n,
+                IoResult::Done(n) => {
+                    self.bytes_in.set(self.bytes_in.get() + n as u64);
+                    n
+                }
                 IoResult::WouldBlock => {
                     self.set_flags(key, |f| *f &= !F_READABLE);
                     return did;
@@ -532,7 +557,11 @@ impl ShardIo {
                 };
                 let r = cs.layer.read_wire(scratch, &mut app, &mut cs.wire_out);
                 // Handshake answers, alerts and pongs leave now, ahead of anything the core adds.
-                (r, flush_wire(fd, cs), cs.layer.peer_closed())
+                (
+                    r,
+                    flush_wire(fd, cs, &self.bytes_out),
+                    cs.layer.peer_closed(),
+                )
             };
             let mut core = self.core.borrow_mut();
             if let Err(e) = result {
@@ -553,7 +582,12 @@ impl ShardIo {
             let outcome = if app.is_empty() {
                 ReadOutcome::Continue
             } else {
-                core.on_bytes(key, &mut app)
+                let connecting = (!core.is_established(key)).then(Instant::now);
+                let outcome = core.on_bytes(key, &mut app);
+                if let Some(t) = connecting {
+                    self.connect_timed(&core, key, &outcome, t);
+                }
+                outcome
             };
             if peer_closed && outcome != ReadOutcome::HandedOff {
                 core.on_io_closed(key);
@@ -597,7 +631,7 @@ impl ShardIo {
             return;
         };
         loop {
-            match flush_wire(fd, cs) {
+            match flush_wire(fd, cs, &self.bytes_out) {
                 WireFlush::Drained => {}
                 WireFlush::Blocked => {
                     drop(streams);
@@ -672,7 +706,7 @@ impl ShardIo {
                             }
                         }
                         cs.layer.close(&mut cs.wire_out);
-                        let _ = flush_wire(fd, &mut cs);
+                        let _ = flush_wire(fd, &mut cs, &self.bytes_out);
                     }
                 }
                 let linger = token(ConnKey {
@@ -721,7 +755,13 @@ impl ShardIo {
                         let fd = a.io as RawFd;
                         let stream = a.stream.take();
                         let layered = stream.is_some();
+                        // Adopting is the owner shard's half of a CONNECT: session lookup, takeover, CONNACK.
+                        let t = Instant::now();
                         let (key, _outcome) = self.core.borrow_mut().adopt(*a);
+                        self.metrics
+                            .shard(self.id as usize)
+                            .connect_time
+                            .record(t.elapsed());
                         self.set_stream(key, stream);
                         self.register(fd, key);
                         if layered {
@@ -734,6 +774,34 @@ impl ShardIo {
             }
         }
         did
+    }
+
+    /// Records CONNECT handling time when this read established the connection here (a hand-off is timed by
+    /// the adopting shard instead).
+    fn connect_timed(&self, core: &Shard, key: ConnKey, outcome: &ReadOutcome, started: Instant) {
+        if *outcome != ReadOutcome::HandedOff && core.is_established(key) {
+            self.metrics
+                .shard(self.id as usize)
+                .connect_time
+                .record(started.elapsed());
+        }
+    }
+
+    /// Counters and gauges for the metrics registry: called once a second (a walk over sessions, see
+    /// `Shard::gauges`), so the hot path pays nothing but the byte counts.
+    fn publish_metrics(&self) {
+        let core = self.core.borrow();
+        let mut g = core.gauges();
+        g.mesh_depth = self
+            .mesh
+            .from
+            .iter()
+            .flatten()
+            .map(|rx| rx.len() as u64)
+            .sum();
+        let m = self.metrics.shard(self.id as usize);
+        m.publish(&core.stats, &g);
+        m.publish_io(self.bytes_in.get(), self.bytes_out.get());
     }
 
     fn mesh_pending(&self) -> bool {
@@ -881,6 +949,7 @@ pub async fn main_loop(io: Rc<ShardIo>) {
             io.lingering.borrow_mut().expire(&io.epoll, Instant::now());
             io.core.borrow_mut().tick(sec);
             io.after_work(&mut keys, &mut mesh, &mut scratch);
+            io.publish_metrics();
         }
 
         let more = io.mesh_pending() || (!congested && !io.ready.borrow().is_empty());

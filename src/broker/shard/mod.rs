@@ -46,6 +46,7 @@ mod conn;
 mod connect;
 mod delivery;
 mod durable;
+mod gauges;
 mod lifecycle;
 mod output;
 mod persist;

@@ -4,5 +4,6 @@ use super::*;
 mod conn;
 mod delivery;
 mod durable;
+mod gauges;
 mod keepalive;
 mod output;

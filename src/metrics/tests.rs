@@ -327,3 +327,46 @@ fn taken_port_is_refused_with_the_key() {
     .expect("port is taken");
     assert!(err.to_string().contains("metrics_listen"), "{err}");
 }
+
+/// Every metric the Grafana dashboard queries exists in what we render (histogram series by their family).
+#[test]
+fn grafana_dashboard_uses_only_rendered_metrics() {
+    let dash: serde_json::Value =
+        serde_json::from_str(include_str!("../../deploy/grafana/coremq.json")).expect("valid JSON");
+    let m = Metrics::new(2);
+    let e = check(&render(&m)).unwrap();
+    let mut exprs = Vec::new();
+    for p in dash["panels"].as_array().expect("panels") {
+        for t in p["targets"].as_array().expect("targets") {
+            exprs.push(t["expr"].as_str().expect("expr").to_string());
+        }
+    }
+    exprs.push(
+        dash["templating"]["list"][1]["query"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+    );
+    let mut used = 0;
+    for expr in &exprs {
+        let words = expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'));
+        for w in words.filter(|w| w.starts_with("coremq_") || w.starts_with("process_")) {
+            assert!(
+                e.has(w),
+                "the dashboard queries {w}, which is not rendered ({expr})"
+            );
+            used += 1;
+        }
+    }
+    assert!(used >= 20, "only {used} metric references found");
+    for needed in [
+        "coremq_log_sync_duration_seconds_bucket",
+        "coremq_connect_duration_seconds_bucket",
+        "coremq_messages_dropped_total",
+    ] {
+        assert!(
+            exprs.iter().any(|x| x.contains(needed)),
+            "{needed} is not on the dashboard"
+        );
+    }
+}

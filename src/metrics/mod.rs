@@ -8,6 +8,7 @@
 pub mod histogram;
 pub mod http;
 pub mod render;
+pub mod sys;
 pub mod textcheck;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -100,6 +101,7 @@ stats_counters! {
         "SUBSCRIBEs refused because too many were waiting for the other shards.";
     log_stalls => "coremq_log_stalls_total", "",
         "Times the shard stopped reading its sockets because the log fell behind.";
+    publishes_denied => "coremq_publishes_denied_total", "", "Client PUBLISHes refused as not authorized ($SYS).";
 }
 
 macro_rules! gauges {

@@ -45,9 +45,10 @@ fn distinct_stats() -> Stats {
     s.publishes_refused = 19;
     s.subscribes_refused = 20;
     s.log_stalls = 21;
+    s.publishes_denied = 22;
     assert_eq!(
         stats_fields().len(),
-        21,
+        22,
         "a new Stats field: give it a distinct value here"
     );
     s

@@ -314,6 +314,7 @@ pub fn run(
                     max_conns,
                     std::time::Duration::from_micros(cfg.idle_spin_us),
                     metrics,
+                    cfg.sys_interval,
                 )
                 .expect("shard epoll set");
                 tracing::info!(shard = id, "shard running");

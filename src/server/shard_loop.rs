@@ -201,6 +201,8 @@ pub struct ShardIo {
     /// Socket bytes read and written (wire bytes, layers included), published with the metrics.
     bytes_in: Cell<u64>,
     bytes_out: Cell<u64>,
+    /// The `$SYS` topics this shard publishes every `sys_interval` seconds.
+    sys: RefCell<crate::metrics::sys::SysTopics>,
 }
 
 impl ShardIo {
@@ -212,6 +214,7 @@ impl ShardIo {
         max_conns: usize,
         idle_spin: Duration,
         metrics: Arc<Metrics>,
+        sys_interval: u32,
     ) -> std::io::Result<Rc<Self>> {
         let epoll = Epoll::new()?;
         for (i, l) in listeners.iter().enumerate() {
@@ -254,6 +257,10 @@ impl ShardIo {
             metrics,
             bytes_in: Cell::new(0),
             bytes_out: Cell::new(0),
+            sys: RefCell::new(crate::metrics::sys::SysTopics::new(
+                id as usize,
+                sys_interval,
+            )),
         }))
     }
 
@@ -804,6 +811,15 @@ impl ShardIo {
         m.publish_io(self.bytes_in.get(), self.bytes_out.get());
     }
 
+    /// Retained `$SYS` updates when due (`sys_interval`), read from the registry just published.
+    fn publish_sys(&self, now: u64) {
+        let topics = self.sys.borrow_mut().due(now, &self.metrics);
+        let mut core = self.core.borrow_mut();
+        for (topic, payload) in &topics {
+            core.inject_sys(topic, payload);
+        }
+    }
+
     fn mesh_pending(&self) -> bool {
         self.mesh.from.iter().flatten().any(|rx| !rx.is_empty())
     }
@@ -948,8 +964,9 @@ pub async fn main_loop(io: Rc<ShardIo>) {
             io.resume_listeners();
             io.lingering.borrow_mut().expire(&io.epoll, Instant::now());
             io.core.borrow_mut().tick(sec);
-            io.after_work(&mut keys, &mut mesh, &mut scratch);
             io.publish_metrics();
+            io.publish_sys(sec as u64);
+            io.after_work(&mut keys, &mut mesh, &mut scratch);
         }
 
         let more = io.mesh_pending() || (!congested && !io.ready.borrow().is_empty());

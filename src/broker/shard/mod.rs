@@ -53,12 +53,14 @@ mod persist;
 mod publish;
 mod recovery;
 mod subscribe;
+mod sys;
 #[cfg(test)]
 mod tests;
 
 use self::conn::{Conn, Slab};
 use self::output::{build_publish, owned_properties};
 use self::subscribe::PendingSubAck;
+use self::sys::is_sys_topic;
 
 /// What to do with a QoS 1/2 message for an online session whose queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -222,6 +224,8 @@ pub struct Stats {
     pub subscribes_refused: u64,
     /// Times the shard stopped reading its sockets because too many rounds waited for the log (slow disk).
     pub log_stalls: u64,
+    /// Client PUBLISHes to `$SYS` refused (only the broker publishes there).
+    pub publishes_denied: u64,
 }
 
 impl Stats {

@@ -17,6 +17,9 @@ impl Shard {
                 "topic alias not allowed",
             );
         }
+        if is_sys_topic(&p.topic) {
+            return self.deny_sys_publish(key, sidx, &p);
+        }
         if p.qos != QoS::AtMostOnce {
             let size = p.topic.len() + p.payload.len() + 64;
             if let Some(e) = self.log_refuses(size) {

@@ -7,3 +7,4 @@ mod durable;
 mod gauges;
 mod keepalive;
 mod output;
+mod sys;

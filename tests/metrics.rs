@@ -138,6 +138,21 @@ fn counters_move_by_the_traffic_and_promtool_accepts_the_output() {
         .any(|s| s.labels.get("shard").map(String::as_str) == Some("1")));
 
     promtool_check(&text);
+
+    // A persistent subscription is acknowledged only once logged: the log syncs, and the sync is timed.
+    let (mut durable, _) = Raw::connect(
+        broker.addr,
+        Raw::connect_packet("metrics-durable", false, 0, ProtocolVersion::V3_1_1),
+    );
+    durable.set_timeout(Duration::from_secs(10));
+    durable.subscribe(1, "d/t", QoS::AtLeastOnce);
+    let synced = |e: &Exposition| n(e, "coremq_log_sync_duration_seconds_count") > 0.0;
+    // The histogram is recorded at once, gauges once a second: wait for both.
+    let (_, last) = scrape_until(maddr, |e| {
+        synced(e) && n(e, "coremq_sessions_persistent") >= 1.0
+    });
+    assert!(synced(&last), "no log sync was recorded");
+    assert_eq!(n(&last, "coremq_sessions_persistent"), 1.0);
     drop(broker);
 }
 
@@ -169,4 +184,69 @@ fn promtool_check(text: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// `$SYS` through a real client: `mosquitto_sub -t '$SYS/#' -v -W 6` against a broker with `sys_interval = 1`
+/// sees mosquitto's topic names with values, per-shard topics, and an uptime that changes between updates.
+#[test]
+fn sys_topics_appear_and_change() {
+    let ok = Command::new("mosquitto_sub")
+        .arg("--help")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if !ok {
+        if std::env::var_os("CI").is_some() {
+            panic!("mosquitto_sub is required in CI (see .ci/run)");
+        }
+        eprintln!("SKIPPED: mosquitto_sub not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("coremq.toml");
+    std::fs::write(&cfg, "sys_interval = 1\n").unwrap();
+    let broker = Broker::start(&["--config", cfg.to_str().unwrap()]);
+    let port = broker.port().to_string();
+    let out = Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-t",
+            "$SYS/#",
+            "-v",
+            "-W",
+            "6",
+        ])
+        .output()
+        .expect("run mosquitto_sub");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let values = |topic: &str| -> Vec<String> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix(topic)?.strip_prefix(' ').map(str::to_string))
+            .collect()
+    };
+    let uptimes = values("$SYS/broker/uptime");
+    assert!(uptimes.len() >= 2, "uptime not updated:\n{text}");
+    assert!(
+        uptimes.windows(2).any(|w| w[0] != w[1]),
+        "uptime never changed: {uptimes:?}"
+    );
+    assert!(uptimes[0].ends_with(" seconds"), "{uptimes:?}");
+    // The subscriber itself is a connected client.
+    let connected = values("$SYS/broker/clients/connected");
+    assert!(connected.iter().any(|v| v == "1"), "{connected:?}\n{text}");
+    for topic in [
+        "$SYS/broker/version",
+        "$SYS/broker/load/publish/received/1min",
+        "$SYS/broker/bytes/received",
+        "$SYS/broker/subscriptions/count",
+        "$SYS/broker/shards/0/clients/connected",
+        "$SYS/broker/shards/1/clients/connected",
+    ] {
+        assert!(!values(topic).is_empty(), "{topic} missing:\n{text}");
+    }
+    drop(broker);
 }

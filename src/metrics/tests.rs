@@ -23,29 +23,30 @@ fn stats_fields() -> Vec<String> {
 
 /// A `Stats` whose every field differs (1, 2, 3, ... in table order).
 fn distinct_stats() -> Stats {
-    let mut s = Stats::default();
-    s.connections_accepted = 1;
-    s.connections_closed = 2;
-    s.handoffs_out = 3;
-    s.handoffs_in = 4;
-    s.malformed = 5;
-    s.protocol_errors = 6;
-    s.keepalive_timeouts = 7;
-    s.takeovers = 8;
-    s.publishes_in = 9;
-    s.publishes_out = 10;
-    s.dropped_qos0 = 11;
-    s.dropped_qos12 = 12;
-    s.dropped_offline = 13;
-    s.dropped_too_large = 14;
-    s.retained_rejected = 15;
-    s.wills_published = 16;
-    s.pauses = 17;
-    s.persist_errors = 18;
-    s.publishes_refused = 19;
-    s.subscribes_refused = 20;
-    s.log_stalls = 21;
-    s.publishes_denied = 22;
+    let s = Stats {
+        connections_accepted: 1,
+        connections_closed: 2,
+        handoffs_out: 3,
+        handoffs_in: 4,
+        malformed: 5,
+        protocol_errors: 6,
+        keepalive_timeouts: 7,
+        takeovers: 8,
+        publishes_in: 9,
+        publishes_out: 10,
+        dropped_qos0: 11,
+        dropped_qos12: 12,
+        dropped_offline: 13,
+        dropped_too_large: 14,
+        retained_rejected: 15,
+        wills_published: 16,
+        pauses: 17,
+        persist_errors: 18,
+        publishes_refused: 19,
+        subscribes_refused: 20,
+        log_stalls: 21,
+        publishes_denied: 22,
+    };
     assert_eq!(
         stats_fields().len(),
         22,

@@ -122,10 +122,10 @@ pub fn check(text: &str) -> Result<Exposition, String> {
         if let Some(c) = raw.strip_prefix('#') {
             let mut parts = c.trim_start().splitn(3, ' ');
             match (parts.next(), parts.next(), parts.next()) {
-                (Some("HELP"), Some(name), _) => {
-                    if !valid_name(name) || !helped.insert(name.to_string()) {
-                        return Err(format!("line {line}: bad or repeated HELP for {name}"));
-                    }
+                (Some("HELP"), Some(name), _)
+                    if !valid_name(name) || !helped.insert(name.to_string()) =>
+                {
+                    return Err(format!("line {line}: bad or repeated HELP for {name}"));
                 }
                 (Some("TYPE"), Some(name), Some(kind)) => {
                     if !["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind) {
@@ -148,7 +148,7 @@ pub fn check(text: &str) -> Result<Exposition, String> {
             continue;
         }
         let name_end = raw
-            .find(|c: char| c == '{' || c == ' ')
+            .find(['{', ' '])
             .ok_or(format!("line {line}: sample without value"))?;
         let name = &raw[..name_end];
         if !valid_name(name) {

@@ -313,8 +313,10 @@ pub fn run(
                     shutdown,
                     max_conns,
                     std::time::Duration::from_micros(cfg.idle_spin_us),
-                    metrics,
-                    cfg.sys_interval,
+                    shard_loop::Telemetry {
+                        metrics,
+                        sys_interval: cfg.sys_interval,
+                    },
                 )
                 .expect("shard epoll set");
                 tracing::info!(shard = id, "shard running");

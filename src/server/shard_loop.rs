@@ -170,6 +170,12 @@ fn flush_wire(fd: RawFd, cs: &mut ConnStream, sent: &Cell<u64>) -> WireFlush {
     WireFlush::Drained
 }
 
+/// Where a shard reports: the shared metrics registry, and how often it publishes `$SYS` (0 = never).
+pub struct Telemetry {
+    pub metrics: Arc<Metrics>,
+    pub sys_interval: u32,
+}
+
 pub struct ShardIo {
     pub id: u16,
     pub core: RefCell<Shard>,
@@ -213,8 +219,7 @@ impl ShardIo {
         shutdown: Arc<AtomicBool>,
         max_conns: usize,
         idle_spin: Duration,
-        metrics: Arc<Metrics>,
-        sys_interval: u32,
+        telemetry: Telemetry,
     ) -> std::io::Result<Rc<Self>> {
         let epoll = Epoll::new()?;
         for (i, l) in listeners.iter().enumerate() {
@@ -254,12 +259,12 @@ impl ShardIo {
             max_conns,
             idle_spin,
             rejected: Cell::new(0),
-            metrics,
+            metrics: telemetry.metrics,
             bytes_in: Cell::new(0),
             bytes_out: Cell::new(0),
             sys: RefCell::new(crate::metrics::sys::SysTopics::new(
                 id as usize,
-                sys_interval,
+                telemetry.sys_interval,
             )),
         }))
     }

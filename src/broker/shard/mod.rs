@@ -276,6 +276,8 @@ pub struct Shard {
     interest: Trie<u64>,
     retained: Trie<Rc<Message>>,
     retained_bytes: usize,
+    /// How much of `retained` / `retained_bytes` is the broker's own `$SYS` topics (outside the clients' budget).
+    sys_retained: (usize, usize),
     wheel: Wheel,
     now: Secs,
     pending_subacks: HashMap<u64, PendingSubAck>,
@@ -322,6 +324,7 @@ impl Shard {
             interest: Trie::new(),
             retained: Trie::new(),
             retained_bytes: 0,
+            sys_retained: (0, 0),
             now: 0,
             pending_subacks: HashMap::new(),
             next_token: 1,

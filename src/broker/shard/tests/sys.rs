@@ -119,3 +119,27 @@ fn injected_sys_messages_are_retained_and_delivered() {
     );
     assert_eq!(shard.gauges().retained_messages, 1);
 }
+
+#[test]
+fn sys_topics_do_not_take_the_retained_budget() {
+    let mut shard = Shard::new(ShardConfig {
+        max_retained_messages: 1,
+        ..ShardConfig::default()
+    });
+    shard.inject_sys("$SYS/broker/a", "1");
+    shard.inject_sys("$SYS/broker/b", "2");
+    let v = ProtocolVersion::V3_1_1;
+    let c = connect(&mut shard, 1, "c", v);
+    let p = Publish {
+        dup: false,
+        qos: QoS::AtMostOnce,
+        retain: true,
+        topic: "client/t".into(),
+        packet_id: 0,
+        properties: None,
+        payload: bytes::Bytes::from_static(b"x"),
+    };
+    shard.on_bytes(c, &mut frame(&Packet::Publish(p), v));
+    assert_eq!(shard.gauges().retained_messages, 3);
+    assert_eq!(shard.stats.retained_rejected, 0);
+}

@@ -73,6 +73,11 @@ pub struct Config {
     pub persistence: bool,
     pub data_dir: std::path::PathBuf,
     pub store: crate::store::StoreConfig,
+    /// HTTP endpoint for `/metrics`, `/healthz` and `/readyz`; none = off.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Seconds between `$SYS/broker/...` retained updates; 0 = off.
+    pub sys_interval: u32,
 }
 
 /// What a listener speaks above TCP.
@@ -292,6 +297,9 @@ impl Config {
         }
         if self.idle_spin_us > 10_000 {
             return bad("idle_spin_us", "must be at most 10000 (10 ms)");
+        }
+        if self.sys_interval > 86_400 {
+            return bad("sys_interval", "must be at most 86400 seconds (0 = off)");
         }
         if self.connect_timeout == 0 {
             return bad("connect_timeout", "must be at least 1 second");

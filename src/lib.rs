@@ -4,6 +4,7 @@ pub mod broker;
 pub mod codec;
 pub mod config;
 pub mod limits;
+pub mod metrics;
 pub mod server;
 pub mod store;
 pub mod stream;

@@ -281,6 +281,16 @@ pub fn run(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
+    let metrics = crate::metrics::Metrics::new(shards);
+    // Bound before the MQTT listeners, so a taken metrics port refuses the start with the reason.
+    let metrics_server = match cfg.metrics_listen {
+        Some(addr) => Some(crate::metrics::http::spawn(
+            addr,
+            metrics.clone(),
+            shutdown.clone(),
+        )?),
+        None => None,
+    };
     let (listeners, bound) = bind_listeners(&cfg, shards)?;
     on_bound(&bound, shards);
 
@@ -319,6 +329,7 @@ pub fn run(
 
     let restored = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let restored_by_shards = restored.clone();
+    let metrics_by_shards = metrics.clone();
     let placement = if cfg.pin {
         PoolPlacement::Custom(placement)
     } else {
@@ -338,6 +349,7 @@ pub fn run(
             let recovered = recovered.clone();
             let filters = filters.clone();
             let restored = restored_by_shards.clone();
+            let metrics = metrics_by_shards.clone();
             async move {
                 let id = next_id.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let fds = std::mem::take(&mut listeners.lock().expect("listener table")[id]);
@@ -352,6 +364,8 @@ pub fn run(
                     // Held acknowledgements are released when the log syncs: let the syncer wake us.
                     let bell = link.doorbells[id].clone();
                     store.set_durable_notify(Arc::new(move || bell.ring_if_sleeping()));
+                    let m = metrics.clone();
+                    store.set_sync_observer(Arc::new(move |d| m.shard(id).log_sync.record(d)));
                     core.attach_store(store, epoch_unix);
                     core.restore(state);
                     for (peer, f) in filters.iter().enumerate().filter(|(p, _)| *p != id) {
@@ -367,6 +381,10 @@ pub fn run(
                     max_conns,
                     std::time::Duration::from_micros(cfg.idle_spin_us),
                     verifier,
+                    shard_loop::Telemetry {
+                        metrics,
+                        sys_interval: cfg.sys_interval,
+                    },
                 )
                 .expect("shard epoll set");
                 tracing::info!(shard = id, "shard running");
@@ -384,10 +402,18 @@ pub fn run(
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     crate::alloc_collect(true);
+    // Every shard replayed its log and the listeners are open: ready for traffic (`/readyz`).
+    if restored.load(std::sync::atomic::Ordering::SeqCst) == shards {
+        metrics.set_ready(true);
+    }
     for r in handles.join_all() {
         if let Err(e) = r {
             return Err(io::Error::other(e.to_string()));
         }
+    }
+    metrics.set_ready(false);
+    if let Some(m) = metrics_server {
+        m.join();
     }
     drop(data_lock);
     Ok(())

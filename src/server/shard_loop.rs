@@ -29,6 +29,7 @@ use crate::auth::policy::Refusal;
 use crate::broker::message::ConnKey;
 use crate::broker::shard::AuthJob;
 use crate::broker::shard::{MeshMsg, ReadOutcome, Shard};
+use crate::metrics::Metrics;
 use crate::server::linger::Lingering;
 use crate::server::netpoll::{self, Epoll, IoResult};
 use crate::server::spin::SpinBudget;
@@ -156,10 +157,13 @@ enum WireFlush {
 }
 
 /// Send a layered connection's pending wire bytes, in order, until the socket stops taking them.
-fn flush_wire(fd: RawFd, cs: &mut ConnStream) -> WireFlush {
+fn flush_wire(fd: RawFd, cs: &mut ConnStream, sent: &Cell<u64>) -> WireFlush {
     while !cs.wire_out.is_empty() {
         match netpoll::send(fd, &cs.wire_out) {
-            IoResult::Done(n) => cs.wire_out.advance(n),
+            IoResult::Done(n) => {
+                sent.set(sent.get() + n as u64);
+                cs.wire_out.advance(n)
+            }
             IoResult::WouldBlock => return WireFlush::Blocked,
             IoResult::Closed | IoResult::Error(_) => return WireFlush::Failed,
         }
@@ -167,6 +171,12 @@ fn flush_wire(fd: RawFd, cs: &mut ConnStream) -> WireFlush {
     // Idle layered connections hold no output buffer.
     cs.wire_out = BytesMut::new();
     WireFlush::Drained
+}
+
+/// Where a shard reports: the shared metrics registry, and how often it publishes `$SYS` (0 = never).
+pub struct Telemetry {
+    pub metrics: Arc<Metrics>,
+    pub sys_interval: u32,
 }
 
 pub struct ShardIo {
@@ -201,9 +211,17 @@ pub struct ShardIo {
     /// How long an idle shard keeps polling before it sleeps in the kernel (`idle_spin_us`).
     idle_spin: Duration,
     rejected: Cell<u64>,
+    /// Where this shard publishes its counters and gauges, once a second (`publish_metrics`).
+    metrics: Arc<Metrics>,
+    /// Socket bytes read and written (wire bytes, layers included), published with the metrics.
+    bytes_in: Cell<u64>,
+    bytes_out: Cell<u64>,
+    /// The `$SYS` topics this shard publishes every `sys_interval` seconds.
+    sys: RefCell<crate::metrics::sys::SysTopics>,
 }
 
 impl ShardIo {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         core: Shard,
         listeners: Vec<ShardListener>,
@@ -212,6 +230,7 @@ impl ShardIo {
         max_conns: usize,
         idle_spin: Duration,
         verifier: Option<VerifierLink>,
+        telemetry: Telemetry,
     ) -> std::io::Result<Rc<Self>> {
         let epoll = Epoll::new()?;
         for (i, l) in listeners.iter().enumerate() {
@@ -255,6 +274,13 @@ impl ShardIo {
             max_conns,
             idle_spin,
             rejected: Cell::new(0),
+            metrics: telemetry.metrics,
+            bytes_in: Cell::new(0),
+            bytes_out: Cell::new(0),
+            sys: RefCell::new(crate::metrics::sys::SysTopics::new(
+                id as usize,
+                telemetry.sys_interval,
+            )),
         }))
     }
 
@@ -443,7 +469,13 @@ impl ShardIo {
                 IoResult::Done(0) => continue,
                 IoResult::Done(n) => {
                     did = true;
-                    match core.on_bytes(key, scratch) {
+                    self.bytes_in.set(self.bytes_in.get() + n as u64);
+                    let connecting = (!core.is_established(key)).then(Instant::now);
+                    let outcome = core.on_bytes(key, scratch);
+                    if let Some(t) = connecting {
+                        self.connect_timed(&core, key, &outcome, t);
+                    }
+                    match outcome {
                         ReadOutcome::Continue if n < SCRATCH && self.flags_of(key) & F_HUP == 0 => {
                             // A short read emptied the socket. Edge-triggered epoll reports any byte that
                             // arrives after this point as a new event, so the usual recv that only says EAGAIN
@@ -497,7 +529,10 @@ impl ShardIo {
                 break;
             }
             match netpoll::send(fd, &out[..writable]) {
-                IoResult::Done(n) => core.consumed(key, n),
+                IoResult::Done(n) => {
+                    self.bytes_out.set(self.bytes_out.get() + n as u64);
+                    core.consumed(key, n)
+                }
                 IoResult::WouldBlock => {
                     drop(core);
                     self.set_flags(key, |f| *f |= F_WANT_WRITE);
@@ -527,7 +562,10 @@ impl ShardIo {
             scratch.clear();
             let n = match netpoll::recv_into(fd, scratch, SCRATCH) {
                 IoResult::Done(0) => continue,
-                IoResult::Done(n) => n,
+                IoResult::Done(n) => {
+                    self.bytes_in.set(self.bytes_in.get() + n as u64);
+                    n
+                }
                 IoResult::WouldBlock => {
                     self.set_flags(key, |f| *f &= !F_READABLE);
                     return did;
@@ -553,7 +591,11 @@ impl ShardIo {
                     }
                 }
                 // Handshake answers, alerts and pongs leave now, ahead of anything the core adds.
-                (r, flush_wire(fd, cs), cs.layer.peer_closed())
+                (
+                    r,
+                    flush_wire(fd, cs, &self.bytes_out),
+                    cs.layer.peer_closed(),
+                )
             };
             let mut core = self.core.borrow_mut();
             if let Err(e) = result {
@@ -574,7 +616,12 @@ impl ShardIo {
             let outcome = if app.is_empty() {
                 ReadOutcome::Continue
             } else {
-                core.on_bytes(key, &mut app)
+                let connecting = (!core.is_established(key)).then(Instant::now);
+                let outcome = core.on_bytes(key, &mut app);
+                if let Some(t) = connecting {
+                    self.connect_timed(&core, key, &outcome, t);
+                }
+                outcome
             };
             if peer_closed && outcome != ReadOutcome::HandedOff {
                 core.on_io_closed(key);
@@ -614,7 +661,7 @@ impl ShardIo {
             return;
         };
         loop {
-            match flush_wire(fd, cs) {
+            match flush_wire(fd, cs, &self.bytes_out) {
                 WireFlush::Drained => {}
                 WireFlush::Blocked => {
                     drop(streams);
@@ -689,7 +736,7 @@ impl ShardIo {
                             }
                         }
                         cs.layer.close(&mut cs.wire_out);
-                        let _ = flush_wire(fd, &mut cs);
+                        let _ = flush_wire(fd, &mut cs, &self.bytes_out);
                     }
                 }
                 let linger = token(ConnKey {
@@ -821,7 +868,13 @@ impl ShardIo {
                         let fd = a.io as RawFd;
                         let stream = a.stream.take();
                         let layered = stream.is_some();
+                        // Adopting is the owner shard's half of a CONNECT: session lookup, takeover, CONNACK.
+                        let t = Instant::now();
                         let (key, _outcome) = self.core.borrow_mut().adopt(*a);
+                        self.metrics
+                            .shard(self.id as usize)
+                            .connect_time
+                            .record(t.elapsed());
                         self.set_stream(key, stream);
                         self.register(fd, key);
                         if layered {
@@ -834,6 +887,43 @@ impl ShardIo {
             }
         }
         did
+    }
+
+    /// Records CONNECT handling time when this read established the connection here (a hand-off is timed by
+    /// the adopting shard instead).
+    fn connect_timed(&self, core: &Shard, key: ConnKey, outcome: &ReadOutcome, started: Instant) {
+        if *outcome != ReadOutcome::HandedOff && core.is_established(key) {
+            self.metrics
+                .shard(self.id as usize)
+                .connect_time
+                .record(started.elapsed());
+        }
+    }
+
+    /// Counters and gauges for the metrics registry: called once a second (a walk over sessions, see
+    /// `Shard::gauges`), so the hot path pays nothing but the byte counts.
+    fn publish_metrics(&self) {
+        let core = self.core.borrow();
+        let mut g = core.gauges();
+        g.mesh_depth = self
+            .mesh
+            .from
+            .iter()
+            .flatten()
+            .map(|rx| rx.len() as u64)
+            .sum();
+        let m = self.metrics.shard(self.id as usize);
+        m.publish(&core.stats, &g);
+        m.publish_io(self.bytes_in.get(), self.bytes_out.get());
+    }
+
+    /// Retained `$SYS` updates when due (`sys_interval`), read from the registry just published.
+    fn publish_sys(&self, now: u64) {
+        let topics = self.sys.borrow_mut().due(now, &self.metrics);
+        let mut core = self.core.borrow_mut();
+        for (topic, payload) in &topics {
+            core.inject_sys(topic, payload);
+        }
     }
 
     fn mesh_pending(&self) -> bool {
@@ -983,6 +1073,8 @@ pub async fn main_loop(io: Rc<ShardIo>) {
             io.resume_listeners();
             io.lingering.borrow_mut().expire(&io.epoll, Instant::now());
             io.core.borrow_mut().tick(sec);
+            io.publish_metrics();
+            io.publish_sys(sec as u64);
             io.after_work(&mut keys, &mut mesh, &mut scratch);
         }
 

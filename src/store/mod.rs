@@ -976,6 +976,16 @@ impl Store {
         *self.shared.notify.lock().unwrap_or_else(|e| e.into_inner()) = Some(f);
     }
 
+    /// Called by the syncer thread with the duration of each sync (msync of the ranges, and the directory when a
+    /// segment was created), for the log sync latency histogram.
+    pub fn set_sync_observer(&self, f: syncer::SyncObserver) {
+        *self
+            .shared
+            .observer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(f);
+    }
+
     /// LSN of the last commit.
     pub fn committed_lsn(&self) -> Lsn {
         self.committed

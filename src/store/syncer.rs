@@ -49,7 +49,12 @@ pub(crate) struct SyncShared {
     cond: Condvar,
     /// Called after the durable LSN advanced (the broker rings its shard's doorbell).
     pub notify: Mutex<Option<DurableNotify>>,
+    /// Told how long each sync took (the broker's metrics).
+    pub observer: Mutex<Option<SyncObserver>>,
 }
+
+/// Receives each sync's duration; called from the syncer thread.
+pub type SyncObserver = Arc<dyn Fn(Duration) + Send + Sync>;
 
 /// Wakes whoever waits on the durable LSN; called from the syncer thread.
 pub type DurableNotify = Arc<dyn Fn() + Send + Sync>;
@@ -158,8 +163,19 @@ pub(crate) fn run(
             }
         };
         if (due || flush_ack.is_some() || shutdown) && !pending.is_empty() {
+            let started = Instant::now();
             sync_pending(policy, &mut pending, &shared, &mut released);
             last_sync = Instant::now();
+            if policy != FsyncPolicy::Never {
+                let observer = shared
+                    .observer
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                if let Some(f) = observer {
+                    f(last_sync - started);
+                }
+            }
         }
         if let Some(ack) = flush_ack {
             let _ = ack.send(());

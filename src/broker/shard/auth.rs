@@ -355,6 +355,7 @@ impl Shard {
             && self.acl_of(sidx).map_or(true, |acl| acl.can_write(topic));
         if !ok {
             self.auth.stats.publish_denied += 1;
+            self.stats.publishes_denied += 1;
         }
         ok
     }

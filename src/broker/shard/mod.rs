@@ -50,6 +50,7 @@ mod connect;
 mod delivery;
 mod durable;
 mod expiry;
+mod gauges;
 mod lifecycle;
 mod output;
 mod persist;
@@ -57,6 +58,7 @@ mod publish;
 mod recovery;
 mod redirect;
 mod subscribe;
+mod sys;
 #[cfg(test)]
 mod tests;
 mod will_delay;
@@ -64,6 +66,7 @@ mod will_delay;
 use self::conn::{Conn, Slab};
 use self::output::{build_publish, owned_properties};
 use self::subscribe::PendingSubAck;
+use self::sys::is_sys_topic;
 
 /// What to do with a QoS 1/2 message for an online session whose queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -283,6 +286,8 @@ pub struct Stats {
     pub log_stalls: u64,
     /// v5 messages dropped because their Message Expiry Interval passed (queued or retained).
     pub expired: u64,
+    /// Client PUBLISHes to `$SYS` refused (only the broker publishes there).
+    pub publishes_denied: u64,
 }
 
 impl Stats {
@@ -337,6 +342,8 @@ pub struct Shard {
     interest: Trie<u64>,
     retained: Trie<Rc<Message>>,
     retained_bytes: usize,
+    /// How much of `retained` / `retained_bytes` is the broker's own `$SYS` topics (outside the clients' budget).
+    sys_retained: (usize, usize),
     wheel: Wheel,
     now: Secs,
     pending_subacks: HashMap<u64, PendingSubAck>,
@@ -388,6 +395,7 @@ impl Shard {
             interest: Trie::new(),
             retained: Trie::new(),
             retained_bytes: 0,
+            sys_retained: (0, 0),
             now: 0,
             pending_subacks: HashMap::new(),
             next_token: 1,

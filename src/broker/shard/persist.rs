@@ -349,7 +349,8 @@ impl Shard {
     }
 
     pub(super) fn persist_retained(&mut self, msg: &Message, replaced: bool) {
-        if self.store.is_none() || self.restoring {
+        // `$SYS` figures are rebuilt by the running broker: logging them would replay stale values at start.
+        if self.store.is_none() || self.restoring || super::sys::is_sys_topic(&msg.topic) {
             return;
         }
         if msg.payload.is_empty() {

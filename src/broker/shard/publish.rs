@@ -15,6 +15,9 @@ impl Shard {
         if !self.may_publish(sidx, &p.topic) {
             return self.deny_publish(key, sidx, p.qos, p.packet_id);
         }
+        if is_sys_topic(&p.topic) {
+            return self.deny_sys_publish(key, sidx, &p);
+        }
         if p.qos != QoS::AtMostOnce {
             let size = p.topic.len() + p.payload.len() + 64;
             if let Some(e) = self.log_refuses(size) {
@@ -162,6 +165,10 @@ impl Shard {
         if msg.payload.is_empty() {
             if let Some(old) = self.retained.remove(&msg.topic) {
                 self.retained_bytes -= old.payload.len() + old.topic.len();
+                if is_sys_topic(&msg.topic) {
+                    self.sys_retained.0 -= 1;
+                    self.sys_retained.1 -= old.payload.len() + old.topic.len();
+                }
                 self.persist_retained(&msg, true);
             }
             return;
@@ -172,8 +179,14 @@ impl Shard {
             .get(&msg.topic)
             .map(|m| m.payload.len() + m.topic.len());
         let new_topic = old_size.is_none();
-        if (new_topic && self.retained.len() >= self.cfg.max_retained_messages)
-            || self.retained_bytes - old_size.unwrap_or(0) + size > self.cfg.max_retained_bytes
+        // The broker's own `$SYS` topics are a fixed, small set: they never take the clients' retained budget.
+        if is_sys_topic(&msg.topic) {
+            self.sys_retained.0 += usize::from(new_topic);
+            self.sys_retained.1 = self.sys_retained.1 - old_size.unwrap_or(0) + size;
+        } else if (new_topic
+            && self.retained.len() - self.sys_retained.0 >= self.cfg.max_retained_messages)
+            || self.retained_bytes - self.sys_retained.1 - old_size.unwrap_or(0) + size
+                > self.cfg.max_retained_bytes
         {
             self.stats.retained_rejected += 1;
             return;

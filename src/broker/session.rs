@@ -32,6 +32,9 @@ pub struct Queued {
     pub log_pending: bool,
     /// v5 subscription identifiers of the matching subscriptions.
     pub sub_ids: Vec<u32>,
+    /// Delivered through this shared subscription (`$share/GROUP/FILTER`): given to another member of the group
+    /// if this session goes offline before it is acknowledged.
+    pub shared: Option<ByteString>,
 }
 
 impl Queued {
@@ -44,6 +47,7 @@ impl Queued {
             restored: false,
             log_pending: false,
             sub_ids,
+            shared: None,
         }
     }
 }

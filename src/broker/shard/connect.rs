@@ -147,6 +147,7 @@ impl Shard {
             s.window = window;
             s.client_max_packet = client_max_packet;
         }
+        self.shared_presence_changed(sidx);
         if self.store.is_some() {
             if expiry == Some(0) {
                 self.unpersist_session(sidx);
@@ -172,7 +173,7 @@ impl Shard {
             Box::new(Properties {
                 receive_maximum: Some(self.cfg.max_inbound_qos2),
                 maximum_packet_size: Some(self.cfg.max_packet_size),
-                shared_subscription_available: Some(0),
+                shared_subscription_available: Some(1),
                 server_keep_alive,
                 assigned_client_identifier: assigned_id
                     .then(|| self.session(sidx).client_id.clone()),

@@ -20,6 +20,7 @@
 //! | `output.rs`    | `send`, `send_raw`, `send_ack`, `build_publish`                                         |
 //! | `persist.rs`   | log writes for sessions, subscriptions, queues, deliveries, retained messages           |
 //! | `recovery.rs`  | `restore` from the log at start, loading message bodies                                 |
+//! | `shared.rs`    | shared subscriptions (`$share/GROUP/FILTER`) across shards: design in its doc          |
 //! | `durable.rs`   | `end_round`, held output until the log is durable, log congestion, store maintenance    |
 //! | `tests/`       | unit tests, one file per flow                                                           |
 
@@ -34,6 +35,7 @@ use crate::broker::durability::Durability;
 use crate::broker::keepalive::{Deadline, Secs, Wheel};
 use crate::broker::message::{ConnKey, Message, Origin};
 use crate::broker::session::{Inflight, InflightState, Queued, Session, Subscription};
+use crate::broker::shared_group::{Counts, SharedGroups};
 use crate::broker::trie::Trie;
 use crate::codec::topic::parse_shared;
 use crate::codec::{
@@ -51,6 +53,7 @@ mod output;
 mod persist;
 mod publish;
 mod recovery;
+mod shared;
 mod subscribe;
 #[cfg(test)]
 mod tests;
@@ -178,6 +181,20 @@ pub enum MeshMsg {
     /// the acknowledgement held for it must never leave. Sent before the sender's `Durable` for that message
     /// (channels are FIFO), so it always arrives first.
     LogRefused(ConnKey),
+    /// The sender's member counts for these shared groups (`$share/GROUP/FILTER`); a non-zero token asks for
+    /// `InterestAck { token }` (a SUBACK waits for it).
+    SharedCount {
+        groups: Vec<(ByteString, Counts)>,
+        token: u64,
+    },
+    /// A message for one member of a shared group on the receiving shard (`hops` = shards it went through);
+    /// sequence number as for `Publish`.
+    SharedPublish {
+        msg: Box<Message>,
+        share: ByteString,
+        hops: u8,
+        seq: u64,
+    },
 }
 
 /// What happened to a connection after its bytes were processed.
@@ -221,6 +238,10 @@ pub struct Stats {
     pub subscribes_refused: u64,
     /// Times the shard stopped reading its sockets because too many rounds waited for the log (slow disk).
     pub log_stalls: u64,
+    /// Shared-subscription messages that reached a shard where their group had no member left.
+    pub dropped_shared: u64,
+    /// Shared-subscription messages given to another member because theirs went offline.
+    pub shared_redispatched: u64,
 }
 
 impl Stats {
@@ -232,6 +253,7 @@ impl Stats {
             + self.retained_rejected
             + self.publishes_refused
             + self.persist_errors
+            + self.dropped_shared
     }
 }
 
@@ -269,6 +291,8 @@ pub struct Shard {
     subs: Trie<Vec<Subscriber>>,
     /// Cross-shard interest summary: filter -> bitmask of peer shards with a local subscriber for it.
     interest: Trie<u64>,
+    /// Shared-subscription groups: local members and the other shards' counts.
+    shared: SharedGroups,
     retained: Trie<Rc<Message>>,
     retained_bytes: usize,
     wheel: Wheel,
@@ -315,6 +339,7 @@ impl Shard {
             by_client: ClientIndex::new(),
             subs: Trie::new(),
             interest: Trie::new(),
+            shared: SharedGroups::new(cfg_shards),
             retained: Trie::new(),
             retained_bytes: 0,
             now: 0,
@@ -579,6 +604,13 @@ impl Shard {
                 tracing::debug!(shard = self.cfg.shard_id, conn = ?k, found, publishes_in = self.stats.publishes_in, "pause requested by a peer");
             }
             MeshMsg::Resume(k) => self.resume(k),
+            MeshMsg::SharedCount { groups, token } => self.on_shared_count(from, groups, token),
+            MeshMsg::SharedPublish {
+                msg,
+                share,
+                hops,
+                seq,
+            } => self.on_shared_publish(from, *msg, &share, hops, seq),
         }
     }
 

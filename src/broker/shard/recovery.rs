@@ -57,7 +57,11 @@ impl Shard {
                     let mut granted = None::<QoS>;
                     let mut sub_ids = Vec::new();
                     for sub in &s.subs {
-                        if topic_matches(&sub.filter, &m.topic) {
+                        let filter = crate::codec::topic::parse_shared(&sub.filter)
+                            .ok()
+                            .flatten()
+                            .map_or(&*sub.filter, |(_, f)| f);
+                        if topic_matches(filter, &m.topic) {
                             granted =
                                 Some(granted.map_or(sub.options.qos, |g| g.max(sub.options.qos)));
                             sub_ids.extend(sub.sub_id);
@@ -126,6 +130,10 @@ impl Shard {
             self.schedule_expiry(sidx);
             let subs = self.session(sidx).subs.clone();
             for sub in &subs {
+                if sub.filter.starts_with(crate::codec::topic::SHARE_PREFIX) {
+                    self.shared_subscribe(sidx, &sub.filter, sub.options, sub.sub_id);
+                    continue;
+                }
                 let entry = Subscriber {
                     session: sidx,
                     options: sub.options,
@@ -144,6 +152,7 @@ impl Shard {
                     restored: true,
                     log_pending: false,
                     sub_ids: Vec::new(),
+                    shared: None,
                 };
                 match qm.delivery {
                     Some(d) => {
@@ -195,6 +204,7 @@ impl Shard {
                 filters.push(ByteString::from(f));
             }
         });
+        filters.extend(self.shared_names());
         if let Some(st) = self.store.as_mut() {
             if let Err(e) = st.commit() {
                 tracing::error!(error = %e, "log commit after recovery failed");
@@ -206,6 +216,10 @@ impl Shard {
     /// Interest of a peer shard restored from its log (before any connection is accepted).
     pub fn add_peer_interest(&mut self, peer: u16, filters: &[ByteString]) {
         for f in filters {
+            if f.starts_with(crate::codec::topic::SHARE_PREFIX) {
+                self.add_peer_shared(peer, f);
+                continue;
+            }
             *self.interest.get_or_insert_with(f, || 0) |= 1u64 << peer;
         }
     }

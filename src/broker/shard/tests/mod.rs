@@ -6,3 +6,4 @@ mod delivery;
 mod durable;
 mod keepalive;
 mod output;
+mod shared;

@@ -4,6 +4,6 @@ pub mod durability;
 pub mod keepalive;
 pub mod message;
 pub mod session;
-pub mod shared_group;
 pub mod shard;
+pub mod shared_group;
 pub mod trie;

@@ -270,7 +270,9 @@ mod tests {
             },
         );
         let grp = g.get_mut("g", "t").unwrap();
-        let picks: Vec<_> = (0..4).map(|_| grp.pick_shard(0, 0, None).unwrap()).collect();
+        let picks: Vec<_> = (0..4)
+            .map(|_| grp.pick_shard(0, 0, None).unwrap())
+            .collect();
         assert_eq!(picks, [0, 1, 0, 1]);
     }
 

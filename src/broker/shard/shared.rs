@@ -144,7 +144,12 @@ impl Shard {
     }
 
     /// Another shard's counts.
-    pub(super) fn on_shared_count(&mut self, from: u16, groups: Vec<(ByteString, Counts)>, token: u64) {
+    pub(super) fn on_shared_count(
+        &mut self,
+        from: u16,
+        groups: Vec<(ByteString, Counts)>,
+        token: u64,
+    ) {
         for (name, counts) in &groups {
             if let Ok(Some((group, filter))) = parse_shared(name) {
                 self.shared.set_remote(from, group, filter, *counts);
@@ -231,7 +236,8 @@ impl Shard {
         let me = self.cfg.shard_id;
         let mut groups = std::mem::take(&mut self.shared);
         let picked = groups.get_mut(group, filter).and_then(|g| {
-            if let Some(m) = g.pick_local(|m| Some(m.session) != skip_session && self.member_can_take(m))
+            if let Some(m) =
+                g.pick_local(|m| Some(m.session) != skip_session && self.member_can_take(m))
             {
                 return Some(Ok(m));
             }
@@ -279,7 +285,8 @@ impl Shard {
     /// A member went offline: its queued messages and unacknowledged PUBLISHes go to the rest of its groups.
     pub(super) fn redispatch_shared(&mut self, sidx: u32) {
         let s = self.session_mut(sidx);
-        if !s.subs
+        if !s
+            .subs
             .iter()
             .any(|x| x.filter.starts_with(codec::topic::SHARE_PREFIX))
         {

@@ -92,10 +92,10 @@ impl Shard {
             // Retained messages are not sent on a shared subscription [MQTT-4.8.2].
             let send_retained = !shared
                 && match options.retain_handling {
-                RetainHandling::SendAtSubscribe => true,
-                RetainHandling::SendIfNew => !existed,
-                RetainHandling::DoNotSend => false,
-            };
+                    RetainHandling::SendAtSubscribe => true,
+                    RetainHandling::SendIfNew => !existed,
+                    RetainHandling::DoNotSend => false,
+                };
             if send_retained {
                 retained.push((f.filter, options, sub_id));
             }
@@ -118,7 +118,9 @@ impl Shard {
             self.next_token += 1;
             let waits = peers * (!new_filters.is_empty() as u16 + !shared_new.is_empty() as u16);
             self.announce_shared(&shared_new, token);
-            for peer in (0..self.cfg.shards).filter(|&p| p != self.cfg.shard_id && !new_filters.is_empty()) {
+            for peer in
+                (0..self.cfg.shards).filter(|&p| p != self.cfg.shard_id && !new_filters.is_empty())
+            {
                 self.mesh_out.push((
                     peer,
                     MeshMsg::InterestAdd {

@@ -1,6 +1,8 @@
 //! Shared subscriptions across two shards, driven by hand (mesh messages carried by `shuttle`).
 use super::*;
-use crate::codec::{self, Connect, Packet, Publish, Subscribe, SubscribeFilter, SubscriptionOptions};
+use crate::codec::{
+    self, Connect, Packet, Publish, Subscribe, SubscribeFilter, SubscriptionOptions,
+};
 use crate::store::{FsyncPolicy, StoreConfig};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -207,7 +209,12 @@ fn each_message_goes_to_exactly_one_member_spread_across_shards() {
     // A plain subscriber still gets every message.
     assert_eq!(payloads(&output(&mut t.s[1], t.plain, V)).len(), 40);
     let acks = output(&mut t.s[0], t.publisher, V);
-    assert_eq!(acks.iter().filter(|p| matches!(p, Packet::PubAck(_))).count(), 40);
+    assert_eq!(
+        acks.iter()
+            .filter(|p| matches!(p, Packet::PubAck(_)))
+            .count(),
+        40
+    );
 }
 
 #[test]
@@ -244,9 +251,15 @@ fn a_member_that_disconnects_hands_its_unacknowledged_messages_to_the_others() {
             assert!(again.insert(p), "re-dispatched twice");
         }
     }
-    assert_eq!(again, lost, "the gone members' messages go to the remaining ones, once each");
+    assert_eq!(
+        again, lost,
+        "the gone members' messages go to the remaining ones, once each"
+    );
     assert!(kept.is_disjoint(&again));
-    assert_eq!(t.s[0].stats.shared_redispatched + t.s[1].stats.shared_redispatched, 4);
+    assert_eq!(
+        t.s[0].stats.shared_redispatched + t.s[1].stats.shared_redispatched,
+        4
+    );
 }
 
 #[test]
@@ -306,7 +319,10 @@ fn a_persistent_shared_subscription_survives_a_restart_in_its_share_form() {
         s[1].on_bytes(m, &mut subscribe("$share/g/t/+", QoS::AtLeastOnce, V));
         let [a, b] = &mut s;
         shuttle(a, b);
-        assert!(matches!(output(&mut s[1], m, V)[..], [Packet::ConnAck(_), Packet::SubAck(_)]));
+        assert!(matches!(
+            output(&mut s[1], m, V)[..],
+            [Packet::ConnAck(_), Packet::SubAck(_)]
+        ));
         s[1].on_io_closed(m);
         let [a, b] = &mut s;
         shuttle(a, b);
@@ -317,7 +333,10 @@ fn a_persistent_shared_subscription_survives_a_restart_in_its_share_form() {
     assert_eq!(filters1, ["$share/g/t/+"]);
     s[0].add_peer_interest(1, &filters1);
     let p = connect(&mut s[0], 2, &id_on("pub", 0), true);
-    s[0].on_bytes(p, &mut publish("t/1", QoS::AtLeastOnce, 1, "while-offline", false));
+    s[0].on_bytes(
+        p,
+        &mut publish("t/1", QoS::AtLeastOnce, 1, "while-offline", false),
+    );
     let [a, b] = &mut s;
     shuttle(a, b);
     // Queued for the offline member on shard 1, delivered when it comes back.

@@ -135,3 +135,85 @@ fn a_persistent_shared_subscription_and_its_queue_survive_kill_9() {
     publish_acked(&b, "k/2", 5);
     assert_eq!(drain(&mut r, true).len(), 5);
 }
+
+/// Four paho v5 members (client ids from argv, two per shard) and a paho publisher: prints, per member, the
+/// payloads it got, then the CONNACK's Shared Subscription Available of each.
+const PAHO_SHARED: &str = r#"
+import sys, time, threading
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+port = int(sys.argv[1]); ids = sys.argv[2:]
+got = {i: [] for i in ids}; avail = {}; granted = {}
+lock = threading.Lock(); total = [0]; done = threading.Event()
+def make(cid):
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cid, protocol=MQTTProtocolVersion.MQTTv5)
+    def on_connect(c, u, f, rc, p):
+        avail[cid] = getattr(p, "SharedSubscriptionAvailable", None)
+    def on_subscribe(c, u, mid, rcs, p):
+        granted[cid] = [r.value for r in rcs]
+    def on_message(c, u, m):
+        with lock:
+            got[cid].append(m.payload.decode()); total[0] += 1
+            if total[0] >= 40: done.set()
+    c.on_connect, c.on_subscribe, c.on_message = on_connect, on_subscribe, on_message
+    c.connect("127.0.0.1", port, 30); c.loop_start()
+    return c
+def wait_for(d):
+    end = time.time() + 10
+    while len(d) < len(ids) and time.time() < end: time.sleep(0.05)
+members = [make(i) for i in ids]
+wait_for(avail)
+for c in members: c.subscribe("$share/pg/p/+", qos=1)
+wait_for(granted)
+pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="paho-shared-pub", protocol=MQTTProtocolVersion.MQTTv5)
+pub.connect("127.0.0.1", port, 30); pub.loop_start()
+for n in range(40): pub.publish("p/1", str(n), qos=1).wait_for_publish(5)
+done.wait(10); time.sleep(0.5)
+for c in members + [pub]: c.disconnect(); c.loop_stop()
+for i in ids: print(i, granted.get(i), avail.get(i), ",".join(got[i]))
+"#;
+
+#[test]
+fn paho_v5_members_share_the_messages() {
+    let has_paho = std::process::Command::new("python3")
+        .args(["-c", "import paho.mqtt.client"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_paho {
+        if std::env::var_os("CI").is_some() {
+            panic!("paho-mqtt is required in CI (see .ci/run)");
+        }
+        eprintln!("SKIPPED: python3 paho-mqtt not installed");
+        return;
+    }
+    let b = Broker::start(&[]);
+    let ids: Vec<String> = (0..4)
+        .map(|i| id_on_shard(&format!("paho{i}"), (i / 2) as u16, 2))
+        .collect();
+    let port = b.port().to_string();
+    let mut args = vec!["-c", PAHO_SHARED, &port];
+    args.extend(ids.iter().map(String::as_str));
+    let out = std::process::Command::new("python3")
+        .args(&args)
+        .output()
+        .expect("run python3");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut all = BTreeSet::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        assert_eq!(f.len(), 4, "{line}");
+        assert_eq!(f[1], "[1]", "granted QoS 1: {line}");
+        assert_eq!(f[2], "1", "Shared Subscription Available: {line}");
+        let payloads: Vec<&str> = f[3].split(',').filter(|p| !p.is_empty()).collect();
+        assert_eq!(payloads.len(), 10, "an even share: {line}");
+        for p in payloads {
+            assert!(all.insert(p.to_string()), "delivered twice: {p}");
+        }
+    }
+    assert_eq!(all.len(), 40, "{text}");
+}

@@ -14,8 +14,8 @@
 //!   per-session crosses the mesh.
 //! - The chosen shard picks the member: round-robin over its members, skipping offline ones and those whose queue
 //!   is at `max_queued_messages`. If none can take it, it forwards the message to another shard with members
-//!   (at most `MAX_HOPS` hops, never back to itself); at the last hop, or when no other shard has a member, it
-//!   queues it on a local member anyway (the usual overflow policy applies: backpressure to the publisher, or
+//!   (at most min(`MAX_HOPS`, shards) hops, never straight back to itself); at the last hop, or when no other
+//!   shard has a member, it queues it on a local member anyway (the usual overflow policy applies: backpressure to the publisher, or
 //!   queued for an offline persistent member). It is dropped (counted in `dropped_shared`) only when the group has
 //!   no member left on the shard it reached.
 //! - Strategy: round-robin rather than least-inflight: it needs no cross-shard load information (which would be
@@ -241,7 +241,8 @@ impl Shard {
             {
                 return Some(Ok(m));
             }
-            if hops < MAX_HOPS {
+            // With n shards, n hops reach every other member shard once; more would only bounce.
+            if hops < MAX_HOPS.min(self.cfg.shards.min(u8::MAX as u16) as u8) {
                 if let Some(t) = g.pick_shard(me, 0, Some(me)) {
                     return Some(Err(t));
                 }

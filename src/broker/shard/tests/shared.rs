@@ -346,3 +346,50 @@ fn a_persistent_shared_subscription_survives_a_restart_in_its_share_form() {
     let got = output(&mut s[1], m, V);
     assert_eq!(payloads(&got), ["while-offline"], "{got:?}");
 }
+
+#[test]
+fn a_shard_whose_members_are_full_forwards_to_another_member_shard() {
+    let cfg = |id| ShardConfig {
+        shard_id: id,
+        shards: 2,
+        max_queued_messages: 1,
+        ..ShardConfig::default()
+    };
+    let mut s = [Shard::new(cfg(0)), Shard::new(cfg(1))];
+    let x = connect(&mut s[0], 1, &id_on("x", 0), true);
+    s[0].on_bytes(x, &mut subscribe("$share/g/f", QoS::AtLeastOnce, V));
+    let y = connect(&mut s[1], 2, &id_on("y", 1), true);
+    s[1].on_bytes(y, &mut subscribe("$share/g/f", QoS::AtLeastOnce, V));
+    let p = connect(&mut s[0], 3, &id_on("p", 0), true);
+    let [a, b] = &mut s;
+    shuttle(a, b);
+    output(&mut s[0], x, V);
+    output(&mut s[1], y, V);
+    // Round-robin: m1 to x (shard 0), m2 to y (shard 1).
+    for (i, m) in ["m1", "m2"].iter().enumerate() {
+        s[0].on_bytes(
+            p,
+            &mut publish("f", QoS::AtLeastOnce, i as u16 + 1, m, false),
+        );
+        let [a, b] = &mut s;
+        shuttle(a, b);
+    }
+    assert_eq!(payloads(&output(&mut s[0], x, V)), ["m1"]);
+    let got = output(&mut s[1], y, V);
+    assert_eq!(payloads(&got), ["m2"]);
+    // y acknowledges, x does not: x is at its bound of 1. m3 is x's turn, so shard 0 forwards it to shard 1.
+    let Packet::Publish(m2) = &got[0] else {
+        panic!("{got:?}")
+    };
+    let ack = Packet::PubAck(codec::PubResp {
+        packet_id: m2.packet_id,
+        reason: ReasonCode::Success,
+        properties: None,
+    });
+    s[1].on_bytes(y, &mut frame(&ack, V));
+    s[0].on_bytes(p, &mut publish("f", QoS::AtLeastOnce, 3, "m3", false));
+    let [a, b] = &mut s;
+    shuttle(a, b);
+    assert!(payloads(&output(&mut s[0], x, V)).is_empty());
+    assert_eq!(payloads(&output(&mut s[1], y, V)), ["m3"]);
+}

@@ -25,7 +25,7 @@
 //!   message whose PUBREC arrived is delivered and stays): they are dispatched again to the group as if newly
 //!   published (round-robin, skipping this member). A group whose only member left keeps them for it.
 //! - Retained messages are never sent on a shared subscription [MQTT-4.8.2]; No Local on one is a protocol error
-//!   [MQTT-3.8.3-4].
+//!   [MQTT-3.8.3-4] (refused by the decoder).
 //! - Persistence: the subscription record keeps the `$share/GROUP/FILTER` form; recovery files it here and peers
 //!   learn of it through `add_peer_interest` (as one offline member).
 //!

@@ -36,11 +36,8 @@ impl Shard {
         for mut f in sub.filters {
             // Stored in the session: an exact-size copy, not a slice of the read buffer.
             f.filter = ByteString::from(&*f.filter);
+            // (No Local on a shared subscription is refused by the decoder [MQTT-3.8.3-4].)
             let shared = parse_shared(&f.filter).ok().flatten().is_some();
-            if shared && f.options.no_local {
-                // [MQTT-3.8.3-4]
-                return self.protocol_error(key, "No Local on a shared subscription");
-            }
             let existed = self.session(sidx).find_sub(&f.filter).is_some();
             if !existed && self.session(sidx).subs.len() >= self.cfg.max_subscriptions_per_session {
                 reasons.push(if v5 {

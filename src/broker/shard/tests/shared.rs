@@ -287,6 +287,7 @@ fn retained_messages_are_not_sent_on_a_shared_subscription_and_connack_announces
 }
 
 #[test]
+/// The decoder refuses it; this checks the connection closes rather than the subscription being taken.
 fn no_local_on_a_shared_subscription_is_a_protocol_error() {
     let mut s = shard_of(0, None);
     let v5 = ProtocolVersion::V5;

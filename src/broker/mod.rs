@@ -5,4 +5,5 @@ pub mod keepalive;
 pub mod message;
 pub mod session;
 pub mod shard;
+pub mod shared_group;
 pub mod trie;

@@ -37,6 +37,10 @@ pub struct Queued {
     /// Shard second the message reached this shard (v5 message expiry counts from it; kept while the body
     /// lives only in the log).
     pub since: u32,
+    /// Delivered through this shared subscription (`$share/GROUP/FILTER`): given to another member of the group
+    /// if this session goes offline before it is acknowledged.
+    /// Boxed: most queued messages are not shared, and every queued reference pays for this field.
+    pub shared: Option<Box<ByteString>>,
 }
 
 impl Queued {
@@ -51,6 +55,7 @@ impl Queued {
             log_pending: false,
             sub_ids,
             log_bytes: 0,
+            shared: None,
         }
     }
 }

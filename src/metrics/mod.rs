@@ -90,6 +90,8 @@ stats_counters! {
         "Messages dropped, by reason (every drop is also logged).";
     dropped_too_large => "coremq_messages_dropped_total", "reason=\"too_large\"",
         "Messages dropped, by reason (every drop is also logged).";
+    dropped_shared => "coremq_messages_dropped_total", "reason=\"shared_no_member\"",
+        "Messages dropped, by reason (every drop is also logged).";
     retained_rejected => "coremq_retained_rejected_total", "",
         "Retained messages not stored because the retained limits were reached.";
     wills_published => "coremq_wills_published_total", "", "Will messages published.";
@@ -115,6 +117,8 @@ stats_counters! {
     queued_log_bytes => "coremq_queued_log_bytes_total", "",
         "Log bytes held now by queued messages of persistent sessions (a level that also falls; in Stats for now).";
     expired => "coremq_messages_expired_total", "", "v5 messages dropped because their expiry interval passed.";
+    shared_redispatched => "coremq_shared_redispatched_total", "",
+        "Shared-subscription messages given to another member because theirs went offline.";
 }
 
 macro_rules! gauges {

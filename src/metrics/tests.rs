@@ -53,10 +53,12 @@ fn distinct_stats() -> Stats {
         full_online_hard: 27,
         queued_log_bytes: 28,
         expired: 29,
+        dropped_shared: 30,
+        shared_redispatched: 31,
     };
     assert_eq!(
         stats_fields().len(),
-        29,
+        31,
         "a new Stats field: give it a distinct value here"
     );
     s

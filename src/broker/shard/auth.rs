@@ -363,6 +363,11 @@ impl Shard {
     /// Whether a SUBSCRIBE to `filter` is granted: refused when no read rule could ever deliver on it (mosquitto
     /// grants it and then delivers nothing; a failure code tells the client at once).
     pub(super) fn may_subscribe(&mut self, sidx: u32, filter: &str) -> bool {
+        // A shared subscription reads what its inner filter matches.
+        let filter = match crate::codec::topic::parse_shared(filter) {
+            Ok(Some((_, inner))) => inner,
+            _ => filter,
+        };
         let ok = self.acl_of(sidx).map_or(true, |acl| {
             acl.can_subscribe(filter) && acl.may_read_under(filter)
         });

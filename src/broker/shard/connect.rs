@@ -168,6 +168,7 @@ impl Shard {
             s.window = window;
             s.client_max_packet = client_max_packet;
         }
+        self.shared_presence_changed(sidx);
         if self.store.is_some() {
             if expiry == Some(0) {
                 self.unpersist_session(sidx);
@@ -202,7 +203,7 @@ impl Shard {
             Box::new(Properties {
                 receive_maximum: Some(self.cfg.max_inbound_qos2),
                 maximum_packet_size: Some(self.cfg.max_packet_size),
-                shared_subscription_available: Some(0),
+                shared_subscription_available: Some(1),
                 topic_alias_maximum: (self.cfg.topic_alias_maximum > 0)
                     .then_some(self.cfg.topic_alias_maximum),
                 response_information,

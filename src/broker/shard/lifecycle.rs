@@ -64,6 +64,7 @@ impl Shard {
         s.offline_since = now;
         // Offline sessions do not hold publishers back.
         self.release_waiters(sidx);
+        self.redispatch_shared(sidx);
         if self.session(sidx).is_clean() {
             self.destroy_session(sidx);
             return;
@@ -198,6 +199,7 @@ impl Shard {
             if self.remove_subscriber(&sub.filter, sidx) {
                 gone.push(sub.filter.clone());
             }
+            self.shared_unsubscribe(sidx, &sub.filter);
         }
         self.broadcast_interest_removed(gone);
     }

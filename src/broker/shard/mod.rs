@@ -20,6 +20,7 @@
 //! | `output.rs`    | `send`, `send_raw`, `send_ack`, `build_publish`                                         |
 //! | `persist.rs`   | log writes for sessions, subscriptions, queues, deliveries, retained messages           |
 //! | `recovery.rs`  | `restore` from the log at start, loading message bodies                                 |
+//! | `shared.rs`    | shared subscriptions (`$share/GROUP/FILTER`) across shards: design in its doc          |
 //! | `durable.rs`   | `end_round`, held output until the log is durable, log congestion, store maintenance    |
 //! | `tests/`       | unit tests, one file per flow                                                           |
 
@@ -34,6 +35,7 @@ use crate::broker::durability::Durability;
 use crate::broker::keepalive::{Deadline, Secs, Wheel};
 use crate::broker::message::{ConnKey, Message, Origin};
 use crate::broker::session::{Inflight, InflightState, Queued, Session, Subscription};
+use crate::broker::shared_group::{Counts, SharedGroups};
 use crate::broker::trie::Trie;
 use crate::codec::topic::parse_shared;
 use crate::codec::{
@@ -57,6 +59,7 @@ mod persist;
 mod publish;
 mod recovery;
 mod redirect;
+mod shared;
 mod subscribe;
 mod sys;
 #[cfg(test)]
@@ -231,6 +234,20 @@ pub enum MeshMsg {
     /// the acknowledgement held for it must never leave. Sent before the sender's `Durable` for that message
     /// (channels are FIFO), so it always arrives first.
     LogRefused(ConnKey),
+    /// The sender's member counts for these shared groups (`$share/GROUP/FILTER`); a non-zero token asks for
+    /// `InterestAck { token }` (a SUBACK waits for it).
+    SharedCount {
+        groups: Vec<(ByteString, Counts)>,
+        token: u64,
+    },
+    /// A message for one member of a shared group on the receiving shard (`hops` = shards it went through);
+    /// sequence number as for `Publish`.
+    SharedPublish {
+        msg: Box<Message>,
+        share: ByteString,
+        hops: u8,
+        seq: u64,
+    },
 }
 
 /// What happened to a connection after its bytes were processed.
@@ -288,6 +305,10 @@ pub struct Stats {
     pub expired: u64,
     /// Client PUBLISHes to `$SYS` refused (only the broker publishes there).
     pub publishes_denied: u64,
+    /// Shared-subscription messages that reached a shard where their group had no member left.
+    pub dropped_shared: u64,
+    /// Shared-subscription messages given to another member because theirs went offline.
+    pub shared_redispatched: u64,
 }
 
 impl Stats {
@@ -301,6 +322,7 @@ impl Stats {
             + self.refused_queue_full
             + self.persist_errors
             + self.expired
+            + self.dropped_shared
     }
 }
 
@@ -340,6 +362,8 @@ pub struct Shard {
     subs: Trie<Vec<Subscriber>>,
     /// Cross-shard interest summary: filter -> bitmask of peer shards with a local subscriber for it.
     interest: Trie<u64>,
+    /// Shared-subscription groups: local members and the other shards' counts.
+    shared: SharedGroups,
     retained: Trie<Rc<Message>>,
     retained_bytes: usize,
     /// How much of `retained` / `retained_bytes` is the broker's own `$SYS` topics (outside the clients' budget).
@@ -393,6 +417,7 @@ impl Shard {
             by_client: ClientIndex::new(),
             subs: Trie::new(),
             interest: Trie::new(),
+            shared: SharedGroups::new(cfg_shards),
             retained: Trie::new(),
             retained_bytes: 0,
             sys_retained: (0, 0),
@@ -672,6 +697,13 @@ impl Shard {
                 tracing::debug!(shard = self.cfg.shard_id, conn = ?k, found, publishes_in = self.stats.publishes_in, "pause requested by a peer");
             }
             MeshMsg::Resume(k) => self.resume(k),
+            MeshMsg::SharedCount { groups, token } => self.on_shared_count(from, groups, token),
+            MeshMsg::SharedPublish {
+                msg,
+                share,
+                hops,
+                seq,
+            } => self.on_shared_publish(from, *msg, &share, hops, seq),
         }
     }
 

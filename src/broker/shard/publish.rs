@@ -139,6 +139,7 @@ impl Shard {
             }
         }
         self.deliver_local(&msg);
+        self.route_shared(&msg);
         let mut mask = 0u64;
         self.interest.for_each_match(&msg.topic, |m| mask |= *m);
         mask &= !(1u64 << self.cfg.shard_id);

@@ -67,7 +67,11 @@ impl Shard {
                     let mut granted = None::<QoS>;
                     let mut sub_ids = Vec::new();
                     for sub in &s.subs {
-                        if topic_matches(&sub.filter, &m.topic) {
+                        let filter = crate::codec::topic::parse_shared(&sub.filter)
+                            .ok()
+                            .flatten()
+                            .map_or(&*sub.filter, |(_, f)| f);
+                        if topic_matches(filter, &m.topic) {
                             granted =
                                 Some(granted.map_or(sub.options.qos, |g| g.max(sub.options.qos)));
                             sub_ids.extend(sub.sub_id);
@@ -143,6 +147,10 @@ impl Shard {
             }
             let subs = self.session(sidx).subs.clone();
             for sub in &subs {
+                if sub.filter.starts_with(crate::codec::topic::SHARE_PREFIX) {
+                    self.shared_subscribe(sidx, &sub.filter, sub.options, sub.sub_id);
+                    continue;
+                }
                 let entry = Subscriber {
                     session: sidx,
                     options: sub.options,
@@ -164,6 +172,7 @@ impl Shard {
                     log_bytes: self.stored_len(qm.msg.0),
                     // The log keeps no arrival time: expiry counts again from the restart.
                     since: 0,
+                    shared: None,
                 };
                 let bytes = q.log_bytes;
                 self.account(sidx, bytes);
@@ -217,6 +226,7 @@ impl Shard {
                 filters.push(ByteString::from(f));
             }
         });
+        filters.extend(self.shared_names());
         if let Some(st) = self.store.as_mut() {
             if let Err(e) = st.commit() {
                 tracing::error!(error = %e, "log commit after recovery failed");
@@ -228,6 +238,10 @@ impl Shard {
     /// Interest of a peer shard restored from its log (before any connection is accepted).
     pub fn add_peer_interest(&mut self, peer: u16, filters: &[ByteString]) {
         for f in filters {
+            if f.starts_with(crate::codec::topic::SHARE_PREFIX) {
+                self.add_peer_shared(peer, f);
+                continue;
+            }
             *self.interest.get_or_insert_with(f, || 0) |= 1u64 << peer;
         }
     }

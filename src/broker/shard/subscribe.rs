@@ -32,17 +32,12 @@ impl Shard {
         let mut reasons = Vec::with_capacity(sub.filters.len());
         let mut new_filters = Vec::new();
         let mut retained = Vec::new();
+        let mut shared_new = Vec::new();
         for mut f in sub.filters {
             // Stored in the session: an exact-size copy, not a slice of the read buffer.
             f.filter = ByteString::from(&*f.filter);
-            if parse_shared(&f.filter).ok().flatten().is_some() {
-                reasons.push(if v5 {
-                    ReasonCode::SharedSubscriptionsNotSupported
-                } else {
-                    ReasonCode::UnspecifiedError
-                });
-                continue;
-            }
+            // (No Local on a shared subscription is refused by the decoder [MQTT-3.8.3-4].)
+            let shared = parse_shared(&f.filter).ok().flatten().is_some();
             if !self.may_subscribe(sidx, &f.filter) {
                 reasons.push(if v5 {
                     self.cfg.subscribe_denied_reason
@@ -66,14 +61,20 @@ impl Shard {
                 options,
                 sub_id,
             };
-            let subs = self.subs.get_or_insert_with(&f.filter, Vec::new);
-            let was_empty = subs.is_empty();
-            match subs.iter_mut().find(|s| s.session == sidx) {
-                Some(s) => *s = entry,
-                None => subs.push(entry),
-            }
-            if was_empty {
-                new_filters.push(f.filter.clone());
+            if shared {
+                if self.shared_subscribe(sidx, &f.filter, options, sub_id) {
+                    shared_new.push(f.filter.clone());
+                }
+            } else {
+                let subs = self.subs.get_or_insert_with(&f.filter, Vec::new);
+                let was_empty = subs.is_empty();
+                match subs.iter_mut().find(|s| s.session == sidx) {
+                    Some(s) => *s = entry,
+                    None => subs.push(entry),
+                }
+                if was_empty {
+                    new_filters.push(f.filter.clone());
+                }
             }
             {
                 let s = self.session_mut(sidx);
@@ -93,11 +94,13 @@ impl Shard {
                 QoS::AtLeastOnce => ReasonCode::GrantedQoS1,
                 QoS::ExactlyOnce => ReasonCode::GrantedQoS2,
             });
-            let send_retained = match options.retain_handling {
-                RetainHandling::SendAtSubscribe => true,
-                RetainHandling::SendIfNew => !existed,
-                RetainHandling::DoNotSend => false,
-            };
+            // Retained messages are not sent on a shared subscription [MQTT-4.8.2].
+            let send_retained = !shared
+                && match options.retain_handling {
+                    RetainHandling::SendAtSubscribe => true,
+                    RetainHandling::SendIfNew => !existed,
+                    RetainHandling::DoNotSend => false,
+                };
             if send_retained {
                 retained.push((f.filter, options, sub_id));
             }
@@ -111,14 +114,18 @@ impl Shard {
             retained,
         };
         let peers = self.cfg.shards.saturating_sub(1);
-        if new_filters.is_empty() || peers == 0 {
+        if (new_filters.is_empty() && shared_new.is_empty()) || peers == 0 {
             self.finish_suback(pending);
         } else {
             // Answer only once every shard knows of the new filters, so a message published anywhere after the
             // SUBACK reaches this subscriber.
             let token = self.next_token;
             self.next_token += 1;
-            for peer in (0..self.cfg.shards).filter(|&p| p != self.cfg.shard_id) {
+            let waits = peers * (!new_filters.is_empty() as u16 + !shared_new.is_empty() as u16);
+            self.announce_shared(&shared_new, token);
+            for peer in
+                (0..self.cfg.shards).filter(|&p| p != self.cfg.shard_id && !new_filters.is_empty())
+            {
                 self.mesh_out.push((
                     peer,
                     MeshMsg::InterestAdd {
@@ -130,7 +137,7 @@ impl Shard {
             self.pending_subacks.insert(
                 token,
                 PendingSubAck {
-                    remaining: peers,
+                    remaining: waits,
                     ..pending
                 },
             );
@@ -199,6 +206,9 @@ impl Shard {
             };
             if existed && self.remove_subscriber(f, sidx) {
                 gone.push(ByteString::from(&**f));
+            }
+            if existed {
+                self.shared_unsubscribe(sidx, &ByteString::from(&**f));
             }
             reasons.push(if existed {
                 ReasonCode::Success

@@ -8,5 +8,6 @@ mod gauges;
 mod keepalive;
 mod output;
 mod queue_full;
+mod shared;
 mod sys;
 mod v5;

@@ -382,10 +382,10 @@ fn a_pubrel_to_a_persistent_subscriber_waits_until_its_state_is_durable() {
     assert!(matches!(got[..], [Packet::PubRel(_)]), "{got:?}");
 }
 
-/// A queued reference is what an offline persistent queue costs in memory per message (the documented ~56 B
+/// A queued reference is what an offline persistent queue costs in memory per message (the documented ~64 B
 /// behind `max_offline_messages_per_session`).
 #[test]
 fn a_queued_reference_stays_small() {
     let size = std::mem::size_of::<crate::broker::session::Queued>();
-    assert!(size <= 56, "Queued grew to {size}");
+    assert!(size <= 64, "Queued grew to {size}");
 }

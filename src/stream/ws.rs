@@ -20,9 +20,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 
 use self::frame::{Control, FrameReader};
-pub use self::frame::{
-    CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG, CLOSE_UNSUPPORTED_DATA,
-};
+pub use self::frame::{CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG, CLOSE_UNSUPPORTED_DATA};
 pub use self::handshake::{accept_key, PathRule, MAX_HEAD, MAX_HEADERS};
 use super::{Layer, LayerError, LayerFactory};
 
@@ -95,10 +93,13 @@ impl WsLayer {
         self.head.extend_from_slice(&wire[..take]);
         let Some(end) = handshake::head_end(&self.head, searched) else {
             if self.head.len() >= MAX_HEAD {
-                return Err(self.refuse(handshake::Refusal {
-                    status: 431,
-                    why: format!("request head longer than {MAX_HEAD} bytes"),
-                }, wire_out));
+                return Err(self.refuse(
+                    handshake::Refusal {
+                        status: 431,
+                        why: format!("request head longer than {MAX_HEAD} bytes"),
+                    },
+                    wire_out,
+                ));
             }
             return Ok(());
         };
@@ -133,7 +134,11 @@ impl WsLayer {
         while !wire.is_empty() && !self.peer_closed {
             // After our close, the peer's data is not wanted: read on only to see its close.
             let mut discard = BytesMut::new();
-            let sink = if self.close_sent { &mut discard } else { &mut *app };
+            let sink = if self.close_sent {
+                &mut discard
+            } else {
+                &mut *app
+            };
             let (used, control) = match self.frames.read(wire, sink) {
                 Ok(r) => r,
                 Err(v) => {
@@ -148,11 +153,10 @@ impl WsLayer {
             wire = &wire[used..];
             match control {
                 None => {}
-                Some(Control::Ping(payload)) => {
-                    if !self.close_sent {
-                        frame::write_frame(wire_out, frame::OP_PONG, &payload);
-                    }
+                Some(Control::Ping(payload)) if !self.close_sent => {
+                    frame::write_frame(wire_out, frame::OP_PONG, &payload);
                 }
+                Some(Control::Ping(_)) => {}
                 Some(Control::Close(code)) => {
                     self.peer_closed = true;
                     // Echo the peer's status (§5.5.1); bytes after a close frame are ignored.

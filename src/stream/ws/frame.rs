@@ -65,7 +65,7 @@ pub struct FrameReader {
     /// A fragmented binary message is open: the next data frame must be a continuation.
     in_message: bool,
     /// The payload of the control frame being read (empty, no allocation, otherwise).
-    control: Vec<u8>,
+    pub(super) control: Vec<u8>,
 }
 
 impl FrameReader {
@@ -198,10 +198,7 @@ impl FrameReader {
             OP_BINARY | OP_CONTINUATION => {}
             OP_CLOSE | OP_PING | OP_PONG => {
                 if !fin {
-                    return Err(violation(
-                        CLOSE_PROTOCOL_ERROR,
-                        "fragmented control frame",
-                    ));
+                    return Err(violation(CLOSE_PROTOCOL_ERROR, "fragmented control frame"));
                 }
                 if len7 as usize > MAX_CONTROL {
                     return Err(violation(
@@ -218,10 +215,7 @@ impl FrameReader {
             }
         }
         if b1 & 0x80 == 0 {
-            return Err(violation(
-                CLOSE_PROTOCOL_ERROR,
-                "unmasked client frame",
-            ));
+            return Err(violation(CLOSE_PROTOCOL_ERROR, "unmasked client frame"));
         }
         self.fin = fin;
         self.opcode = opcode;

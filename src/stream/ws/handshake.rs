@@ -102,7 +102,10 @@ pub fn check(head: &[u8], rule: &PathRule) -> Result<Upgrade, Refusal> {
     }
     let target = req.path.unwrap_or_default();
     if !rule.allows(target) {
-        return Err(Refusal::new(404, format!("no WebSocket endpoint at {target}")));
+        return Err(Refusal::new(
+            404,
+            format!("no WebSocket endpoint at {target}"),
+        ));
     }
 
     let mut host = false;
@@ -202,7 +205,9 @@ pub fn accept_key(key: &str) -> String {
 
 /// The 101 answer.
 pub fn write_accept(u: &Upgrade, out: &mut BytesMut) {
-    out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n");
+    out.extend_from_slice(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n",
+    );
     out.extend_from_slice(b"Sec-WebSocket-Accept: ");
     out.extend_from_slice(u.accept.as_bytes());
     out.extend_from_slice(b"\r\n");

@@ -10,9 +10,13 @@
 //! mistyped URL fails loudly and a reverse proxy can route on the path; `path = "*"` accepts every path, as
 //! mosquitto does.
 
+// Explicit paths so the fuzz target can compile this file on its own (see fuzz/fuzz_targets/ws_layer.rs).
+#[path = "ws/frame.rs"]
 mod frame;
+#[path = "ws/handshake.rs"]
 mod handshake;
 #[cfg(test)]
+#[path = "ws/tests.rs"]
 mod tests;
 
 use std::sync::Arc;
@@ -80,6 +84,12 @@ impl WsLayer {
             frame::write_close(wire_out, code, reason);
             self.close_sent = true;
         }
+    }
+
+    /// Bytes held for a partial request head or control frame (0 when idle; a partial frame header sits in a
+    /// fixed array and is not counted).
+    pub fn buffered_bytes(&self) -> usize {
+        self.head.len() + self.frames.control.len()
     }
 
     fn read_handshake(

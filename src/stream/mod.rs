@@ -172,9 +172,10 @@ impl std::fmt::Debug for ConnStream {
 }
 
 /// The layer factory a listener needs: `None` for plain MQTT. Errors name the listener and why (bad certificate
-/// file, ...), and refuse the start.
+/// file, ...), and refuse the start. `max_packet_size` bounds WebSocket frames (see `ws::default_max_frame`).
 pub fn factory_for(
     l: &crate::config::ListenerConfig,
+    max_packet_size: u32,
 ) -> Result<Option<std::sync::Arc<dyn LayerFactory>>, String> {
     use crate::config::ListenerProtocol;
     match (l.is_tls(), l.protocol) {
@@ -183,9 +184,9 @@ pub fn factory_for(
             "listener {}: TLS listeners are not available in this build yet",
             l.address
         )),
-        (false, ListenerProtocol::Websockets) => Err(format!(
-            "listener {}: WebSocket listeners are not available in this build yet",
-            l.address
-        )),
+        (false, ListenerProtocol::Websockets) => Ok(Some(ws::ws_factory(
+            l,
+            ws::default_max_frame(max_packet_size),
+        ))),
     }
 }

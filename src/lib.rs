@@ -1,4 +1,5 @@
 //! coremq: a thread-per-core MQTT broker on io_uring.
+pub mod auth;
 pub mod broker;
 pub mod codec;
 pub mod config;

@@ -127,6 +127,17 @@ fn start_purge_ticker() {
 }
 
 fn main() -> ExitCode {
+    // `coremq passwd ...` manages a password file (mosquitto_passwd's interface); it has its own arguments.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("passwd") {
+        return match coremq::auth::passwd_cli::run(&args[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("coremq passwd: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     disable_transparent_huge_pages();
     start_purge_ticker();
     let cli = Cli::parse();

@@ -1,6 +1,7 @@
 //! The glommio layer: one pinned executor per shard, listeners, the channel mesh, signals. Kept thin: every
 //! protocol decision is in `crate::broker`.
 
+mod linger;
 pub mod netpoll;
 pub mod shard_loop;
 mod spin;

@@ -39,6 +39,12 @@ impl Epoll {
         self.ctl(libc::EPOLL_CTL_ADD, fd, events, token)
     }
 
+    /// Route a registered connection socket's events to another token (same events, edge-triggered).
+    pub fn modify_conn(&self, fd: RawFd, token: u64) -> io::Result<()> {
+        let events = (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
+        self.ctl(libc::EPOLL_CTL_MOD, fd, events, token)
+    }
+
     /// Register a listening socket (level-triggered: we accept until EAGAIN anyway).
     pub fn add_listener(&self, fd: RawFd, token: u64) -> io::Result<()> {
         self.ctl(libc::EPOLL_CTL_ADD, fd, libc::EPOLLIN as u32, token)

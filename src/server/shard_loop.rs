@@ -27,6 +27,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::broker::message::ConnKey;
 use crate::broker::shard::{MeshMsg, ReadOutcome, Shard};
+use crate::server::linger::Lingering;
 use crate::server::netpoll::{self, Epoll, IoResult};
 use crate::server::spin::SpinBudget;
 use crate::stream::{ConnStream, LayerFactory};
@@ -55,6 +56,8 @@ const F_HUP: u8 = 8;
 
 const LISTENER_IDX: u32 = u32::MAX;
 const DOORBELL_IDX: u32 = u32::MAX - 1;
+/// A closed connection waiting for its client to close (`linger.rs`); the token's `gen` is the socket.
+const LINGER_IDX: u32 = u32::MAX - 2;
 
 fn token(key: ConnKey) -> u64 {
     key.idx as u64 | ((key.gen as u64) << 32)
@@ -174,6 +177,8 @@ pub struct ShardIo {
     handoff_streams: RefCell<Vec<(u64, Box<ConnStream>)>>,
     /// Application bytes a layer decoded this read (reused).
     app: RefCell<BytesMut>,
+    /// Closed connections draining until their client closes, so it can read the reason we closed with.
+    lingering: RefCell<Lingering>,
     listeners_paused: Cell<bool>,
     flags: RefCell<Vec<u8>>,
     ready: RefCell<VecDeque<ConnKey>>,
@@ -225,6 +230,7 @@ impl ShardIo {
             streams: RefCell::new(Vec::new()),
             handoff_streams: RefCell::new(Vec::new()),
             app: RefCell::new(BytesMut::new()),
+            lingering: RefCell::new(Lingering::new()),
             listeners_paused: Cell::new(false),
             flags: RefCell::new(Vec::new()),
             ready: RefCell::new(VecDeque::new()),
@@ -283,6 +289,12 @@ impl ShardIo {
         }
         if key.idx == LISTENER_IDX {
             self.accept(key.gen as usize);
+            return;
+        }
+        if key.idx == LINGER_IDX {
+            self.lingering
+                .borrow_mut()
+                .on_readable(&self.epoll, key.gen as RawFd);
             return;
         }
         if ev.events & netpoll::READABLE != 0 {
@@ -663,7 +675,13 @@ impl ShardIo {
                         let _ = flush_wire(fd, &mut cs);
                     }
                 }
-                netpoll::close(fd);
+                let linger = token(ConnKey {
+                    idx: LINGER_IDX,
+                    gen: fd as u32,
+                });
+                self.lingering
+                    .borrow_mut()
+                    .start(&self.epoll, fd, linger, Instant::now());
             }
             core.release(key);
             drop(core);
@@ -860,6 +878,7 @@ pub async fn main_loop(io: Rc<ShardIo>) {
         if sec != last_sec {
             last_sec = sec;
             io.resume_listeners();
+            io.lingering.borrow_mut().expire(&io.epoll, Instant::now());
             io.core.borrow_mut().tick(sec);
             io.after_work(&mut keys, &mut mesh, &mut scratch);
         }

@@ -28,6 +28,10 @@ pub struct Config {
     /// password file (mosquitto 2.0's rule: a broker reachable from the network is not open by accident).
     #[serde(default)]
     pub allow_anonymous: Option<bool>,
+    /// v5 SUBACK reason code for a filter the ACL gives no read access under (0x87 Not authorized, or 0x80
+    /// Unspecified error for clients that expect mosquitto-like codes).
+    #[serde(default = "default_subscribe_denied")]
+    pub acl_subscribe_denied_reason: u8,
     pub shards: usize,
     pub cpus: Vec<usize>,
     pub pin: bool,
@@ -96,6 +100,10 @@ pub struct ListenerConfig {
     /// Overrides the global `allow_anonymous` for this listener.
     #[serde(default)]
     pub allow_anonymous: Option<bool>,
+}
+
+fn default_subscribe_denied() -> u8 {
+    0x87
 }
 
 fn default_ws_path() -> String {
@@ -193,6 +201,15 @@ impl Config {
             return bad(
                 "listen",
                 "must name at least one address (or give a [[listeners]] table)",
+            );
+        }
+        if !matches!(self.acl_subscribe_denied_reason, 0x80 | 0x83 | 0x87 | 0x8F) {
+            return bad(
+                "acl_subscribe_denied_reason",
+                format!(
+                    "is {:#04x}; use a SUBACK failure code: 0x80, 0x83, 0x87 or 0x8F",
+                    self.acl_subscribe_denied_reason
+                ),
             );
         }
         for l in &self.listeners {

@@ -59,7 +59,9 @@ fn render(lines: &[Line]) -> String {
 }
 
 fn topic() -> impl Strategy<Value = String> {
-    let level = prop::sample::select(vec!["a", "b", "c1", "u1", "$SYS", "$x", "", "x", "xc1", "u1c1", "read"]);
+    let level = prop::sample::select(vec![
+        "a", "b", "c1", "u1", "$SYS", "$x", "", "x", "xc1", "u1c1", "read",
+    ]);
     prop::collection::vec(level, 1..5)
         .prop_map(|l| l.join("/"))
         .prop_filter("topic names are not empty", |t| !t.is_empty())

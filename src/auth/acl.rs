@@ -199,7 +199,10 @@ impl AclFile {
                     has_anonymous = true;
                     anonymous.insert(&rule.filter, rule.access);
                 }
-                Some(u) => users.entry(u.clone()).or_default().insert(&rule.filter, rule.access),
+                Some(u) => users
+                    .entry(u.clone())
+                    .or_default()
+                    .insert(&rule.filter, rule.access),
             }
         }
         Ok(AclFile {
@@ -235,7 +238,9 @@ impl AclFile {
             let mut trie = Trie::default();
             for rule in &self.patterns {
                 // An empty expansion (`%c` with an empty id) matches nothing, as in mosquitto.
-                if let Some(filter) = expand(&rule.filter, client_id, username).filter(|f| !f.is_empty()) {
+                if let Some(filter) =
+                    expand(&rule.filter, client_id, username).filter(|f| !f.is_empty())
+                {
                     trie.insert(&filter, rule.access);
                 }
             }
@@ -403,7 +408,11 @@ pub fn reference_check(
     }
     // mosquitto keeps deny rules in front of the others (add__acl), then stops at the first decisive match.
     let ordered = |rules: Vec<&AclRule>| -> Vec<AclRule> {
-        let mut denies: Vec<AclRule> = rules.iter().filter(|r| r.is_deny()).map(|r| (*r).clone()).collect();
+        let mut denies: Vec<AclRule> = rules
+            .iter()
+            .filter(|r| r.is_deny())
+            .map(|r| (*r).clone())
+            .collect();
         denies.reverse();
         denies.extend(rules.iter().filter(|r| !r.is_deny()).map(|r| (*r).clone()));
         denies
@@ -416,13 +425,17 @@ pub fn reference_check(
         .collect();
     let has_block = match username {
         None => acl.topic_rules.iter().any(|(u, _)| u.is_none()),
-        Some(name) => acl.topic_rules.iter().any(|(u, _)| u.as_deref() == Some(name)),
+        Some(name) => acl
+            .topic_rules
+            .iter()
+            .any(|(u, _)| u.as_deref() == Some(name)),
     };
     if !has_block && acl.patterns.is_empty() {
         return false;
     }
     let decide = |filter: &str, rule: &AclRule| -> Option<bool> {
-        let hit = !(topic.starts_with('$') && !filter.starts_with('$')) && topic_matches(filter, topic);
+        let hit =
+            (filter.starts_with('$') || !topic.starts_with('$')) && topic_matches(filter, topic);
         if !hit {
             return None;
         }
@@ -436,9 +449,7 @@ pub fn reference_check(
             return d;
         }
     }
-    if !acl.patterns.is_empty()
-        && (has_wildcard(client_id) || username.is_some_and(has_wildcard))
-    {
+    if !acl.patterns.is_empty() && (has_wildcard(client_id) || username.is_some_and(has_wildcard)) {
         return false;
     }
     for rule in ordered(acl.patterns.iter().collect()) {
@@ -589,7 +600,14 @@ impl Trie {
         self.overlaps_from(ROOT, levels, 0, dollar, access)
     }
 
-    fn overlaps_from(&self, n: u32, levels: &[&str], depth: usize, dollar: bool, access: u8) -> bool {
+    fn overlaps_from(
+        &self,
+        n: u32,
+        levels: &[&str],
+        depth: usize,
+        dollar: bool,
+        access: u8,
+    ) -> bool {
         let node = &self.nodes[n as usize];
         let wild_ok = !(depth == 0 && dollar);
         if wild_ok && node.hash & access != 0 {
@@ -606,7 +624,10 @@ impl Trie {
             }
             "+" => {
                 let leading_dollar_only = depth == 0;
-                if wild_ok && node.plus != NONE && self.overlaps_from(node.plus, rest, depth + 1, dollar, access) {
+                if wild_ok
+                    && node.plus != NONE
+                    && self.overlaps_from(node.plus, rest, depth + 1, dollar, access)
+                {
                     return true;
                 }
                 // Every literal child: a `+` at level 0 does not match `$` topics, so skip `$` literals there.
@@ -617,7 +638,10 @@ impl Trie {
                 })
             }
             lit => {
-                if wild_ok && node.plus != NONE && self.overlaps_from(node.plus, rest, depth + 1, dollar, access) {
+                if wild_ok
+                    && node.plus != NONE
+                    && self.overlaps_from(node.plus, rest, depth + 1, dollar, access)
+                {
                     return true;
                 }
                 match self.child(n, lit) {

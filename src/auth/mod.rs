@@ -3,6 +3,7 @@
 pub mod acl;
 pub mod passwd_cli;
 pub mod password;
+pub mod policy;
 
 pub use acl::{AclFile, AclFileError, ClientAcl};
 pub use password::{PasswordFile, PasswordFileError, PasswordHash, VerifyCache};

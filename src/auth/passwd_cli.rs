@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 
 use super::password::{PasswordFile, PasswordHash, DEFAULT_ITERATIONS};
 
-const USAGE: &str = "usage: coremq passwd [-H sha512-pbkdf2|sha512] [-I ITERATIONS] [-c | -D] FILE USER\n       \
+const USAGE: &str =
+    "usage: coremq passwd [-H sha512-pbkdf2|sha512] [-I ITERATIONS] [-c | -D] FILE USER\n       \
                      coremq passwd [-H ...] [-I ITERATIONS] [-c] -b FILE USER PASSWORD";
 
 /// Longest password accepted from a prompt or stdin (mosquitto_passwd's buffer is 65,536 bytes).
@@ -63,7 +64,12 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
                 let v = args.get(i).ok_or(format!("-I needs a number\n{USAGE}"))?;
                 o.iterations = match v.parse::<u32>() {
                     Ok(n) if (1..=i32::MAX as u32).contains(&n) => n,
-                    _ => return Err(format!("-I {v}: iterations must be between 1 and {}", i32::MAX)),
+                    _ => {
+                        return Err(format!(
+                            "-I {v}: iterations must be between 1 and {}",
+                            i32::MAX
+                        ))
+                    }
                 };
             }
             "-h" | "--help" => return Err(USAGE.to_string()),
@@ -85,7 +91,11 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
     if rest.len() != wanted {
         return Err(format!(
             "expected {} after the options, got {} argument(s)\n{USAGE}",
-            if o.batch { "FILE USER PASSWORD" } else { "FILE USER" },
+            if o.batch {
+                "FILE USER PASSWORD"
+            } else {
+                "FILE USER"
+            },
             rest.len()
         ));
     }
@@ -101,7 +111,9 @@ fn check_user(user: &str) -> Result<(), String> {
         return Err("the user name is empty".into());
     }
     if user.contains(':') {
-        return Err(format!("user name {user:?} contains ':', which the file uses as separator"));
+        return Err(format!(
+            "user name {user:?} contains ':', which the file uses as separator"
+        ));
     }
     if user.chars().any(char::is_control) || user.trim() != user {
         return Err(format!(
@@ -109,7 +121,9 @@ fn check_user(user: &str) -> Result<(), String> {
         ));
     }
     if user.starts_with('#') {
-        return Err(format!("user name {user:?} starts with '#', which the file reads as a comment"));
+        return Err(format!(
+            "user name {user:?} starts with '#', which the file reads as a comment"
+        ));
     }
     if user.len() > 65_535 {
         return Err("user name longer than 65535 bytes".into());
@@ -152,7 +166,11 @@ pub fn run(args: &[String]) -> Result<(), String> {
     };
     let (text, found) = edit(&existing, &o.user, line.as_deref());
     if o.delete && !found {
-        return Err(format!("user {:?} not found in {}", o.user, o.file.display()));
+        return Err(format!(
+            "user {:?} not found in {}",
+            o.user,
+            o.file.display()
+        ));
     }
     write_atomically(&o.file, text.as_bytes())
         .map_err(|e| format!("cannot write {}: {e}", o.file.display()))
@@ -165,8 +183,8 @@ fn edit(existing: &str, user: &str, line: Option<&str>) -> (String, bool) {
     let mut found = false;
     for raw in existing.split_inclusive('\n') {
         let body = raw.trim_end_matches(['\n', '\r']);
-        let is_user = !body.starts_with('#')
-            && body.split_once(':').is_some_and(|(u, _)| u.trim() == user);
+        let is_user =
+            !body.starts_with('#') && body.split_once(':').is_some_and(|(u, _)| u.trim() == user);
         if is_user {
             found = true;
             if let Some(l) = line {
@@ -191,7 +209,8 @@ fn edit(existing: &str, user: &str, line: Option<&str>) -> (String, bool) {
 
 fn ask_password() -> Result<String, String> {
     let (first, second) = if std::io::stdin().is_terminal() {
-        let a = rpassword::prompt_password("Password: ").map_err(|e| format!("cannot read the password: {e}"))?;
+        let a = rpassword::prompt_password("Password: ")
+            .map_err(|e| format!("cannot read the password: {e}"))?;
         let b = rpassword::prompt_password("Reenter password: ")
             .map_err(|e| format!("cannot read the password: {e}"))?;
         (a, b)
@@ -269,7 +288,12 @@ mod tests {
         assert!(o.create && o.batch && !o.delete);
         assert_eq!((o.user.as_str(), o.password.as_deref()), ("u", Some("p")));
         assert_eq!(o.iterations, 101);
-        assert_eq!(parse_args(&args(&["-I", "1000", "f", "u"])).unwrap().iterations, 1000);
+        assert_eq!(
+            parse_args(&args(&["-I", "1000", "f", "u"]))
+                .unwrap()
+                .iterations,
+            1000
+        );
         assert!(parse_args(&args(&["-I", "0", "f", "u"])).is_err());
         assert!(parse_args(&args(&["-c", "-D", "f", "u"])).is_err());
         assert!(parse_args(&args(&["-b", "-D", "f", "u", "p"])).is_err());
@@ -278,7 +302,11 @@ mod tests {
         assert!(parse_args(&args(&["-x", "f", "u"])).is_err());
         assert!(parse_args(&args(&["f", "a:b"])).is_err());
         assert!(parse_args(&args(&["f", "#a"])).is_err());
-        assert!(parse_args(&args(&["-H", "sha512", "-b", "f", "u", "p"])).unwrap().sha512);
+        assert!(
+            parse_args(&args(&["-H", "sha512", "-b", "f", "u", "p"]))
+                .unwrap()
+                .sha512
+        );
     }
 
     #[test]
@@ -310,9 +338,14 @@ mod tests {
         assert_eq!(pf.lookup("alice").unwrap().iterations(), 101);
         assert_eq!(pf.lookup("bob").unwrap().iterations(), 7);
         assert!(pf.lookup("bob").unwrap().verify(b"two"));
-        assert_eq!(std::fs::metadata(&f).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&f).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         run(&args(&["-D", fs, "alice"])).unwrap();
-        assert!(run(&args(&["-D", fs, "alice"])).unwrap_err().contains("not found"));
+        assert!(run(&args(&["-D", fs, "alice"]))
+            .unwrap_err()
+            .contains("not found"));
         let pf = PasswordFile::load(&f).unwrap();
         assert!(pf.lookup("alice").is_none());
         assert_eq!(pf.len(), 1);
@@ -322,7 +355,13 @@ mod tests {
         assert_eq!(pf.len(), 1);
         assert!(pf.lookup("carol").unwrap().verify(b"three"));
         // Without -c a missing file is an error, and a broken file is not edited.
-        assert!(run(&args(&["-b", dir.path().join("none").to_str().unwrap(), "u", "p"])).is_err());
+        assert!(run(&args(&[
+            "-b",
+            dir.path().join("none").to_str().unwrap(),
+            "u",
+            "p"
+        ]))
+        .is_err());
         std::fs::write(&f, "carol:plain\n").unwrap();
         let e = run(&args(&["-b", fs, "dave", "p"])).unwrap_err();
         assert!(e.contains(":1: "), "{e}");

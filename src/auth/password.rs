@@ -166,12 +166,10 @@ impl PasswordHash {
         let hash = B64
             .decode(hash_b64)
             .map_err(|e| format!("hash is not base64: {e}"))?;
-        let hash: [u8; HASH_LEN] = hash.as_slice().try_into().map_err(|_| {
-            format!(
-                "hash is {} bytes, SHA-512 gives {HASH_LEN}",
-                hash.len()
-            )
-        })?;
+        let hash: [u8; HASH_LEN] = hash
+            .as_slice()
+            .try_into()
+            .map_err(|_| format!("hash is {} bytes, SHA-512 gives {HASH_LEN}", hash.len()))?;
         Ok(PasswordHash { kind, salt, hash })
     }
 
@@ -277,8 +275,8 @@ impl PasswordFile {
             if hash.contains(':') {
                 return Err(err(line_no, "more than one ':' on this line".into()));
             }
-            let parsed =
-                PasswordHash::parse(hash).map_err(|r| err(line_no, format!("user {user:?}: {r}")))?;
+            let parsed = PasswordHash::parse(hash)
+                .map_err(|r| err(line_no, format!("user {user:?}: {r}")))?;
             if let Some(first) = first_line.get(user) {
                 return Err(err(
                     line_no,
@@ -543,9 +541,14 @@ mod tests {
     fn bad_lines_name_path_line_and_reason() {
         let good = PasswordHash::from_parts(HashKind::Sha512, SALT, b"pw").encode();
         let e = bad(&format!("#c\na:{good}\nb:$2y$10$abc\n"));
-        assert_eq!(e.to_string(), "passwd:3: user \"b\": unknown hash type \"$2y$\"");
+        assert_eq!(
+            e.to_string(),
+            "passwd:3: user \"b\": unknown hash type \"$2y$\""
+        );
         assert_eq!(e.line, 3);
-        assert!(bad("no colon here\n").to_string().starts_with("passwd:1: expected"));
+        assert!(bad("no colon here\n")
+            .to_string()
+            .starts_with("passwd:1: expected"));
         assert!(bad("u:plain\n").reason.contains("plain text"));
         assert!(bad("u:\n").reason.contains("empty password hash"));
         assert!(bad(":$6$x$y\n").reason.contains("empty user name"));
@@ -557,16 +560,24 @@ mod tests {
             .to_string()
             .contains("passwd:3: user \"a\" is already defined on line 1"));
         let short_hash = "$6$MDEyMzQ1Njc4OWFi$AAAA";
-        assert!(bad(&format!("u:{short_hash}\n")).reason.contains("hash is 3 bytes"));
+        assert!(bad(&format!("u:{short_hash}\n"))
+            .reason
+            .contains("hash is 3 bytes"));
     }
 
     #[test]
     fn rewrite_keeps_order_and_removes() {
         let mut f = PasswordFile::default();
         for u in ["c", "a", "b"] {
-            f.insert(u, PasswordHash::from_parts(HashKind::Sha512, SALT, u.as_bytes()));
+            f.insert(
+                u,
+                PasswordHash::from_parts(HashKind::Sha512, SALT, u.as_bytes()),
+            );
         }
-        f.insert("a", PasswordHash::from_parts(HashKind::Sha512, SALT, b"new"));
+        f.insert(
+            "a",
+            PasswordHash::from_parts(HashKind::Sha512, SALT, b"new"),
+        );
         assert!(f.remove("c"));
         assert!(!f.remove("c"));
         let again = PasswordFile::parse(&f.to_text(), "x").unwrap();
@@ -597,7 +608,9 @@ mod tests {
     fn cache_is_bounded_and_clock_keeps_used_entries() {
         let mut cache = VerifyCache::new(3);
         let h = PasswordHash::from_parts(HashKind::Sha512, SALT, b"pw");
-        let keys: Vec<CacheKey> = (0..10).map(|i| cache.key(&format!("u{i}"), &h, b"pw")).collect();
+        let keys: Vec<CacheKey> = (0..10)
+            .map(|i| cache.key(&format!("u{i}"), &h, b"pw"))
+            .collect();
         for k in &keys[..3] {
             cache.insert(*k);
         }
@@ -605,7 +618,10 @@ mod tests {
         cache.insert(keys[3]);
         assert_eq!(cache.len(), 3);
         assert!(cache.contains(&keys[0]));
-        assert!(!cache.contains(&keys[1]), "the unreferenced oldest entry is evicted");
+        assert!(
+            !cache.contains(&keys[1]),
+            "the unreferenced oldest entry is evicted"
+        );
         for k in &keys[4..] {
             cache.insert(*k);
             assert!(cache.len() <= 3);

@@ -5,6 +5,8 @@ mod linger;
 pub mod netpoll;
 pub mod shard_loop;
 mod spin;
+pub mod verifier;
+pub mod uring;
 
 use std::io;
 use std::net::SocketAddr;
@@ -182,6 +184,8 @@ pub fn shard_config(cfg: &Config, shard_id: u16, shards: u16) -> ShardConfig {
         max_sessions: cfg.max_connections as usize,
         max_retained_messages: cfg.max_retained_messages,
         max_retained_bytes: cfg.max_retained_bytes,
+        subscribe_denied_reason: crate::codec::ReasonCode::from_u8(cfg.acl_subscribe_denied_reason)
+            .unwrap_or(crate::codec::ReasonCode::NotAuthorized),
     }
 }
 
@@ -198,6 +202,14 @@ pub fn run(
         cfg.shards
     }
     .clamp(1, 64);
+    // Password and ACL files: a file that does not parse refuses the start, naming the file, line and why.
+    let security = Arc::new(
+        crate::auth::policy::Security::load(&cfg)
+            .map_err(|e| io::Error::other(format!("security: {e}")))?,
+    );
+    for line in security.describe(&cfg) {
+        tracing::info!("{line}");
+    }
     // Open files and locked memory bound how many connections and shards can really run: say so at start.
     match crate::limits::raise_nofile_limit() {
         Ok(n) => tracing::debug!(
@@ -249,6 +261,18 @@ pub fn run(
             .into_iter()
             .map(Some)
             .collect();
+    // Costly password hashes are verified off the shards' loops.
+    let doorbells = links
+        .first()
+        .and_then(|l| l.as_ref())
+        .map(|l| l.doorbells.clone())
+        .unwrap_or_default();
+    let verifier_links: Vec<Option<verifier::VerifierLink>> =
+        verifier::start(shards.min(2), doorbells)?
+            .into_iter()
+            .map(Some)
+            .collect();
+    let verifier_links = Arc::new(Mutex::new(verifier_links));
     let links = Arc::new(Mutex::new(links));
     let next_id = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let listeners = Arc::new(Mutex::new(listeners));
@@ -267,6 +291,8 @@ pub fn run(
         .name("coremq-shard")
         .on_all_shards(move || {
             let links = links.clone();
+            let verifier_links = verifier_links.clone();
+            let security = security.clone();
             let next_id = next_id.clone();
             let listeners = listeners.clone();
             let shutdown = shutdown.clone();
@@ -281,6 +307,8 @@ pub fn run(
                     .take()
                     .expect("one mesh link per shard");
                 let mut core = Shard::new(shard_config(&cfg, id as u16, shards as u16));
+                core.set_security(security.clone());
+                let verifier = verifier_links.lock().expect("verifier table")[id].take();
                 let rec = recovered.lock().expect("recovery table")[id].take();
                 if let Some((store, state)) = rec {
                     // Held acknowledgements are released when the log syncs: let the syncer wake us.
@@ -300,6 +328,7 @@ pub fn run(
                     shutdown,
                     max_conns,
                     std::time::Duration::from_micros(cfg.idle_spin_us),
+                    verifier,
                 )
                 .expect("shard epoll set");
                 tracing::info!(shard = id, "shard running");

@@ -183,3 +183,13 @@ pub fn accept(listener: RawFd) -> io::Result<Option<RawFd>> {
 pub fn close(fd: RawFd) {
     unsafe { libc::close(fd) };
 }
+
+/// The peer address of a connected socket (for log lines), if the kernel still knows it.
+pub fn peer_addr(fd: RawFd) -> Option<std::net::SocketAddr> {
+    // SAFETY: `fd` is an open socket owned by the caller for the duration of this call.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    socket2::SockRef::from(&borrowed)
+        .peer_addr()
+        .ok()?
+        .as_socket()
+}

@@ -25,11 +25,14 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, BytesMut};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
+use crate::auth::policy::Refusal;
 use crate::broker::message::ConnKey;
+use crate::broker::shard::AuthJob;
 use crate::broker::shard::{MeshMsg, ReadOutcome, Shard};
 use crate::server::linger::Lingering;
 use crate::server::netpoll::{self, Epoll, IoResult};
 use crate::server::spin::SpinBudget;
+use crate::server::verifier::VerifierLink;
 use crate::stream::{ConnStream, LayerFactory};
 
 /// Bytes read per recv(2) into the shared scratch buffer.
@@ -179,6 +182,12 @@ pub struct ShardIo {
     app: RefCell<BytesMut>,
     /// Closed connections draining until their client closes, so it can read the reason we closed with.
     lingering: RefCell<Lingering>,
+    /// Where costly password checks go, and their answers come from.
+    verifier: Option<VerifierLink>,
+    auth_jobs: RefCell<Vec<AuthJob>>,
+    refusals: RefCell<Vec<(u64, Refusal)>>,
+    /// Refusals logged in the current second (rate limit), and that second.
+    refusal_log: Cell<(u32, u32)>,
     listeners_paused: Cell<bool>,
     flags: RefCell<Vec<u8>>,
     ready: RefCell<VecDeque<ConnKey>>,
@@ -202,6 +211,7 @@ impl ShardIo {
         shutdown: Arc<AtomicBool>,
         max_conns: usize,
         idle_spin: Duration,
+        verifier: Option<VerifierLink>,
     ) -> std::io::Result<Rc<Self>> {
         let epoll = Epoll::new()?;
         for (i, l) in listeners.iter().enumerate() {
@@ -231,6 +241,10 @@ impl ShardIo {
             handoff_streams: RefCell::new(Vec::new()),
             app: RefCell::new(BytesMut::new()),
             lingering: RefCell::new(Lingering::new()),
+            verifier,
+            auth_jobs: RefCell::new(Vec::new()),
+            refusals: RefCell::new(Vec::new()),
+            refusal_log: Cell::new((0, 0)),
             listeners_paused: Cell::new(false),
             flags: RefCell::new(Vec::new()),
             ready: RefCell::new(VecDeque::new()),
@@ -335,7 +349,8 @@ impl ShardIo {
                             }
                         },
                     };
-                    let key = self.core.borrow_mut().accept(fd as u64);
+                    let index = self.listeners[listener].index as u8;
+                    let key = self.core.borrow_mut().accept_on(fd as u64, index);
                     self.set_stream(key, stream);
                     self.register(fd, key);
                 }
@@ -439,8 +454,8 @@ impl ShardIo {
                         ReadOutcome::Continue => {}
                         ReadOutcome::Paused | ReadOutcome::Close => return did,
                         ReadOutcome::HandedOff => {
-                            let _ = self.epoll.remove(fd);
-                            self.set_flags(key, |f| *f = 0);
+                            drop(core);
+                            self.handed_off(key, fd);
                             return did;
                         }
                     }
@@ -531,6 +546,12 @@ impl ShardIo {
                     return did;
                 };
                 let r = cs.layer.read_wire(scratch, &mut app, &mut cs.wire_out);
+                if !cs.identity_reported {
+                    if let Some(id) = cs.layer.peer_identity() {
+                        cs.identity_reported = true;
+                        self.core.borrow_mut().set_peer_identity(key, id);
+                    }
+                }
                 // Handshake answers, alerts and pongs leave now, ahead of anything the core adds.
                 (r, flush_wire(fd, cs), cs.layer.peer_closed())
             };
@@ -568,11 +589,7 @@ impl ShardIo {
                 ReadOutcome::Paused | ReadOutcome::Close => return did,
                 ReadOutcome::HandedOff => {
                     drop(core);
-                    let _ = self.epoll.remove(fd);
-                    self.set_flags(key, |f| *f = 0);
-                    if let Some(cs) = self.take_stream(key) {
-                        self.handoff_streams.borrow_mut().push((fd as u64, cs));
-                    }
+                    self.handed_off(key, fd);
                     return did;
                 }
             }
@@ -708,6 +725,89 @@ impl ShardIo {
         }
     }
 
+    /// A connection's CONNECT moved it to another shard: stop watching its socket here; its layer goes along
+    /// with the `Adopt` message.
+    fn handed_off(&self, key: ConnKey, fd: RawFd) {
+        let _ = self.epoll.remove(fd);
+        self.set_flags(key, |f| *f = 0);
+        if let Some(cs) = self.take_stream(key) {
+            self.handoff_streams.borrow_mut().push((fd as u64, cs));
+        }
+    }
+
+    /// Hand costly password checks to the verifier threads.
+    fn send_auth_jobs(&self) {
+        let mut jobs = self.auth_jobs.borrow_mut();
+        self.core.borrow_mut().take_auth_jobs(&mut jobs);
+        let Some(v) = &self.verifier else {
+            // No verifier threads (cannot happen when a password file is loaded): refuse rather than wait forever.
+            for j in jobs.drain(..) {
+                self.core
+                    .borrow_mut()
+                    .on_auth_result(j.key, j.ticket, false);
+            }
+            return;
+        };
+        for j in jobs.drain(..) {
+            let (key, ticket) = (j.key, j.ticket);
+            if v.jobs.try_send((v.shard, j)).is_err() {
+                self.core.borrow_mut().on_auth_result(key, ticket, false);
+            }
+        }
+    }
+
+    /// Answers from the verifier threads: each connection goes on (or is refused) as if its CONNECT was just read.
+    fn drain_auth_results(&self) -> bool {
+        let Some(v) = &self.verifier else {
+            return false;
+        };
+        let mut did = false;
+        while let Ok(r) = v.results.try_recv() {
+            did = true;
+            let fd = self.core.borrow().conn_io(r.key).map(|io| io as RawFd);
+            let outcome = self.core.borrow_mut().on_auth_result(r.key, r.ticket, r.ok);
+            if let (ReadOutcome::HandedOff, Some(fd)) = (outcome, fd) {
+                self.handed_off(r.key, fd);
+            }
+        }
+        did
+    }
+
+    fn auth_results_pending(&self) -> bool {
+        self.verifier
+            .as_ref()
+            .is_some_and(|v| !v.results.is_empty())
+    }
+
+    /// Log refused CONNECTs with the peer's address, at most 10 a second per shard (all are counted).
+    fn log_refusals(&self) {
+        let mut refusals = self.refusals.borrow_mut();
+        self.core.borrow_mut().take_auth_refusals(&mut refusals);
+        if refusals.is_empty() {
+            return;
+        }
+        let now_sec = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as u32)
+            .unwrap_or(0);
+        for (io, why) in refusals.drain(..) {
+            let (sec, n) = self.refusal_log.get();
+            let n = if sec == now_sec { n + 1 } else { 1 };
+            self.refusal_log.set((now_sec, n));
+            if n <= 10 {
+                let peer = netpoll::peer_addr(io as RawFd)
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|| "?".into());
+                tracing::warn!(shard = self.id, peer = %peer, reason = why.as_str(), "connection refused");
+            } else if n == 11 {
+                tracing::warn!(
+                    shard = self.id,
+                    "more connections refused this second (counted, not logged)"
+                );
+            }
+        }
+    }
+
     /// Take what the other shards sent us (a bounded batch per peer per round).
     fn drain_mesh(&self) -> bool {
         let mut did = false;
@@ -820,6 +920,8 @@ impl ShardIo {
         self.core.borrow_mut().take_mesh(mesh);
         self.send_mesh(mesh);
         self.flush(keys);
+        self.send_auth_jobs();
+        self.log_refusals();
         self.close_finished(keys);
         // Closing can publish wills, which can produce log records, mesh messages and writes.
         self.core.borrow_mut().end_round();
@@ -867,6 +969,7 @@ pub async fn main_loop(io: Rc<ShardIo>) {
             io.on_event(ev);
         }
         progress |= io.drain_mesh();
+        progress |= io.drain_auth_results();
         let congested = io.mesh_congested() || io.core.borrow_mut().log_congested();
         if !congested {
             progress |= io.process_ready(&mut scratch);
@@ -883,7 +986,9 @@ pub async fn main_loop(io: Rc<ShardIo>) {
             io.after_work(&mut keys, &mut mesh, &mut scratch);
         }
 
-        let more = io.mesh_pending() || (!congested && !io.ready.borrow().is_empty());
+        let more = io.mesh_pending()
+            || io.auth_results_pending()
+            || (!congested && !io.ready.borrow().is_empty());
         if progress || more {
             if idle_since.take().is_some() {
                 spin.on_spin_hit();
@@ -907,7 +1012,7 @@ pub async fn main_loop(io: Rc<ShardIo>) {
         bell.sleeping.store(true, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         // The same for the log's syncer, which rings us when held acknowledgements may go.
-        if io.mesh_pending() || io.core.borrow().durable_progress() {
+        if io.mesh_pending() || io.auth_results_pending() || io.core.borrow().durable_progress() {
             bell.sleeping.store(false, Ordering::SeqCst);
             continue;
         }

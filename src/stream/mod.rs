@@ -151,6 +151,8 @@ pub trait LayerFactory: Send + Sync {
 pub struct ConnStream {
     pub layer: Box<dyn Layer>,
     pub wire_out: BytesMut,
+    /// The layer's peer identity was given to the shard core.
+    pub identity_reported: bool,
 }
 
 impl ConnStream {
@@ -158,6 +160,7 @@ impl ConnStream {
         ConnStream {
             layer,
             wire_out: BytesMut::new(),
+            identity_reported: false,
         }
     }
 }
@@ -180,8 +183,9 @@ pub fn factory_for(
     use crate::config::ListenerProtocol;
     match (l.is_tls(), l.protocol) {
         (false, ListenerProtocol::Mqtt) => Ok(None),
-        (true, _) => Err(format!(
-            "listener {}: TLS listeners are not available in this build yet",
+        (true, ListenerProtocol::Mqtt) => Ok(Some(tls::tls_factory(l)?)),
+        (true, ListenerProtocol::Websockets) => Err(format!(
+            "listener {}: WebSocket over TLS is not available in this build yet",
             l.address
         )),
         (false, ListenerProtocol::Websockets) => Ok(Some(ws::ws_factory(

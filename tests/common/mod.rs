@@ -7,6 +7,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod certs;
+
 use bytes::BytesMut;
 use coremq::codec::{
     self, Connect, Decoder, Packet, ProtocolVersion, Publish, QoS, Subscribe, SubscribeFilter,

@@ -28,6 +28,20 @@ impl Shard {
             connect.client_id = self.generate_client_id();
             assigned = true;
         }
+        if let Some(outcome) = self.authenticate(key, &mut connect, assigned) {
+            return outcome;
+        }
+        self.connect_admitted(key, connect, assigned, rest)
+    }
+
+    /// An authenticated CONNECT: hand the connection to the shard that owns its client id, or establish it here.
+    pub(super) fn connect_admitted(
+        &mut self,
+        key: ConnKey,
+        connect: Box<Connect>,
+        assigned: bool,
+        rest: &mut BytesMut,
+    ) -> ReadOutcome {
         let owner = owner_shard(&connect.client_id, self.cfg.shards);
         if owner != self.cfg.shard_id {
             let conn = self.conns.remove(key).expect("connection present");
@@ -43,6 +57,7 @@ impl Shard {
                     stream: None,
                 })),
             ));
+            self.auth_forget(key);
             return ReadOutcome::HandedOff;
         }
         self.establish(key, *connect, assigned)
@@ -66,6 +81,7 @@ impl Shard {
         connect: Connect,
         assigned_id: bool,
     ) -> ReadOutcome {
+        let acl = self.session_acl(&connect);
         let Connect {
             protocol,
             clean_start,
@@ -138,6 +154,7 @@ impl Shard {
         let client_max_packet = props.and_then(|p| p.maximum_packet_size).unwrap_or(0);
         let window = self.cfg.max_inflight.min(receive_maximum).max(1);
         self.unschedule_expiry(sidx);
+        self.set_session_acl(sidx, acl);
         {
             let s = self.session_mut(sidx);
             s.protocol = protocol;

@@ -162,6 +162,7 @@ impl Shard {
 
     pub(super) fn destroy_session(&mut self, sidx: u32) {
         self.unschedule_expiry(sidx);
+        self.set_session_acl(sidx, None);
         self.release_waiters(sidx);
         let s = self.sessions[sidx as usize].take().expect("live session");
         self.delete_persisted(&s);

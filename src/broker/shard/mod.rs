@@ -42,6 +42,8 @@ use crate::codec::{
 };
 use crate::store::{DeliveryState, Store};
 
+mod auth;
+pub use auth::{AuthJob, AuthStats, INLINE_ITERATIONS};
 mod conn;
 mod connect;
 mod delivery;
@@ -99,6 +101,8 @@ pub struct ShardConfig {
     pub max_sessions: usize,
     pub max_retained_messages: usize,
     pub max_retained_bytes: usize,
+    /// v5 SUBACK code for a filter the ACL gives no read access under (`acl_subscribe_denied_reason`).
+    pub subscribe_denied_reason: ReasonCode,
 }
 
 impl Default for ShardConfig {
@@ -121,6 +125,7 @@ impl Default for ShardConfig {
             max_sessions: 1 << 20,
             max_retained_messages: 100_000,
             max_retained_bytes: 256 << 20,
+            subscribe_denied_reason: ReasonCode::NotAuthorized,
         }
     }
 }
@@ -262,6 +267,8 @@ pub fn owner_shard(client_id: &str, shards: u16) -> u16 {
 
 pub struct Shard {
     cfg: ShardConfig,
+    /// Authentication and authorisation state (`auth.rs`).
+    auth: auth::ShardAuth,
     conns: Slab<Conn>,
     sessions: Vec<Option<Session>>,
     free_sessions: Vec<u32>,
@@ -309,6 +316,7 @@ impl Shard {
         Shard {
             wheel: Wheel::new(4096),
             cfg,
+            auth: auth::ShardAuth::new(),
             conns: Slab::new(),
             sessions: Vec::new(),
             free_sessions: Vec::new(),
@@ -359,6 +367,12 @@ impl Shard {
 
     /// A new socket. It must send CONNECT within the connect timeout.
     pub fn accept(&mut self, io: u64) -> ConnKey {
+        self.accept_on(io, 0)
+    }
+
+    /// A new socket on listener `listener` (its index in the broker's listener list: which password file and
+    /// anonymous rule apply).
+    pub fn accept_on(&mut self, io: u64, listener: u8) -> ConnKey {
         self.stats.connections_accepted += 1;
         let key = self.conns.insert(Conn {
             io,
@@ -375,6 +389,7 @@ impl Shard {
         });
         self.wheel
             .insert(key, self.now + self.cfg.connect_timeout_secs, self.now);
+        self.note_listener(key, listener);
         key
     }
 
@@ -512,6 +527,7 @@ impl Shard {
             self.stats.connections_closed += 1;
         }
         self.dur.forget(key);
+        self.auth_forget(key);
     }
 
     pub fn on_mesh(&mut self, from: u16, msg: MeshMsg) {

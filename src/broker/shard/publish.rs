@@ -17,6 +17,9 @@ impl Shard {
                 "topic alias not allowed",
             );
         }
+        if !self.may_publish(sidx, &p.topic) {
+            return self.deny_publish(key, sidx, p.qos, p.packet_id);
+        }
         if p.qos != QoS::AtMostOnce {
             let size = p.topic.len() + p.payload.len() + 64;
             if let Some(e) = self.log_refuses(size) {
@@ -221,6 +224,9 @@ impl Shard {
             if no_local && self.is_own_message(sidx, msg) {
                 continue;
             }
+            if !self.may_read(sidx, &msg.topic) {
+                continue;
+            }
             let q = Queued::new(
                 msg.clone(),
                 msg.qos.min(qos),
@@ -240,5 +246,27 @@ impl Shard {
             (Some(o), Some(c)) => o.shard == self.cfg.shard_id && o.conn == c,
             _ => false,
         }
+    }
+
+    /// A PUBLISH the client may not write. v5: PUBACK/PUBREC 0x87. 3.1.1 has no refusal: the message is dropped
+    /// and the QoS 1/2 flow completes as if it had been accepted (mosquitto does the same), so the client does not
+    /// resend it forever.
+    pub(super) fn deny_publish(
+        &mut self,
+        key: ConnKey,
+        sidx: u32,
+        qos: QoS,
+        packet_id: u16,
+    ) -> ReadOutcome {
+        if qos == QoS::AtMostOnce {
+            return ReadOutcome::Continue;
+        }
+        let reason = if self.session(sidx).protocol == ProtocolVersion::V5 {
+            ReasonCode::NotAuthorized
+        } else {
+            ReasonCode::Success
+        };
+        self.send_pub_resp(key, qos, packet_id, reason);
+        ReadOutcome::Continue
     }
 }

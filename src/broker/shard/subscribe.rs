@@ -43,6 +43,14 @@ impl Shard {
                 });
                 continue;
             }
+            if !self.may_subscribe(sidx, &f.filter) {
+                reasons.push(if v5 {
+                    self.cfg.subscribe_denied_reason
+                } else {
+                    ReasonCode::UnspecifiedError
+                });
+                continue;
+            }
             let existed = self.session(sidx).find_sub(&f.filter).is_some();
             if !existed && self.session(sidx).subs.len() >= self.cfg.max_subscriptions_per_session {
                 reasons.push(if v5 {
@@ -155,6 +163,9 @@ impl Shard {
             self.retained
                 .for_each_matched_by(&filter, |m| found.push(m.clone()));
             for m in found {
+                if !self.may_read(p.session, &m.topic) {
+                    continue;
+                }
                 let q = Queued::new(
                     m.clone(),
                     m.qos.min(options.qos),

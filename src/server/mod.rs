@@ -5,8 +5,8 @@ mod linger;
 pub mod netpoll;
 pub mod shard_loop;
 mod spin;
-pub mod verifier;
 pub mod uring;
+pub mod verifier;
 
 use std::io;
 use std::net::SocketAddr;

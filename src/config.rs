@@ -276,10 +276,16 @@ impl Config {
                     format!("{at}: `use_identity_as_username` needs `require_certificate = true`"),
                 );
             }
-            if l.protocol == ListenerProtocol::Websockets && !l.path.starts_with('/') {
+            if l.protocol == ListenerProtocol::Websockets
+                && !l.path.starts_with('/')
+                && l.path != "*"
+            {
                 return bad(
                     "listeners",
-                    format!("{at}: `path` must start with '/', got {:?}", l.path),
+                    format!(
+                        "{at}: `path` must start with '/' (or be \"*\": any path), got {:?}",
+                        l.path
+                    ),
                 );
             }
         }
@@ -424,6 +430,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("listen"), "{e}");
+    }
+
+    #[test]
+    fn websocket_path_any() {
+        let c = Config::from_toml_str(
+            "[[listeners]]\naddress = \"127.0.0.1:8080\"\nprotocol = \"websockets\"\npath = \"*\"",
+        )
+        .expect("\"*\" is any path");
+        assert_eq!(c.listeners[0].path, "*");
     }
 
     #[test]

@@ -144,7 +144,8 @@ pub fn bind_listeners(
     let mut bound = Vec::new();
     for (index, l) in cfg.all_listeners().iter().enumerate() {
         let addr = l.address;
-        let layers = crate::stream::factory_for(l).map_err(io::Error::other)?;
+        let layers =
+            crate::stream::factory_for(l, cfg.max_packet_size).map_err(io::Error::other)?;
         let first = listen_socket(addr, cfg.listen_backlog)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
         let actual = first.local_addr()?.as_socket().expect("inet address");

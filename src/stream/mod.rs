@@ -174,22 +174,38 @@ impl std::fmt::Debug for ConnStream {
     }
 }
 
+/// `wss://`: TLS next to the wire, WebSocket inside it.
+pub struct StackedFactory {
+    pub outer: std::sync::Arc<dyn LayerFactory>,
+    pub inner: std::sync::Arc<dyn LayerFactory>,
+}
+
+impl LayerFactory for StackedFactory {
+    fn new_layer(&self) -> Result<Box<dyn Layer>, LayerError> {
+        Ok(Box::new(Stacked::new(
+            self.outer.new_layer()?,
+            self.inner.new_layer()?,
+        )))
+    }
+}
+
 /// The layer factory a listener needs: `None` for plain MQTT. Errors name the listener and why (bad certificate
-/// file, ...), and refuse the start.
+/// file, ...), and refuse the start. `max_packet_size` bounds WebSocket frames (see `ws::default_max_frame`).
 pub fn factory_for(
     l: &crate::config::ListenerConfig,
+    max_packet_size: u32,
 ) -> Result<Option<std::sync::Arc<dyn LayerFactory>>, String> {
     use crate::config::ListenerProtocol;
     match (l.is_tls(), l.protocol) {
         (false, ListenerProtocol::Mqtt) => Ok(None),
         (true, ListenerProtocol::Mqtt) => Ok(Some(tls::tls_factory(l)?)),
-        (true, ListenerProtocol::Websockets) => Err(format!(
-            "listener {}: WebSocket over TLS is not available in this build yet",
-            l.address
-        )),
-        (false, ListenerProtocol::Websockets) => Err(format!(
-            "listener {}: WebSocket listeners are not available in this build yet",
-            l.address
-        )),
+        (true, ListenerProtocol::Websockets) => Ok(Some(std::sync::Arc::new(StackedFactory {
+            outer: tls::tls_factory(l)?,
+            inner: ws::ws_factory(l, ws::default_max_frame(max_packet_size)),
+        }))),
+        (false, ListenerProtocol::Websockets) => Ok(Some(ws::ws_factory(
+            l,
+            ws::default_max_frame(max_packet_size),
+        ))),
     }
 }

@@ -543,7 +543,7 @@ fn reload_swaps_the_config_for_new_connections_only() {
 #[test]
 fn factory_for_builds_a_tls_layer() {
     let pki = TestPki::new();
-    let f = crate::stream::factory_for(&listener(&pki, false, false))
+    let f = crate::stream::factory_for(&listener(&pki, false, false), 1 << 20)
         .unwrap()
         .expect("a TLS listener has a layer");
     let layer = f.new_layer().unwrap();

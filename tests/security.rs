@@ -263,3 +263,46 @@ fn a_bad_password_or_acl_file_refuses_the_start_with_file_and_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("passwd:2"), "{err}");
 }
+
+#[test]
+fn sighup_reloads_the_password_file_and_a_bad_one_keeps_the_old() {
+    let s = start(ACL, "");
+    let b = &s.broker;
+    let v = ProtocolVersion::V5;
+    let (mut kept, r) = connect_as(b, "kept", Some("alice"), Some("wonder"), v);
+    assert_eq!(r, ReasonCode::Success);
+    let (_c, r) = connect_as(b, "c1", Some("carol"), Some("secret"), v);
+    assert_eq!(
+        r,
+        ReasonCode::BadUserNameOrPassword,
+        "carol is not in the file yet"
+    );
+    // Add carol and reload.
+    let pw = s._dir.path().join("passwd");
+    let mut text = std::fs::read_to_string(&pw).unwrap();
+    text.push_str(
+        &PasswordHash::new_pbkdf2(b"secret", 101)
+            .unwrap()
+            .to_line("carol"),
+    );
+    text.push('\n');
+    std::fs::write(&pw, &text).unwrap();
+    let hup = |b: &Broker| unsafe { libc::kill(b.pid() as i32, libc::SIGHUP) };
+    hup(b);
+    let admitted = (0..50).any(|i| {
+        std::thread::sleep(Duration::from_millis(100));
+        connect_as(b, &format!("c2-{i}"), Some("carol"), Some("secret"), v).1 == ReasonCode::Success
+    });
+    assert!(admitted, "carol admitted after SIGHUP");
+    // A file that does not parse keeps the previous one: carol still gets in, nobody new does.
+    std::fs::write(&pw, "carol:$2y$broken\n").unwrap();
+    hup(b);
+    std::thread::sleep(Duration::from_millis(2500));
+    let (_c, r) = connect_as(b, "c3", Some("carol"), Some("secret"), v);
+    assert_eq!(r, ReasonCode::Success, "the old file stays in force");
+    // The connection from before every reload is still served.
+    assert_eq!(
+        kept.subscribe(1, "alice/x", QoS::AtMostOnce),
+        vec![ReasonCode::Success]
+    );
+}

@@ -3,6 +3,7 @@
 
 mod linger;
 pub mod netpoll;
+pub mod reload;
 pub mod shard_loop;
 mod spin;
 pub mod uring;
@@ -293,6 +294,26 @@ pub fn run(
         None => None,
     };
     let (listeners, bound) = bind_listeners(&cfg, shards)?;
+    // SIGHUP re-reads the password, ACL and certificate files (`reload.rs`).
+    let security_cell = reload::SecurityCell::new(security.clone());
+    let all = cfg.all_listeners();
+    let layered: Vec<(
+        crate::config::ListenerConfig,
+        Arc<dyn crate::stream::LayerFactory>,
+    )> = listeners
+        .first()
+        .map(|ls| {
+            ls.iter()
+                .filter_map(|l| Some((all[l.index].clone(), l.layers.clone()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    reload::spawn(
+        cfg.clone(),
+        security_cell.clone(),
+        layered,
+        shutdown.clone(),
+    )?;
     on_bound(&bound, shards);
 
     let online = CpuSet::online().map_err(|e| io::Error::other(e.to_string()))?;
@@ -343,6 +364,7 @@ pub fn run(
             let links = links.clone();
             let verifier_links = verifier_links.clone();
             let security = security.clone();
+            let security_cell = security_cell.clone();
             let next_id = next_id.clone();
             let listeners = listeners.clone();
             let shutdown = shutdown.clone();
@@ -385,6 +407,7 @@ pub fn run(
                     shard_loop::Telemetry {
                         metrics,
                         sys_interval: cfg.sys_interval,
+                        security: security_cell,
                     },
                 )
                 .expect("shard epoll set");

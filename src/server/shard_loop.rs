@@ -177,6 +177,8 @@ fn flush_wire(fd: RawFd, cs: &mut ConnStream, sent: &Cell<u64>) -> WireFlush {
 pub struct Telemetry {
     pub metrics: Arc<Metrics>,
     pub sys_interval: u32,
+    /// The security rules in force (replaced on SIGHUP).
+    pub security: Arc<crate::server::reload::SecurityCell>,
 }
 
 pub struct ShardIo {
@@ -192,6 +194,9 @@ pub struct ShardIo {
     app: RefCell<BytesMut>,
     /// Closed connections draining until their client closes, so it can read the reason we closed with.
     lingering: RefCell<Lingering>,
+    security: Arc<crate::server::reload::SecurityCell>,
+    /// The generation of `security` this shard enforces.
+    security_gen: Cell<u64>,
     /// Where costly password checks go, and their answers come from.
     verifier: Option<VerifierLink>,
     auth_jobs: RefCell<Vec<AuthJob>>,
@@ -275,6 +280,8 @@ impl ShardIo {
             idle_spin,
             rejected: Cell::new(0),
             metrics: telemetry.metrics,
+            security: telemetry.security,
+            security_gen: Cell::new(0),
             bytes_in: Cell::new(0),
             bytes_out: Cell::new(0),
             sys: RefCell::new(crate::metrics::sys::SysTopics::new(
@@ -782,6 +789,15 @@ impl ShardIo {
         }
     }
 
+    /// Pick up reloaded security rules (SIGHUP), at most once a second.
+    fn follow_security(&self) {
+        let generation = self.security.generation();
+        if generation != self.security_gen.get() {
+            self.security_gen.set(generation);
+            self.core.borrow_mut().set_security(self.security.get());
+        }
+    }
+
     /// Hand costly password checks to the verifier threads.
     fn send_auth_jobs(&self) {
         let mut jobs = self.auth_jobs.borrow_mut();
@@ -1074,6 +1090,7 @@ pub async fn main_loop(io: Rc<ShardIo>) {
             io.lingering.borrow_mut().expire(&io.epoll, Instant::now());
             io.core.borrow_mut().tick(sec);
             io.publish_metrics();
+            io.follow_security();
             io.publish_sys(sec as u64);
             io.after_work(&mut keys, &mut mesh, &mut scratch);
         }

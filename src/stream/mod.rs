@@ -144,6 +144,12 @@ impl Layer for Stacked {
 /// Makes the layer for each new connection of one listener (holds the listener's TLS config, WebSocket path).
 pub trait LayerFactory: Send + Sync {
     fn new_layer(&self) -> Result<Box<dyn Layer>, LayerError>;
+
+    /// Read the listener's files again (SIGHUP); new connections use them, open ones keep theirs. On error the
+    /// old ones stay.
+    fn reload(&self, _l: &crate::config::ListenerConfig) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// A layered connection's state in the I/O layer: the layer and the wire bytes it produced that the socket has
@@ -186,6 +192,10 @@ impl LayerFactory for StackedFactory {
             self.outer.new_layer()?,
             self.inner.new_layer()?,
         )))
+    }
+
+    fn reload(&self, l: &crate::config::ListenerConfig) -> Result<(), String> {
+        self.outer.reload(l)
     }
 }
 

@@ -285,6 +285,10 @@ impl LayerFactory for TlsFactory {
     fn new_layer(&self) -> Result<Box<dyn Layer>, LayerError> {
         Ok(Box::new(self.new_tls_layer()?))
     }
+
+    fn reload(&self, l: &ListenerConfig) -> Result<(), String> {
+        TlsFactory::reload(self, l)
+    }
 }
 
 /// The TLS factory of a listener with `certfile` and `keyfile` (and optionally `cafile`). Every error names the

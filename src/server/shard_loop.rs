@@ -14,6 +14,11 @@
 //! stall (reproduced by tests/churn.rs). Draining lock-free bounded channels ourselves each round has neither
 //! problem.
 
+mod auth_io;
+mod layered;
+mod telemetry;
+
+use layered::flush_wire;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
@@ -147,30 +152,6 @@ pub struct ShardListener {
     pub index: usize,
     /// The stream layer for its connections (TLS, WebSocket); `None` = plain MQTT.
     pub layers: Option<Arc<dyn LayerFactory>>,
-}
-
-/// What became of a layered connection's pending wire bytes.
-enum WireFlush {
-    Drained,
-    Blocked,
-    Failed,
-}
-
-/// Send a layered connection's pending wire bytes, in order, until the socket stops taking them.
-fn flush_wire(fd: RawFd, cs: &mut ConnStream, sent: &Cell<u64>) -> WireFlush {
-    while !cs.wire_out.is_empty() {
-        match netpoll::send(fd, &cs.wire_out) {
-            IoResult::Done(n) => {
-                sent.set(sent.get() + n as u64);
-                cs.wire_out.advance(n)
-            }
-            IoResult::WouldBlock => return WireFlush::Blocked,
-            IoResult::Closed | IoResult::Error(_) => return WireFlush::Failed,
-        }
-    }
-    // Idle layered connections hold no output buffer.
-    cs.wire_out = BytesMut::new();
-    WireFlush::Drained
 }
 
 /// Where a shard reports: the shared metrics registry, and how often it publishes `$SYS` (0 = never).
@@ -431,32 +412,6 @@ impl ShardIo {
         did
     }
 
-    fn set_stream(&self, key: ConnKey, stream: Option<Box<ConnStream>>) {
-        let mut streams = self.streams.borrow_mut();
-        let i = key.idx as usize;
-        if stream.is_none() && i >= streams.len() {
-            return;
-        }
-        if i >= streams.len() {
-            streams.resize_with(i + 1, || None);
-        }
-        streams[i] = stream;
-    }
-
-    fn take_stream(&self, key: ConnKey) -> Option<Box<ConnStream>> {
-        self.streams
-            .borrow_mut()
-            .get_mut(key.idx as usize)
-            .and_then(Option::take)
-    }
-
-    fn is_layered(&self, key: ConnKey) -> bool {
-        self.streams
-            .borrow()
-            .get(key.idx as usize)
-            .is_some_and(Option::is_some)
-    }
-
     fn read_conn(&self, key: ConnKey, scratch: &mut BytesMut) -> bool {
         if self.is_layered(key) {
             return self.read_layered(key, scratch);
@@ -555,152 +510,6 @@ impl ShardIo {
         core.flushed(key);
     }
 
-    /// `read_conn` for a connection with a stream layer: wire bytes go through the layer, the core sees only the
-    /// application bytes it decoded.
-    fn read_layered(&self, key: ConnKey, scratch: &mut BytesMut) -> bool {
-        let Some(fd) = self.core.borrow().conn_io(key).map(|io| io as RawFd) else {
-            return false;
-        };
-        let mut did = false;
-        for _ in 0..READS_PER_CONN {
-            if !self.core.borrow().can_read(key) {
-                return did;
-            }
-            scratch.clear();
-            let n = match netpoll::recv_into(fd, scratch, SCRATCH) {
-                IoResult::Done(0) => continue,
-                IoResult::Done(n) => {
-                    self.bytes_in.set(self.bytes_in.get() + n as u64);
-                    n
-                }
-                IoResult::WouldBlock => {
-                    self.set_flags(key, |f| *f &= !F_READABLE);
-                    return did;
-                }
-                IoResult::Closed | IoResult::Error(_) => {
-                    self.core.borrow_mut().on_io_closed(key);
-                    return true;
-                }
-            };
-            did = true;
-            let mut app = self.app.borrow_mut();
-            app.clear();
-            let (result, flushed, peer_closed) = {
-                let mut streams = self.streams.borrow_mut();
-                let Some(cs) = streams.get_mut(key.idx as usize).and_then(|s| s.as_mut()) else {
-                    return did;
-                };
-                let r = cs.layer.read_wire(scratch, &mut app, &mut cs.wire_out);
-                if !cs.identity_reported {
-                    if let Some(id) = cs.layer.peer_identity() {
-                        cs.identity_reported = true;
-                        self.core.borrow_mut().set_peer_identity(key, id);
-                    }
-                }
-                // Handshake answers, alerts and pongs leave now, ahead of anything the core adds.
-                (
-                    r,
-                    flush_wire(fd, cs, &self.bytes_out),
-                    cs.layer.peer_closed(),
-                )
-            };
-            let mut core = self.core.borrow_mut();
-            if let Err(e) = result {
-                tracing::debug!(shard = self.id, error = %e, "stream layer closed the connection");
-                core.on_io_closed(key);
-                return true;
-            }
-            match flushed {
-                WireFlush::Drained => {}
-                WireFlush::Blocked => {
-                    self.set_flags(key, |f| *f |= F_WANT_WRITE);
-                }
-                WireFlush::Failed => {
-                    core.on_io_closed(key);
-                    return true;
-                }
-            }
-            let outcome = if app.is_empty() {
-                ReadOutcome::Continue
-            } else {
-                let connecting = (!core.is_established(key)).then(Instant::now);
-                let outcome = core.on_bytes(key, &mut app);
-                if let Some(t) = connecting {
-                    self.connect_timed(&core, key, &outcome, t);
-                }
-                outcome
-            };
-            if peer_closed && outcome != ReadOutcome::HandedOff {
-                core.on_io_closed(key);
-                return true;
-            }
-            match outcome {
-                ReadOutcome::Continue if n < SCRATCH && self.flags_of(key) & F_HUP == 0 => {
-                    self.set_flags(key, |f| *f &= !F_READABLE);
-                    return did;
-                }
-                ReadOutcome::Continue => {}
-                ReadOutcome::Paused | ReadOutcome::Close => return did,
-                ReadOutcome::HandedOff => {
-                    drop(core);
-                    self.handed_off(key, fd);
-                    return did;
-                }
-            }
-        }
-        let f = self.flags_of(key);
-        if f & F_READABLE != 0 && f & F_IN_READY == 0 {
-            self.set_flags(key, |f| *f |= F_IN_READY);
-            self.ready.borrow_mut().push_back(key);
-        }
-        did
-    }
-
-    /// `write_conn` for a connection with a stream layer: the core's bytes are encoded by the layer, and what the
-    /// socket does not take stays in the layer's wire buffer (sent first next time, so nothing is reordered).
-    fn write_layered(&self, key: ConnKey) {
-        let mut core = self.core.borrow_mut();
-        let Some(fd) = core.conn_io(key).map(|io| io as RawFd) else {
-            return;
-        };
-        let mut streams = self.streams.borrow_mut();
-        let Some(cs) = streams.get_mut(key.idx as usize).and_then(|s| s.as_mut()) else {
-            return;
-        };
-        loop {
-            match flush_wire(fd, cs, &self.bytes_out) {
-                WireFlush::Drained => {}
-                WireFlush::Blocked => {
-                    drop(streams);
-                    self.set_flags(key, |f| *f |= F_WANT_WRITE);
-                    return;
-                }
-                WireFlush::Failed => {
-                    core.on_io_closed(key);
-                    return;
-                }
-            }
-            if !cs.layer.established() {
-                // The shard has no output before CONNECT, which comes only after the handshake.
-                break;
-            }
-            let Some((out, writable)) = core.out_writable(key) else {
-                return;
-            };
-            if writable == 0 {
-                break;
-            }
-            if let Err(e) = cs.layer.write_app(&out[..writable], &mut cs.wire_out) {
-                tracing::debug!(shard = self.id, error = %e, "stream layer failed on output");
-                core.on_io_closed(key);
-                return;
-            }
-            core.consumed(key, writable);
-        }
-        cs.layer.shrink();
-        core.flushed(key);
-    }
-
     fn flush(&self, keys: &mut Vec<ConnKey>) {
         // Refilling from session queues can dirty connections again; a few passes, then the next round.
         for _ in 0..4 {
@@ -789,88 +598,6 @@ impl ShardIo {
         }
     }
 
-    /// Pick up reloaded security rules (SIGHUP), at most once a second.
-    fn follow_security(&self) {
-        let generation = self.security.generation();
-        if generation != self.security_gen.get() {
-            self.security_gen.set(generation);
-            self.core.borrow_mut().set_security(self.security.get());
-        }
-    }
-
-    /// Hand costly password checks to the verifier threads.
-    fn send_auth_jobs(&self) {
-        let mut jobs = self.auth_jobs.borrow_mut();
-        self.core.borrow_mut().take_auth_jobs(&mut jobs);
-        let Some(v) = &self.verifier else {
-            // No verifier threads (cannot happen when a password file is loaded): refuse rather than wait forever.
-            for j in jobs.drain(..) {
-                self.core
-                    .borrow_mut()
-                    .on_auth_result(j.key, j.ticket, false);
-            }
-            return;
-        };
-        for j in jobs.drain(..) {
-            let (key, ticket) = (j.key, j.ticket);
-            if v.jobs.try_send((v.shard, j)).is_err() {
-                self.core.borrow_mut().on_auth_result(key, ticket, false);
-            }
-        }
-    }
-
-    /// Answers from the verifier threads: each connection goes on (or is refused) as if its CONNECT was just read.
-    fn drain_auth_results(&self) -> bool {
-        let Some(v) = &self.verifier else {
-            return false;
-        };
-        let mut did = false;
-        while let Ok(r) = v.results.try_recv() {
-            did = true;
-            let fd = self.core.borrow().conn_io(r.key).map(|io| io as RawFd);
-            let outcome = self.core.borrow_mut().on_auth_result(r.key, r.ticket, r.ok);
-            if let (ReadOutcome::HandedOff, Some(fd)) = (outcome, fd) {
-                self.handed_off(r.key, fd);
-            }
-        }
-        did
-    }
-
-    fn auth_results_pending(&self) -> bool {
-        self.verifier
-            .as_ref()
-            .is_some_and(|v| !v.results.is_empty())
-    }
-
-    /// Log refused CONNECTs with the peer's address, at most 10 a second per shard (all are counted).
-    fn log_refusals(&self) {
-        let mut refusals = self.refusals.borrow_mut();
-        self.core.borrow_mut().take_auth_refusals(&mut refusals);
-        if refusals.is_empty() {
-            return;
-        }
-        let now_sec = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as u32)
-            .unwrap_or(0);
-        for (io, why) in refusals.drain(..) {
-            let (sec, n) = self.refusal_log.get();
-            let n = if sec == now_sec { n + 1 } else { 1 };
-            self.refusal_log.set((now_sec, n));
-            if n <= 10 {
-                let peer = netpoll::peer_addr(io as RawFd)
-                    .map(|a| a.to_string())
-                    .unwrap_or_else(|| "?".into());
-                tracing::warn!(shard = self.id, peer = %peer, reason = why.as_str(), "connection refused");
-            } else if n == 11 {
-                tracing::warn!(
-                    shard = self.id,
-                    "more connections refused this second (counted, not logged)"
-                );
-            }
-        }
-    }
-
     /// Take what the other shards sent us (a bounded batch per peer per round).
     fn drain_mesh(&self) -> bool {
         let mut did = false;
@@ -903,43 +630,6 @@ impl ShardIo {
             }
         }
         did
-    }
-
-    /// Records CONNECT handling time when this read established the connection here (a hand-off is timed by
-    /// the adopting shard instead).
-    fn connect_timed(&self, core: &Shard, key: ConnKey, outcome: &ReadOutcome, started: Instant) {
-        if *outcome != ReadOutcome::HandedOff && core.is_established(key) {
-            self.metrics
-                .shard(self.id as usize)
-                .connect_time
-                .record(started.elapsed());
-        }
-    }
-
-    /// Counters and gauges for the metrics registry: called once a second (a walk over sessions, see
-    /// `Shard::gauges`), so the hot path pays nothing but the byte counts.
-    fn publish_metrics(&self) {
-        let core = self.core.borrow();
-        let mut g = core.gauges();
-        g.mesh_depth = self
-            .mesh
-            .from
-            .iter()
-            .flatten()
-            .map(|rx| rx.len() as u64)
-            .sum();
-        let m = self.metrics.shard(self.id as usize);
-        m.publish(&core.stats, &g);
-        m.publish_io(self.bytes_in.get(), self.bytes_out.get());
-    }
-
-    /// Retained `$SYS` updates when due (`sys_interval`), read from the registry just published.
-    fn publish_sys(&self, now: u64) {
-        let topics = self.sys.borrow_mut().due(now, &self.metrics);
-        let mut core = self.core.borrow_mut();
-        for (topic, payload) in &topics {
-            core.inject_sys(topic, payload);
-        }
     }
 
     fn mesh_pending(&self) -> bool {

@@ -29,7 +29,7 @@
 //!   topic starting with `$` is matched only by rules starting with `$`.
 //! - An ACL file with no rules at all denies every read and write.
 //! - SUBSCRIBE: mosquitto 2.0's ACL file does **not** check subscriptions (`mosquitto_acl_check_default` returns
-//!   success for `MOSQ_ACL_SUBSCRIBE`: "FIXME - implement ACL subscription strings"); a client may subscribe to any
+//!   success for `MOSQ_ACL_SUBSCRIBE`: a comment there says subscription strings are not implemented); a client may subscribe to any
 //!   filter and each message is checked with the read rules on delivery. [`ClientAcl::can_subscribe`] follows that.
 //!   [`ClientAcl::may_read_under`] is a stricter check a broker may add on top: could any topic the filter matches
 //!   be allowed by a read rule (filter-against-filter overlap, wildcards on both sides)?

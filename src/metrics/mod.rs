@@ -119,6 +119,19 @@ stats_counters! {
     expired => "coremq_messages_expired_total", "", "v5 messages dropped because their expiry interval passed.";
     shared_redispatched => "coremq_shared_redispatched_total", "",
         "Shared-subscription messages given to another member because theirs went offline.";
+    auth_refused_credentials => "coremq_connects_refused_total", "reason=\"bad_credentials\"",
+        "CONNECTs refused by authentication, by reason (each also logged, rate-limited, with the peer).";
+    auth_refused_not_authorized => "coremq_connects_refused_total", "reason=\"not_authorized\"",
+        "CONNECTs refused by authentication, by reason (each also logged, rate-limited, with the peer).";
+    auth_refused_busy => "coremq_connects_refused_total", "reason=\"verifier_busy\"",
+        "CONNECTs refused by authentication, by reason (each also logged, rate-limited, with the peer).";
+    auth_verified_inline => "coremq_password_checks_total", "where=\"inline\"",
+        "Password checks, by where they ran (the cache answers without a check).";
+    auth_verified_off_loop => "coremq_password_checks_total", "where=\"verifier\"",
+        "Password checks, by where they ran (the cache answers without a check).";
+    auth_cache_hits => "coremq_password_cache_hits_total", "", "CONNECTs whose credentials the verified cache knew.";
+    acl_subscribe_denied => "coremq_acl_subscribe_denied_total", "", "SUBSCRIBE filters refused by the ACL.";
+    acl_delivery_denied => "coremq_acl_delivery_denied_total", "", "Deliveries the ACL kept from a subscriber.";
 }
 
 macro_rules! gauges {

@@ -55,10 +55,18 @@ fn distinct_stats() -> Stats {
         expired: 29,
         dropped_shared: 30,
         shared_redispatched: 31,
+        auth_refused_credentials: 32,
+        auth_refused_not_authorized: 33,
+        auth_refused_busy: 34,
+        auth_verified_inline: 35,
+        auth_verified_off_loop: 36,
+        auth_cache_hits: 37,
+        acl_subscribe_denied: 38,
+        acl_delivery_denied: 39,
     };
     assert_eq!(
         stats_fields().len(),
-        31,
+        39,
         "a new Stats field: give it a distinct value here"
     );
     s

@@ -30,20 +30,6 @@ pub struct AuthJob {
     pub password: Vec<u8>,
 }
 
-/// Authentication and authorisation counters of one shard.
-#[derive(Debug, Default, Clone)]
-pub struct AuthStats {
-    pub refused_bad_credentials: u64,
-    pub refused_not_authorized: u64,
-    pub refused_busy: u64,
-    pub verified_inline: u64,
-    pub verified_off_loop: u64,
-    pub cache_hits: u64,
-    pub publish_denied: u64,
-    pub subscribe_denied: u64,
-    pub delivery_denied: u64,
-}
-
 struct PendingAuth {
     connect: Box<Connect>,
     assigned: bool,
@@ -69,7 +55,6 @@ pub(super) struct ShardAuth {
     /// Each session's ACL (of its current or last connection), by session index; empty without an ACL file, so
     /// sessions pay nothing for it then.
     session_acls: Vec<Option<Box<ClientAcl>>>,
-    pub(super) stats: AuthStats,
 }
 
 impl ShardAuth {
@@ -85,7 +70,6 @@ impl ShardAuth {
             refusals: Vec::new(),
             next_ticket: 1,
             session_acls: Vec::new(),
-            stats: AuthStats::default(),
         }
     }
 }
@@ -111,10 +95,6 @@ impl Shard {
     pub fn set_security(&mut self, security: Arc<Security>) {
         self.auth.open = security.is_open();
         self.auth.security = security;
-    }
-
-    pub fn auth_stats(&self) -> &AuthStats {
-        &self.auth.stats
     }
 
     pub(super) fn note_listener(&mut self, key: ConnKey, listener: u8) {
@@ -159,7 +139,7 @@ impl Shard {
         if conn.closing {
             return ReadOutcome::Close;
         }
-        self.auth.stats.verified_off_loop += 1;
+        self.stats.auth_verified_off_loop += 1;
         if !ok {
             return self.refuse_connect(key, Refusal::BadPassword);
         }
@@ -257,11 +237,11 @@ impl Shard {
         let password: &[u8] = connect.password.as_deref().unwrap_or(&[]);
         let cache_key = self.auth.cache.key(user, hash, password);
         if self.auth.cache.contains(&cache_key) {
-            self.auth.stats.cache_hits += 1;
+            self.stats.auth_cache_hits += 1;
             return Admit::Yes;
         }
         if hash.iterations() <= INLINE_ITERATIONS {
-            self.auth.stats.verified_inline += 1;
+            self.stats.auth_verified_inline += 1;
             return if hash.verify(password) {
                 self.auth.cache.insert(cache_key);
                 Admit::Yes
@@ -298,9 +278,9 @@ impl Shard {
 
     fn refuse_connect(&mut self, key: ConnKey, r: Refusal) -> ReadOutcome {
         match refusal_reason(r) {
-            ReasonCode::BadUserNameOrPassword => self.auth.stats.refused_bad_credentials += 1,
-            ReasonCode::ServerBusy => self.auth.stats.refused_busy += 1,
-            _ => self.auth.stats.refused_not_authorized += 1,
+            ReasonCode::BadUserNameOrPassword => self.stats.auth_refused_credentials += 1,
+            ReasonCode::ServerBusy => self.stats.auth_refused_busy += 1,
+            _ => self.stats.auth_refused_not_authorized += 1,
         }
         if let Some(c) = self.conns.get(key) {
             self.auth.refusals.push((c.io, r));
@@ -354,7 +334,6 @@ impl Shard {
         let ok = !topic.starts_with("$SYS")
             && self.acl_of(sidx).map_or(true, |acl| acl.can_write(topic));
         if !ok {
-            self.auth.stats.publish_denied += 1;
             self.stats.publishes_denied += 1;
         }
         ok
@@ -372,7 +351,7 @@ impl Shard {
             acl.can_subscribe(filter) && acl.may_read_under(filter)
         });
         if !ok {
-            self.auth.stats.subscribe_denied += 1;
+            self.stats.acl_subscribe_denied += 1;
         }
         ok
     }
@@ -381,7 +360,7 @@ impl Shard {
     pub(super) fn may_read(&mut self, sidx: u32, topic: &str) -> bool {
         let ok = self.acl_of(sidx).map_or(true, |acl| acl.can_read(topic));
         if !ok {
-            self.auth.stats.delivery_denied += 1;
+            self.stats.acl_delivery_denied += 1;
         }
         ok
     }

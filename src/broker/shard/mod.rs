@@ -45,7 +45,7 @@ use crate::codec::{
 use crate::store::{DeliveryState, Store};
 
 mod auth;
-pub use auth::{AuthJob, AuthStats, INLINE_ITERATIONS};
+pub use auth::{AuthJob, INLINE_ITERATIONS};
 mod alias;
 mod conn;
 mod connect;
@@ -309,6 +309,20 @@ pub struct Stats {
     pub dropped_shared: u64,
     /// Shared-subscription messages given to another member because theirs went offline.
     pub shared_redispatched: u64,
+    /// CONNECTs refused: unknown user or wrong password (0x04 / v5 0x86).
+    pub auth_refused_credentials: u64,
+    /// CONNECTs refused: anonymous where not allowed, no certificate identity, a will it may not publish.
+    pub auth_refused_not_authorized: u64,
+    /// CONNECTs refused because the verifier queue was full (v5 0x89).
+    pub auth_refused_busy: u64,
+    /// Password verifications on the shard loop, on the verifier threads, and answered from the cache.
+    pub auth_verified_inline: u64,
+    pub auth_verified_off_loop: u64,
+    pub auth_cache_hits: u64,
+    /// SUBSCRIBE filters refused by the ACL.
+    pub acl_subscribe_denied: u64,
+    /// Deliveries (retained ones included) the ACL kept from a subscriber.
+    pub acl_delivery_denied: u64,
 }
 
 impl Stats {

@@ -15,6 +15,7 @@
 //! problem.
 
 mod auth_io;
+mod budget;
 mod layered;
 mod telemetry;
 
@@ -62,6 +63,8 @@ const F_IN_READY: u8 = 2;
 const F_WANT_WRITE: u8 = 4;
 /// The peer closed or the socket failed: read until recv says so (a short read is not proof of "drained" then).
 const F_HUP: u8 = 8;
+/// The core yielded for a mid-round flush the round had no budget for: feed its kept bytes before reading more.
+const F_YIELDED: u8 = 16;
 
 const LISTENER_IDX: u32 = u32::MAX;
 const DOORBELL_IDX: u32 = u32::MAX - 1;
@@ -186,6 +189,9 @@ pub struct ShardIo {
     refusal_log: Cell<(u32, u32)>,
     listeners_paused: Cell<bool>,
     flags: RefCell<Vec<u8>>,
+    /// Mid-round flushes left this round (`budget.rs`), and the key list they reuse.
+    budget: budget::RoundBudget,
+    mid_keys: RefCell<Vec<ConnKey>>,
     ready: RefCell<VecDeque<ConnKey>>,
     mesh: MeshLink,
     /// Messages for a peer whose channel was full, in order; retried every round.
@@ -252,6 +258,8 @@ impl ShardIo {
             refusal_log: Cell::new((0, 0)),
             listeners_paused: Cell::new(false),
             flags: RefCell::new(Vec::new()),
+            budget: budget::RoundBudget::new(),
+            mid_keys: RefCell::new(Vec::new()),
             ready: RefCell::new(VecDeque::new()),
             mesh,
             overflow: RefCell::new((0..peers).map(|_| VecDeque::new()).collect()),
@@ -403,6 +411,10 @@ impl ShardIo {
         // line for the next round, after this round's writes and mesh messages are out.
         let n = self.ready.borrow().len().min(CONNS_PER_ROUND);
         for _ in 0..n {
+            if self.budget.spent() {
+                // The destinations took all this round could write: the rest waits in the kernel.
+                break;
+            }
             let Some(key) = self.ready.borrow_mut().pop_front() else {
                 break;
             };
@@ -413,6 +425,9 @@ impl ShardIo {
     }
 
     fn read_conn(&self, key: ConnKey, scratch: &mut BytesMut) -> bool {
+        if self.flags_of(key) & F_YIELDED != 0 && !self.feed_kept(key, scratch) {
+            return true;
+        }
         if self.is_layered(key) {
             return self.read_layered(key, scratch);
         }
@@ -433,7 +448,8 @@ impl ShardIo {
                     did = true;
                     self.bytes_in.set(self.bytes_in.get() + n as u64);
                     let connecting = (!core.is_established(key)).then(Instant::now);
-                    let outcome = core.on_bytes(key, scratch);
+                    let (c, outcome) = self.feed(core, key, scratch);
+                    core = c;
                     if let Some(t) = connecting {
                         self.connect_timed(&core, key, &outcome, t);
                     }
@@ -446,7 +462,10 @@ impl ShardIo {
                             return did;
                         }
                         ReadOutcome::Continue => {}
-                        ReadOutcome::Paused | ReadOutcome::Close => return did,
+                        // Yield: the round's flush budget is spent; the core hands it back after the round.
+                        ReadOutcome::Paused | ReadOutcome::Close | ReadOutcome::Yield => {
+                            return did
+                        }
                         ReadOutcome::HandedOff => {
                             drop(core);
                             self.handed_off(key, fd);
@@ -496,6 +515,7 @@ impl ShardIo {
                     core.consumed(key, n)
                 }
                 IoResult::WouldBlock => {
+                    core.send_blocked(key);
                     drop(core);
                     self.set_flags(key, |f| *f |= F_WANT_WRITE);
                     return;
@@ -573,15 +593,18 @@ impl ShardIo {
         keys.clear();
         self.core.borrow_mut().take_resumed(keys);
         for &key in keys.iter() {
-            let mut core = self.core.borrow_mut();
+            let core = self.core.borrow_mut();
             if core.has_partial(key) {
                 scratch.clear();
-                let out = core.on_bytes(key, scratch);
+                let (core, out) = self.feed(core, key, scratch);
+                drop(core);
                 if out != ReadOutcome::Continue {
                     continue;
                 }
+                self.set_flags(key, |f| *f &= !F_YIELDED);
+            } else {
+                drop(core);
             }
-            drop(core);
             if self.flags_of(key) & F_READABLE != 0 {
                 self.mark_readable(key);
             }
@@ -627,9 +650,37 @@ impl ShardIo {
                     }
                     other => self.core.borrow_mut().on_mesh(from as u16, other),
                 }
+                if self.core.borrow().flush_wanted() && !self.flush_mid_round() {
+                    // The round wrote all it may: the rest stays in the channel (its sender backs off).
+                    return did;
+                }
             }
         }
         did
+    }
+
+    /// Feed the bytes a connection kept when its yield had no flush left; false if it may not be read now.
+    fn feed_kept(&self, key: ConnKey, scratch: &mut BytesMut) -> bool {
+        self.set_flags(key, |f| *f &= !F_YIELDED);
+        let core = self.core.borrow_mut();
+        if !core.can_read(key) {
+            return false;
+        }
+        if !core.has_partial(key) {
+            return true;
+        }
+        let fd = core.conn_io(key).map(|io| io as RawFd);
+        scratch.clear();
+        let (core, outcome) = self.feed(core, key, scratch);
+        drop(core);
+        match (outcome, fd) {
+            (ReadOutcome::Continue, _) => true,
+            (ReadOutcome::HandedOff, Some(fd)) => {
+                self.handed_off(key, fd);
+                false
+            }
+            _ => false,
+        }
     }
 
     fn mesh_pending(&self) -> bool {
@@ -752,6 +803,7 @@ pub async fn main_loop(io: Rc<ShardIo>) {
             return;
         }
         let mut progress = false;
+        io.budget.start_round();
         if std::mem::take(&mut woke_with_events) {
             // The sleep below already harvested them.
             progress |= !events.is_empty();

@@ -139,7 +139,11 @@ pub struct Raw {
 
 impl Raw {
     pub fn connect_tcp(addr: SocketAddr, version: ProtocolVersion) -> Raw {
-        let stream = TcpStream::connect(addr).expect("tcp connect");
+        Self::from_stream(TcpStream::connect(addr).expect("tcp connect"), version)
+    }
+
+    /// A client on a socket the test connected itself (e.g. with its own buffer sizes).
+    pub fn from_stream(stream: TcpStream, version: ProtocolVersion) -> Raw {
         stream.set_nodelay(true).unwrap();
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))

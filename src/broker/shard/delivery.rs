@@ -35,7 +35,6 @@ impl Shard {
     pub(super) fn enqueue(&mut self, sidx: u32, mut q: Queued, origin: Option<Origin>) {
         let soft = self.cfg.max_queued_messages.max(1);
         let hard = soft + self.cfg.max_in_transit;
-        let shard_id = self.cfg.shard_id;
         let s = self.sessions[sidx as usize].as_ref().expect("live session");
         let online = s.conn.is_some();
         let qos0 = q.qos == QoS::AtMostOnce;
@@ -55,10 +54,13 @@ impl Shard {
                 (true, false) => OverflowPolicy::DropNewest,
                 (false, _) => self.cfg.overflow,
             };
+            // A QoS 0 drop behind a socket that still takes data is a burst we failed to write out in time.
+            let writable = s.conn.is_some_and(|c| !self.send_full.get(c.idx));
             let count_drop = |s: &mut Session, stats: &mut Stats| {
                 s.dropped += 1;
                 if qos0 {
-                    stats.dropped_qos0 += 1
+                    stats.dropped_qos0 += 1;
+                    stats.dropped_qos0_writable += u64::from(writable);
                 } else {
                     stats.dropped_qos12 += 1
                 }
@@ -77,25 +79,7 @@ impl Shard {
                     dropped = Some(oldest);
                     count_drop(s, &mut self.stats);
                 }
-                OverflowPolicy::Backpressure => {
-                    // Pause the publisher feeding us, unless it is this session's own connection (a client that
-                    // stops reading while it writes would deadlock with itself). Past the hard bound, see above.
-                    if let Some(o) = origin {
-                        let own = o.shard == shard_id && Some(o.conn) == s.conn;
-                        if !own && !s.waiters.contains(&o) && s.waiters.len() < 4096 {
-                            s.waiters.push(o);
-                            self.stats.pauses += 1;
-                            tracing::debug!(shard = shard_id, publisher = ?o, "queue full: pausing publisher");
-                            if o.shard == shard_id {
-                                if let Some(c) = self.conns.get_mut(o.conn) {
-                                    c.pause_count += 1;
-                                }
-                            } else {
-                                self.mesh_out.push((o.shard, MeshMsg::Pause(o.conn)));
-                            }
-                        }
-                    }
-                }
+                OverflowPolicy::Backpressure => self.pause_publisher(sidx, origin),
             }
         }
         if let Some(old) = dropped {
@@ -108,6 +92,28 @@ impl Shard {
         }
         let s = self.sessions[sidx as usize].as_mut().expect("live session");
         s.queue.push_back(q);
+    }
+
+    /// Pause the publisher feeding this session, unless it is the session's own connection (a client that stops
+    /// reading while it writes would deadlock with itself). Past the hard bound, see `full_reason`.
+    fn pause_publisher(&mut self, sidx: u32, origin: Option<Origin>) {
+        let Some(o) = origin else { return };
+        let shard_id = self.cfg.shard_id;
+        let s = self.sessions[sidx as usize].as_mut().expect("live session");
+        let own = o.shard == shard_id && Some(o.conn) == s.conn;
+        if own || s.waiters.contains(&o) || s.waiters.len() >= 4096 {
+            return;
+        }
+        s.waiters.push(o);
+        self.stats.pauses += 1;
+        tracing::debug!(shard = shard_id, publisher = ?o, "queue full: pausing publisher");
+        if o.shard == shard_id {
+            if let Some(c) = self.conns.get_mut(o.conn) {
+                c.pause_count += 1;
+            }
+        } else {
+            self.mesh_out.push((o.shard, MeshMsg::Pause(o.conn)));
+        }
     }
 
     /// Why a QoS 1/2 message cannot be queued for this session without breaking a bound, if it cannot.
@@ -261,6 +267,7 @@ impl Shard {
             return;
         };
         let mut wrote = false;
+        let mut out_full = false;
         loop {
             let s = self.sessions[sidx as usize].as_ref().expect("live session");
             let Some(conn) = self.conns.get(key) else {
@@ -270,6 +277,7 @@ impl Shard {
                 return;
             }
             if conn.out.len() >= max_out {
+                out_full = !s.queue.is_empty();
                 break;
             }
             let Some(front) = s.queue.front() else { break };
@@ -363,6 +371,9 @@ impl Shard {
                     self.dirty.push(key);
                 }
             }
+        }
+        if out_full {
+            self.want_flush(key);
         }
         let s = self.session(sidx);
         if !s.waiters.is_empty() && s.backlog() <= soft / 2 {

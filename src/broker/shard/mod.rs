@@ -22,6 +22,7 @@
 //! | `recovery.rs`  | `restore` from the log at start, loading message bodies                                 |
 //! | `shared.rs`    | shared subscriptions (`$share/GROUP/FILTER`) across shards: design in its doc          |
 //! | `durable.rs`   | `end_round`, held output until the log is durable, log congestion, store maintenance    |
+//! | `burst.rs`     | mid-round flush requests (`ReadOutcome::Yield`), which sockets are full                 |
 //! | `tests/`       | unit tests, one file per flow                                                           |
 
 use std::collections::HashMap;
@@ -47,6 +48,7 @@ use crate::store::{DeliveryState, Store};
 mod auth;
 pub use auth::{AuthJob, INLINE_ITERATIONS};
 mod alias;
+mod burst;
 mod conn;
 mod connect;
 mod delivery;
@@ -262,6 +264,10 @@ pub enum ReadOutcome {
     /// The connection moved to another shard (an `Adopt` is in the mesh outbox): stop polling the socket but do
     /// not close it.
     HandedOff,
+    /// Stopped before the next packet because a destination's output is full (`flush_wanted`): write the dirty
+    /// connections, then call `on_bytes` again with no new bytes to go on (the rest is kept in the connection;
+    /// it is also in `take_resumed`, for an I/O layer that cannot go on this round).
+    Yield,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -277,6 +283,9 @@ pub struct Stats {
     pub publishes_in: u64,
     pub publishes_out: u64,
     pub dropped_qos0: u64,
+    /// The part of `dropped_qos0` dropped while the subscriber's socket still took data (not known to be full):
+    /// a burst the round could not write out in time. Should stay 0.
+    pub dropped_qos0_writable: u64,
     pub dropped_qos12: u64,
     pub dropped_offline: u64,
     pub dropped_too_large: u64,
@@ -393,6 +402,10 @@ pub struct Shard {
     closing: Vec<ConnKey>,
     mesh_out: Vec<(u16, MeshMsg)>,
     resumed: Vec<ConnKey>,
+    /// A connection's output is full with messages still queued behind it (`burst.rs`).
+    flush_wanted: bool,
+    /// Connections whose socket returned EAGAIN and was not drained since.
+    send_full: burst::SendBlocked,
     // Reused scratch for matching.
     hits: Vec<Subscriber>,
     pub stats: Stats,
@@ -444,6 +457,8 @@ impl Shard {
             closing: Vec::new(),
             mesh_out: Vec::new(),
             resumed: Vec::new(),
+            flush_wanted: false,
+            send_full: burst::SendBlocked::default(),
             hits: Vec::new(),
             stats: Stats::default(),
             store: None,
@@ -562,6 +577,7 @@ impl Shard {
             conn.last_seen = now;
         }
         // Work from the connection's own buffer when it holds a partial frame, else from the scratch buffer.
+        let from_partial = conn.partial.is_some();
         let mut buf = match conn.partial.take() {
             None => std::mem::take(data),
             Some(p) => {
@@ -573,12 +589,22 @@ impl Shard {
         };
         let outcome = self.process(key, &mut buf);
         match outcome {
-            ReadOutcome::Continue | ReadOutcome::Paused => {
+            ReadOutcome::Yield if from_partial => {
+                // Going on in a moment (mid-round flush): keep the buffer as it is, no copy.
+                if let Some(conn) = self.conns.get_mut(key) {
+                    conn.partial = Some(Box::new(std::mem::take(&mut buf)));
+                }
+                self.resumed.push(key);
+            }
+            ReadOutcome::Continue | ReadOutcome::Paused | ReadOutcome::Yield => {
                 if let Some(conn) = self.conns.get_mut(key) {
                     if !buf.is_empty() {
                         // Keep only the unprocessed tail, in an allocation of its own.
                         conn.partial = Some(Box::new(BytesMut::from(&buf[..])));
                     }
+                }
+                if outcome == ReadOutcome::Yield {
+                    self.resumed.push(key);
                 }
             }
             _ => {}
@@ -601,6 +627,9 @@ impl Shard {
             }
             if conn.pause_count > 0 {
                 return ReadOutcome::Paused;
+            }
+            if self.flush_wanted && !buf.is_empty() {
+                return ReadOutcome::Yield;
             }
             // Every inbound packet may add an ack to `out`: a peer that writes but never reads would grow it
             // without bound, so stop reading it until its output drains (see `flushed`).
@@ -637,6 +666,7 @@ impl Shard {
             }
         }
         if self.conns.remove(key).is_some() {
+            self.send_full.set(key.idx, false);
             self.stats.connections_closed += 1;
         }
         self.aliases.remove(&key);
@@ -750,6 +780,7 @@ impl Shard {
             tracing::warn!(
                 shard = self.cfg.shard_id,
                 qos0 = self.stats.dropped_qos0,
+                qos0_socket_writable = self.stats.dropped_qos0_writable,
                 qos12_online = self.stats.dropped_qos12,
                 offline = self.stats.dropped_offline,
                 too_large = self.stats.dropped_too_large,
@@ -768,6 +799,8 @@ impl Shard {
 
     /// Connections with bytes to write.
     pub fn take_dirty(&mut self, into: &mut Vec<ConnKey>) {
+        // The caller writes them now: that is the flush `flush_wanted` asked for.
+        self.flush_wanted = false;
         for k in self.dirty.drain(..) {
             if let Some(c) = self.conns.get_mut(k) {
                 if c.dirty {
@@ -789,6 +822,7 @@ impl Shard {
         };
         if c.out.is_empty() {
             c.out = BytesMut::new();
+            self.send_full.set(key.idx, false);
         }
         if c.out_blocked && c.out.len() < self.cfg.max_out_buffer {
             c.out_blocked = false;

@@ -123,7 +123,8 @@ impl ShardIo {
                 ReadOutcome::Continue
             } else {
                 let connecting = (!core.is_established(key)).then(Instant::now);
-                let outcome = core.on_bytes(key, &mut app);
+                let (c, outcome) = self.feed(core, key, &mut app);
+                core = c;
                 if let Some(t) = connecting {
                     self.connect_timed(&core, key, &outcome, t);
                 }
@@ -139,7 +140,7 @@ impl ShardIo {
                     return did;
                 }
                 ReadOutcome::Continue => {}
-                ReadOutcome::Paused | ReadOutcome::Close => return did,
+                ReadOutcome::Paused | ReadOutcome::Close | ReadOutcome::Yield => return did,
                 ReadOutcome::HandedOff => {
                     drop(core);
                     self.handed_off(key, fd);
@@ -171,6 +172,7 @@ impl ShardIo {
                 WireFlush::Drained => {}
                 WireFlush::Blocked => {
                     drop(streams);
+                    core.send_blocked(key);
                     self.set_flags(key, |f| *f |= F_WANT_WRITE);
                     return;
                 }

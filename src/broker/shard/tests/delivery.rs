@@ -59,6 +59,8 @@ fn run(policy: OverflowPolicy) -> (usize, u64, bool) {
     };
     shard.on_bytes(sub, &mut frame(&Packet::Subscribe(subscribe)));
     drain(&mut shard, sub);
+    // Its socket is full (the I/O layer saw EAGAIN): only then may its queue fill (`burst.rs`).
+    shard.send_blocked(sub);
     let publisher = connect(&mut shard, 2, "pub");
     let mut input = BytesMut::new();
     for i in 0..600u32 {

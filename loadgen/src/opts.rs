@@ -183,12 +183,39 @@ pub struct Common {
     /// duplicates but not for latency: connection set-up and cold caches are not the steady state.
     #[arg(long, default_value_t = 0.0)]
     pub warmup: f64,
+    /// `pairs` on coremq with N shards: pick client ids so each pair's publisher and subscriber are owned by
+    /// the same shard (`same:N`) or by different shards (`cross:N`), by coremq's client-id hash.
+    #[arg(long, value_parser = parse_placement)]
+    pub place: Option<Placement>,
     /// Fault injection for tests: subscriber 0 drops its connection this many seconds into the run.
     #[arg(long)]
     pub inject_sub_disconnect: Option<f64>,
     /// No live progress line even on a terminal.
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// Where `--place` puts each pair's two clients, among `shards` coremq shards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    pub cross: bool,
+    pub shards: u16,
+}
+
+fn parse_placement(s: &str) -> Result<Placement, String> {
+    let (kind, n) = s
+        .split_once(':')
+        .ok_or_else(|| format!("expected same:N or cross:N, got {s:?}"))?;
+    let shards: u16 = n.parse().map_err(|_| format!("bad shard count {n:?}"))?;
+    let cross = match kind {
+        "same" => false,
+        "cross" => true,
+        _ => return Err(format!("expected same or cross, got {kind:?}")),
+    };
+    if shards == 0 || (cross && shards < 2) {
+        return Err("cross needs at least 2 shards, same at least 1".into());
+    }
+    Ok(Placement { cross, shards })
 }
 
 #[derive(Args, Debug, Clone)]

@@ -280,6 +280,16 @@ impl Progress {
     }
 }
 
+/// `id` with the shortest suffix that puts it on the same shard as `partner` (or on another one, `cross`).
+fn placed_id(id: &str, partner: &str, place: crate::opts::Placement) -> String {
+    use coremq::broker::shard::owner_shard;
+    let target = owner_shard(partner, place.shards);
+    (0u32..)
+        .map(|k| format!("{id}-{k}"))
+        .find(|c| (owner_shard(c, place.shards) == target) != place.cross)
+        .expect("some suffix lands on the wanted shard")
+}
+
 /// Starts the worker threads with their share of clients; returns their join handles.
 fn start_workers(
     s: &Settings,
@@ -311,8 +321,12 @@ fn start_workers(
             0 => u64::MAX,
             n => n / n_pubs + u64::from((index as u64) < n % n_pubs),
         };
+        let mut client_id = format!("{prefix}-p{index}");
+        if let (Some(place), Scenario::Pairs) = (s.common.place, plan.scenario) {
+            client_id = placed_id(&client_id, &format!("{prefix}-s{index}"), place);
+        }
         specs.push(ClientSpec {
-            client_id: format!("{prefix}-p{index}"),
+            client_id,
             source: source(specs.len()),
             role: Role::Publisher {
                 index,
@@ -655,6 +669,9 @@ pub fn run_pubsub(s: &Settings, plan: &Plan) -> Report {
     account(&mut r, s, plan, &all, start_ns, publish_end_ns);
     if let (Some(a), Some(b)) = (broker_cpu0, broker_cpu1) {
         r.broker_cpu_pct = Some(b.saturating_sub(a) as f64 / 1e9 / wall.max(1e-9) * 100.0);
+        if r.received > 0 {
+            r.broker_cpu_us_per_msg = Some(b.saturating_sub(a) as f64 / 1e3 / r.received as f64);
+        }
     }
     if let Some(b) = rss_before {
         r.broker_rss_kib = rss_after.map(|a| (b, a));

@@ -247,6 +247,9 @@ pub struct Report {
     /// CPU of the broker process during the run (with --broker-pid), 100 = one core busy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broker_cpu_pct: Option<f64>,
+    /// Broker CPU µs per delivered message over the run (with --broker-pid).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker_cpu_us_per_msg: Option<f64>,
     /// Broker RSS (KiB) before and after the run (with --broker-pid).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broker_rss_kib: Option<(u64, u64)>,

@@ -40,24 +40,35 @@ pub fn workload(r: &Report) -> String {
     }
 }
 
+/// Lost as a share of what should have arrived, e.g. `38.2%` (`-` when nothing was expected).
+fn loss_pct(r: &Report) -> String {
+    let expected = r.expected.max(r.received + r.lost);
+    if expected == 0 {
+        return "-".into();
+    }
+    format!("{:.1}%", r.lost as f64 * 100.0 / expected as f64)
+}
+
 pub fn render(reports: &[Report]) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<34} {:<12} {:>11} {:>11} {:>9} {:>5} {:>9} {:>9} {:>9} {:>9} {:>6} {:>7}",
+        "{:<34} {:<12} {:>11} {:>11} {:>9} {:>6} {:>5} {:>9} {:>9} {:>9} {:>9} {:>6} {:>7} {:>8}",
         "workload",
         "broker",
         "send/s",
         "recv/s",
         "lost",
+        "loss",
         "dup",
         "p50 µs",
         "p99 µs",
         "p99.9 µs",
         "max µs",
         "lg cpu%",
-        "brk cpu%"
+        "brk cpu%",
+        "brk µs/m"
     );
     let mut keys: Vec<String> = Vec::new();
     for r in reports {
@@ -82,19 +93,22 @@ pub fn render(reports: &[Report]) -> String {
             let l = &r.latency_us;
             let _ = writeln!(
                 s,
-                "{:<34} {:<12} {:>11.0} {:>11.0} {:>9} {:>5} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>6.0} {:>7}",
+                "{:<34} {:<12} {:>11.0} {:>11.0} {:>9} {:>6} {:>5} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>6.0} {:>7} {:>8}",
                 k,
                 r.broker,
                 r.send_rate,
                 r.recv_rate,
                 r.lost,
+                loss_pct(r),
                 r.duplicates,
                 l.p50,
                 l.p99,
                 l.p999,
                 l.max,
                 r.loadgen_cpu_pct,
-                r.broker_cpu_pct.map_or("-".to_string(), |c| format!("{c:.0}"))
+                r.broker_cpu_pct.map_or("-".to_string(), |c| format!("{c:.0}")),
+                r.broker_cpu_us_per_msg
+                    .map_or("-".to_string(), |c| format!("{c:.2}"))
             );
             if let Some(c) = &r.capacity {
                 let _ = writeln!(

@@ -84,8 +84,6 @@ stats_counters! {
     publishes_out => "coremq_publishes_sent_total", "", "PUBLISH packets sent to subscribers.";
     dropped_qos0 => "coremq_messages_dropped_total", "reason=\"qos0_overflow\"",
         "Messages dropped, by reason (every drop is also logged).";
-    dropped_qos0_writable => "coremq_qos0_dropped_while_writable_total", "",
-        "QoS 0 messages dropped for a full queue while the subscriber's socket still took data (should stay 0).";
     dropped_qos12 => "coremq_messages_dropped_total", "reason=\"qos12_overflow\"",
         "Messages dropped, by reason (every drop is also logged).";
     dropped_offline => "coremq_messages_dropped_total", "reason=\"offline_overflow\"",
@@ -94,6 +92,8 @@ stats_counters! {
         "Messages dropped, by reason (every drop is also logged).";
     dropped_shared => "coremq_messages_dropped_total", "reason=\"shared_no_member\"",
         "Messages dropped, by reason (every drop is also logged).";
+    dropped_qos0_writable => "coremq_qos0_dropped_while_writable_total", "",
+        "QoS 0 messages dropped for a full queue while the subscriber's socket still took data (should stay 0).";
     retained_rejected => "coremq_retained_rejected_total", "",
         "Retained messages not stored because the retained limits were reached.";
     wills_published => "coremq_wills_published_total", "", "Will messages published.";

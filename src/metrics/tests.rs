@@ -63,10 +63,11 @@ fn distinct_stats() -> Stats {
         auth_cache_hits: 37,
         acl_subscribe_denied: 38,
         acl_delivery_denied: 39,
+        dropped_qos0_writable: 40,
     };
     assert_eq!(
         stats_fields().len(),
-        39,
+        40,
         "a new Stats field: give it a distinct value here"
     );
     s

@@ -35,6 +35,7 @@ impl Shard {
     pub(super) fn enqueue(&mut self, sidx: u32, mut q: Queued, origin: Option<Origin>) {
         let soft = self.cfg.max_queued_messages.max(1);
         let hard = soft + self.cfg.max_in_transit;
+        let waiting_bound = self.waiting_bound();
         let s = self.sessions[sidx as usize].as_ref().expect("live session");
         let online = s.conn.is_some();
         let qos0 = q.qos == QoS::AtMostOnce;
@@ -81,6 +82,16 @@ impl Shard {
                 }
                 OverflowPolicy::Backpressure => self.pause_publisher(sidx, origin),
             }
+        } else if online && s.queue.len() >= waiting_bound {
+            // Bounded queueing: more waiting than one window behind the in-flight ones is latency, not
+            // throughput. A publisher under backpressure waits in the kernel (TCP, its own window) instead.
+            let backpressure = match qos0 {
+                true => self.cfg.qos0_overflow,
+                false => self.cfg.overflow,
+            } == OverflowPolicy::Backpressure;
+            if backpressure {
+                self.pause_publisher(sidx, origin);
+            }
         }
         if let Some(old) = dropped {
             self.persist_done(sidx, &old);
@@ -92,6 +103,13 @@ impl Shard {
         }
         let s = self.sessions[sidx as usize].as_mut().expect("live session");
         s.queue.push_back(q);
+    }
+
+    /// Messages waiting (not yet sent) in an online session's queue past which its publishers are paused under
+    /// backpressure: one in-flight window (`max_inflight`, at least 16), at most the soft bound.
+    pub(super) fn waiting_bound(&self) -> usize {
+        let soft = self.cfg.max_queued_messages.max(1);
+        (self.cfg.max_inflight as usize).clamp(16, 1024).min(soft)
     }
 
     /// Pause the publisher feeding this session, unless it is the session's own connection (a client that stops
@@ -376,7 +394,10 @@ impl Shard {
             self.want_flush(key);
         }
         let s = self.session(sidx);
-        if !s.waiters.is_empty() && s.backlog() <= soft / 2 {
+        if !s.waiters.is_empty()
+            && s.backlog() <= soft / 2
+            && s.queue.len() <= self.waiting_bound() / 2
+        {
             self.release_waiters(sidx);
         }
     }

@@ -817,6 +817,8 @@ impl Shard {
 
     /// After the I/O layer wrote from `out_buf`: frees an empty buffer and refills from the session queue.
     pub fn flushed(&mut self, key: ConnKey) {
+        // A write happened: `pump` below asks again if this or another output is still full.
+        self.flush_wanted = false;
         let Some(c) = self.conns.get_mut(key) else {
             return;
         };

@@ -2,6 +2,7 @@
 pub mod client_index;
 pub mod durability;
 pub mod keepalive;
+pub mod lazy_deque;
 pub mod message;
 pub mod session;
 pub mod shard;

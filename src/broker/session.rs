@@ -4,10 +4,12 @@
 //! messages wait in `queue` (bounded by the shard's policy) and move to `inflight` when sent with QoS > 0, where
 //! they stay until acknowledged; on reconnect, `inflight` is replayed first (PUBLISH with DUP, or PUBREL).
 
-use std::collections::VecDeque;
 use std::rc::Rc;
 
 use bytestring::ByteString;
+use thin_vec::ThinVec;
+
+use crate::broker::lazy_deque::LazyDeque;
 
 use crate::broker::message::{ConnKey, Message, Origin};
 use crate::codec::{ProtocolVersion, QoS, SubscriptionOptions, Will};
@@ -94,18 +96,18 @@ pub struct Session {
     pub conn: Option<ConnKey>,
     /// Second (shard clock) the session went offline, for expiry.
     pub offline_since: u32,
-    pub subs: Vec<Subscription>,
-    pub queue: VecDeque<Queued>,
-    pub inflight: VecDeque<Inflight>,
+    pub subs: ThinVec<Subscription>,
+    pub queue: LazyDeque<Queued>,
+    pub inflight: LazyDeque<Inflight>,
     /// Effective send window: min(server max in-flight, client's v5 receive maximum).
     pub window: u16,
     next_packet_id: u16,
     /// Inbound QoS 2 packet ids whose PUBLISH was routed and whose PUBREL has not arrived: a retransmitted
     /// PUBLISH with one of these ids is acknowledged again but not routed again (exactly once).
-    pub inbound_qos2: Vec<u16>,
+    pub inbound_qos2: ThinVec<u16>,
     pub will: Option<Box<Will>>,
     /// Publishers paused because this session's queue is over its soft limit; resumed when it drains.
-    pub waiters: Vec<Origin>,
+    pub waiters: ThinVec<Origin>,
     /// v5 maximum packet size the client accepts (0 = protocol maximum).
     pub client_max_packet: u32,
     pub dropped: u64,
@@ -124,14 +126,14 @@ impl Session {
             expiry,
             conn: None,
             offline_since: 0,
-            subs: Vec::new(),
-            queue: VecDeque::new(),
-            inflight: VecDeque::new(),
+            subs: ThinVec::new(),
+            queue: LazyDeque::new(),
+            inflight: LazyDeque::new(),
             window: 0,
             next_packet_id: 1,
-            inbound_qos2: Vec::new(),
+            inbound_qos2: ThinVec::new(),
             will: None,
-            waiters: Vec::new(),
+            waiters: ThinVec::new(),
             client_max_packet: 0,
             dropped: 0,
             log_bytes: 0,

@@ -68,7 +68,7 @@ impl Shard {
         let Some(c) = self.conns.get(key) else {
             return;
         };
-        if self.dur.writable(key, c.out.len()) > 0 {
+        if self.dur.writable(key, c.out_len()) > 0 {
             self.flush_wanted = true;
         }
     }

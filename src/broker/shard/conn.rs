@@ -10,8 +10,9 @@ pub(super) struct Conn {
     /// Bytes of an incomplete frame (or unprocessed while paused). `None` while idle: boxed because it is rare and
     /// a `BytesMut` inline would cost every idle connection 24 bytes more.
     pub(super) partial: Option<Box<BytesMut>>,
-    /// Encoded packets not yet written. Released by the I/O layer once flushed.
-    pub(super) out: BytesMut,
+    /// Encoded packets not yet written; `None` while there are none (most connections, most of the time: an inline
+    /// `BytesMut` would cost every idle connection 24 bytes more). Released once flushed.
+    pub(super) out: Option<Box<BytesMut>>,
     pub(super) keep_alive: u16,
     /// Shard second of the last byte received (or of the accept, before CONNECT).
     pub(super) last_seen: Secs,
@@ -23,6 +24,17 @@ pub(super) struct Conn {
     pub(super) out_blocked: bool,
     /// v5 client allows reason strings (Request Problem Information is not 0).
     pub(super) reason_strings: bool,
+}
+
+impl Conn {
+    pub(super) fn out_len(&self) -> usize {
+        self.out.as_ref().map_or(0, |o| o.len())
+    }
+
+    /// The output buffer, created on first use.
+    pub(super) fn out_mut(&mut self) -> &mut BytesMut {
+        self.out.get_or_insert_with(Default::default)
+    }
 }
 
 #[derive(Debug)]

@@ -294,7 +294,7 @@ impl Shard {
             if conn.closing {
                 return;
             }
-            if conn.out.len() >= max_out {
+            if conn.out_len() >= max_out {
                 out_full = !s.queue.is_empty();
                 break;
             }
@@ -355,7 +355,7 @@ impl Shard {
                 self.hold_output(key, true);
             }
             let conn = self.conns.get_mut(key).expect("connection checked above");
-            if codec::encode_publish(&publish, version, &mut conn.out).is_err() {
+            if codec::encode_publish(&publish, version, conn.out_mut()).is_err() {
                 if new_alias {
                     let topic = q.msg.as_ref().map(|m| m.topic.clone()).unwrap_or_default();
                     self.forget_alias(key, &topic);

@@ -94,8 +94,10 @@ impl Shard {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        let keep = self.dur.writable(key, conn.out.len());
-        conn.out.truncate(keep);
+        let keep = self.dur.writable(key, conn.out_len());
+        if let Some(out) = conn.out.as_mut() {
+            out.truncate(keep);
+        }
         self.dur.forget(key);
         self.stats.publishes_refused += 1;
         tracing::warn!(
@@ -133,21 +135,21 @@ impl Shard {
             return;
         }
         if let Some(c) = self.conns.get(key) {
-            self.dur.hold(key, c.out.len(), local);
+            self.dur.hold(key, c.out_len(), local);
         }
     }
 
     /// The connection's output and how many leading bytes of it may be written now.
     pub fn out_writable(&mut self, key: ConnKey) -> Option<(&mut BytesMut, usize)> {
         let c = self.conns.get_mut(key)?;
-        let n = self.dur.writable(key, c.out.len());
-        Some((&mut c.out, n))
+        let n = self.dur.writable(key, c.out_len());
+        Some((c.out_mut(), n))
     }
 
     /// The I/O layer wrote (and removed) `n` bytes from the front of the connection's output.
     pub fn consumed(&mut self, key: ConnKey, n: usize) {
-        if let Some(c) = self.conns.get_mut(key) {
-            bytes::Buf::advance(&mut c.out, n);
+        if let Some(out) = self.conns.get_mut(key).and_then(|c| c.out.as_mut()) {
+            bytes::Buf::advance(&mut **out, n);
         }
         self.dur.consumed(key, n);
     }

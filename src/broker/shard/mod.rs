@@ -506,7 +506,7 @@ impl Shard {
             session: NO_SESSION,
             decoder: Decoder::new_server(self.cfg.max_packet_size),
             partial: None,
-            out: BytesMut::new(),
+            out: None,
             keep_alive: 0,
             last_seen: self.now,
             pause_count: 0,
@@ -633,7 +633,7 @@ impl Shard {
             }
             // Every inbound packet may add an ack to `out`: a peer that writes but never reads would grow it
             // without bound, so stop reading it until its output drains (see `flushed`).
-            if conn.out.len() >= self.cfg.max_out_buffer * 2 {
+            if conn.out_len() >= self.cfg.max_out_buffer * 2 {
                 conn.out_blocked = true;
                 return ReadOutcome::Paused;
             }
@@ -812,7 +812,7 @@ impl Shard {
     }
 
     pub fn out_buf(&mut self, key: ConnKey) -> Option<&mut BytesMut> {
-        self.conns.get_mut(key).map(|c| &mut c.out)
+        self.conns.get_mut(key).map(|c| c.out_mut())
     }
 
     /// After the I/O layer wrote from `out_buf`: frees an empty buffer and refills from the session queue.
@@ -822,11 +822,11 @@ impl Shard {
         let Some(c) = self.conns.get_mut(key) else {
             return;
         };
-        if c.out.is_empty() {
-            c.out = BytesMut::new();
+        if c.out_len() == 0 {
+            c.out = None;
             self.send_full.set(key.idx, false);
         }
-        if c.out_blocked && c.out.len() < self.cfg.max_out_buffer {
+        if c.out_blocked && c.out_len() < self.cfg.max_out_buffer {
             c.out_blocked = false;
             self.resumed.push(key);
         }

@@ -50,7 +50,7 @@ impl Shard {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        if let Err(e) = codec::encode(packet, version, &mut conn.out) {
+        if let Err(e) = codec::encode(packet, version, conn.out_mut()) {
             tracing::error!(error = %e, "encoding a broker packet failed");
             return;
         }

@@ -139,7 +139,7 @@ impl Shard {
                     sub_id: (sub.subscription_id != 0).then_some(sub.subscription_id),
                 });
             }
-            session.inbound_qos2 = rs.inbound_qos2.clone();
+            session.inbound_qos2 = rs.inbound_qos2.iter().copied().collect();
             let sidx = self.new_session(session);
             self.schedule_expiry(sidx);
             if let Some(w) = rs.pending_will {

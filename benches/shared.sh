@@ -5,6 +5,8 @@
 #      COUNT QoS 1 messages in all; lines received per member, and the total against COUNT.
 #
 #   benches/shared.sh [RATE] [DURATION] [COUNT]     (defaults 20000 msg/s, 5 s, 8000)
+#   ROUNDS=N (default 2): rounds, the brokers alternating (mosquitto first in odd rounds, coremq in even ones), a
+#   fresh broker (and empty coremq log) for each.
 # Results: one JSON line per loadgen run in $OUT (default target/shared-bench.jsonl), spread on stdout.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -13,6 +15,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 RATE=${1:-20000}
 DURATION=${2:-5}
 COUNT=${3:-8000}
+ROUNDS=${ROUNDS:-2}
 OUT=${OUT:-$ROOT/target/shared-bench.jsonl}
 WORK=$(mktemp -d)
 PORT=18930
@@ -30,17 +33,20 @@ trap cleanup EXIT
 start() {
   case $1 in
     mosquitto) mosquitto -c "$CONF" >/dev/null 2>&1 & ;;
-    coremq) "$CQ" --listen "127.0.0.1:$PORT" --shards 2 --no-pin --data-dir "$WORK/data" --log-level error \
+    coremq) rm -rf "$WORK/data"; "$CQ" --listen "127.0.0.1:$PORT" --shards 2 --no-pin --data-dir "$WORK/data" --log-level error \
       >/dev/null 2>&1 & ;;
   esac
   BPID=$!
   sleep 1
 }
 
-for broker in mosquitto coremq; do
+for round in $(seq 1 "$ROUNDS"); do
+ order="mosquitto coremq"
+ [ $((round % 2)) -eq 0 ] && order="coremq mosquitto"
+ for broker in $order; do
   start "$broker"
   for qos in 0 1; do
-    loadgen_json "$broker" shared --publishers 8 --subscribers 4 --qos "$qos" --rate "$RATE" --duration "$DURATION"
+    loadgen_json "$broker-r$round" shared --publishers 8 --subscribers 4 --qos "$qos" --rate "$RATE" --duration "$DURATION"
   done
   SUBS=()
   for i in 1 2 3 4; do
@@ -56,6 +62,7 @@ for broker in mosquitto coremq; do
   SUBS=()
   total=0; per=""
   for i in 1 2 3 4; do n=$(wc -l < "$WORK/member-$i"); total=$((total + n)); per="$per $n"; done
-  echo "$broker spread: sent $COUNT, members got$per (total $total, missing $((COUNT - total)))"
+  echo "round $round $broker spread: sent $COUNT, members got$per (total $total, missing $((COUNT - total)))"
   stop_broker
+ done
 done

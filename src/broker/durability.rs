@@ -248,6 +248,13 @@ impl Durability {
         }
     }
 
+    /// `peer` handled the message we numbered `seq` for it and, if it wrote records, they are durable.
+    pub fn peer_covers(&self, peer: u16, seq: u64) -> bool {
+        self.sent_to
+            .get(peer as usize)
+            .is_some_and(|s| s.covers(seq, seq))
+    }
+
     pub fn is_held(&self, conn: ConnKey) -> bool {
         self.held.contains_key(&conn)
     }

@@ -431,6 +431,12 @@ pub struct Shard {
     wills: will_delay::PendingWills,
     /// Next session the offline-queue expiry sweep looks at (`expiry.rs`).
     sweep_cursor: usize,
+    /// Restored shared-subscription members, offline, with queued messages (`shared.rs`).
+    shared_restored: Vec<u32>,
+    /// Log acknowledgements of re-dispatched messages waiting for the peer that took them (`shared.rs`).
+    shared_acks: Vec<shared::DeferredAck>,
+    /// (peer, sequence number) of the last numbered `SharedPublish` sent (`shared.rs`).
+    shared_forwarded: Option<(u16, u64)>,
 }
 
 impl Shard {
@@ -474,6 +480,9 @@ impl Shard {
             aliases: HashMap::new(),
             wills: will_delay::PendingWills::default(),
             sweep_cursor: 0,
+            shared_restored: Vec::new(),
+            shared_acks: Vec::new(),
+            shared_forwarded: None,
         }
     }
 
@@ -778,6 +787,7 @@ impl Shard {
         self.fire_due_wills();
         self.expire_sessions();
         self.sweep_expired();
+        self.redispatch_restored();
         self.store_maintenance();
         let drops = self.stats.drops();
         if drops != self.last_drop_log {

@@ -74,21 +74,32 @@ impl Shard {
                     let s = self.session(sidx);
                     let mut granted = None::<QoS>;
                     let mut sub_ids = Vec::new();
+                    let (mut plain, mut share) = (false, None);
                     for sub in &s.subs {
-                        let filter = crate::codec::topic::parse_shared(&sub.filter)
+                        let shared = crate::codec::topic::parse_shared(&sub.filter)
                             .ok()
-                            .flatten()
-                            .map_or(&*sub.filter, |(_, f)| f);
+                            .flatten();
+                        let filter = shared.map_or(&*sub.filter, |(_, f)| f);
                         if topic_matches(filter, &m.topic) {
                             granted =
                                 Some(granted.map_or(sub.options.qos, |g| g.max(sub.options.qos)));
                             sub_ids.extend(sub.sub_id);
+                            match shared {
+                                Some(_) if share.is_none() => share = Some(sub.filter.clone()),
+                                Some(_) => {}
+                                None => plain = true,
+                            }
                         }
                     }
                     q.qos = m.qos.min(granted.unwrap_or(m.qos));
                     q.retain = m.retain;
                     q.sub_ids = sub_ids;
                     q.restored = false;
+                    // Only a shared subscription wanted it: it is still the group's, given to another member
+                    // if this one goes (or stays) away.
+                    if !plain {
+                        q.shared = share.map(Box::new);
+                    }
                 }
                 q.msg = Some(Rc::new(m));
                 true
@@ -219,6 +230,14 @@ impl Shard {
                 }
             }
             self.session_mut(sidx).resume_packet_ids();
+            let s = self.session(sidx);
+            if !s.queue.is_empty()
+                && s.subs
+                    .iter()
+                    .any(|x| x.filter.starts_with(crate::codec::topic::SHARE_PREFIX))
+            {
+                self.shared_restored.push(sidx);
+            }
         }
         for client_id in expired {
             let rec = Record::SessionDelete {

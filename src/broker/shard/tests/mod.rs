@@ -12,5 +12,6 @@ mod output;
 mod queue_full;
 mod receive_max;
 mod shared;
+mod shared_log;
 mod sys;
 mod v5;

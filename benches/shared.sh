@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Shared subscriptions, coremq (2 shards, unpinned) against mosquitto, one broker at a time on this machine:
 #   1. the loadgen's `shared` scenario (8 publishers -> one `$share/lg/...` group of 4), QoS 0 and QoS 1;
-#   2. the spread across members: 4 mosquitto_sub members of `$share/sp/spread/+`, 8 loadgen publishers sending
+#   2. the spread across members: 4 mosquitto_sub members of `$share/sp/spread/+` (one line per message: the
+#      topic, as payloads may hold newlines), 8 loadgen publishers sending
 #      COUNT QoS 1 messages in all; lines received per member, and the total against COUNT.
 #
 #   benches/shared.sh [RATE] [DURATION] [COUNT]     (defaults 20000 msg/s, 5 s, 8000)
@@ -51,7 +52,7 @@ for round in $(seq 1 "$ROUNDS"); do
   SUBS=()
   for i in 1 2 3 4; do
     # shellcheck disable=SC2016 # a literal $share filter
-    mosquitto_sub -p "$PORT" -i "spread-$i" -q 1 -t '$share/sp/spread/+' > "$WORK/member-$i" &
+    mosquitto_sub -p "$PORT" -i "spread-$i" -q 1 -F '%t' -t '$share/sp/spread/+' > "$WORK/member-$i" &
     SUBS+=("$!")
   done
   sleep 1

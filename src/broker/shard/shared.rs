@@ -30,12 +30,12 @@
 //!   learn of it through `add_peer_interest` (as one offline member).
 //!
 //! Guarantees and limits:
-//! - The publisher's write-ahead acknowledgement covers the copy: it waits for the shard the message is sent to
-//!   (numbered like any peer copy), also when the publisher's own shard forwards it because no local member could
-//!   take it. A shard that received a copy the publisher waits for does not forward it further (it could not
-//!   vouch for it): it queues it on a local member under the usual overflow policy (backpressure by default), so
-//!   with persistence on a QoS 1/2 message makes at most one hop. Only messages nobody waits for (QoS 0, or
-//!   persistence off) use the further hops.
+//! - The publisher's write-ahead acknowledgement covers the copy: it waits for the shard the weighted pick sent
+//!   it to (numbered like any peer copy). A copy the publisher waits for is not forwarded on when that shard's
+//!   members are full (a further hop could not be vouched for): it is queued on a local member under the usual
+//!   overflow policy (backpressure by default). So with persistence on a QoS 1/2 message makes at most the one
+//!   hop of the weighted pick, and skipping full members works within a shard; only messages nobody waits for
+//!   (QoS 0, or persistence off) are forwarded to other member shards.
 //! - Re-dispatch of a departing member's messages: taken on the same shard, the new entry and the old one's
 //!   acknowledgement are in one log group (atomic across a crash). Taken by a peer, the old entry's
 //!   acknowledgement is written only once the peer confirmed the copy (`DeferredAck`): a crash in between leaves
@@ -250,7 +250,9 @@ impl Shard {
     /// This shard was chosen: a local member that can take it, else another member shard, else any local member.
     /// `waited`: the publisher's acknowledgement waits for this shard's confirmation of the message, which could
     /// not vouch for a copy forwarded further: such a message stays here (queued on a local member under the
-    /// usual overflow policy, so a full member holds its publisher back instead of losing the message).
+    /// usual overflow policy, so a full member holds its publisher back instead of losing the message). The
+    /// same holds on the publisher's own shard for a message its PUBACK covers: forwarding only there (not from
+    /// the peers) would skew the spread towards the shards with more members.
     fn deliver_shared_here(
         &mut self,
         msg: &Rc<Message>,
@@ -261,6 +263,9 @@ impl Shard {
         skip_session: Option<u32>,
     ) {
         let me = self.cfg.shard_id;
+        // A copy the publisher's acknowledgement covers (numbered for a peer, or written here in the publisher's
+        // round) stays on the shard the weighted pick chose.
+        let pinned = waited || (hops == 0 && self.peer_seq_wanted(msg));
         let mut groups = std::mem::take(&mut self.shared);
         let picked = groups.get_mut(group, filter).and_then(|g| {
             if let Some(m) =
@@ -269,7 +274,7 @@ impl Shard {
                 return Some(Ok(m));
             }
             // With n shards, n hops reach every other member shard once; more would only bounce.
-            if !waited && hops < MAX_HOPS.min(self.cfg.shards.min(u8::MAX as u16) as u8) {
+            if !pinned && hops < MAX_HOPS.min(self.cfg.shards.min(u8::MAX as u16) as u8) {
                 if let Some(t) = g.pick_shard(me, 0, Some(me)) {
                     return Some(Err(t));
                 }
@@ -295,9 +300,8 @@ impl Shard {
                 self.log_pending_enqueues(m.session);
             }
             Some(Err(t)) => {
-                // On the publisher's own shard (hop 0, inside its publish) the forwarded copy is numbered, so
-                // the publisher's acknowledgement waits for it like for any copy sent to a peer; further hops
-                // happen only for messages nobody waits for (see `waited`).
+                // Only messages nobody waits for get here (see `pinned`), or a re-dispatched one at hop 0: that
+                // one is numbered, so the old member's log entry waits for the peer's confirmation.
                 let seq = if hops == 0 {
                     self.shared_seq(t, msg, skip_session.is_some())
                 } else {
@@ -384,6 +388,11 @@ impl Shard {
                 _ => self.persist_done(sidx, &q),
             }
         }
+    }
+
+    /// The publisher waits for this message to be safe (persistence on, QoS 1/2, a client's publish).
+    fn peer_seq_wanted(&self, msg: &Message) -> bool {
+        self.store.is_some() && msg.qos != QoS::AtMostOnce && msg.origin.is_some()
     }
 
     /// Sequence number for a `SharedPublish` to `peer`: the publisher's (`peer_seq`), or for a re-dispatched

@@ -35,10 +35,11 @@ fn on_log(dir: &std::path::Path, id: u16, max_queued: usize) -> Shard {
     s
 }
 
-/// x (shard 0, the publisher's) is full, so its turn goes to y on shard 1: the publisher's PUBACK waits until
-/// shard 1 has the copy in its log, not only until shard 0's own log is durable.
+/// m2 is shard 1's turn: the publisher's PUBACK waits until shard 1 has the copy in its log, not only until
+/// shard 0's own log is durable. m3 is x's turn while x (on the publisher's shard) is full: it is not forwarded
+/// to y (a copy the PUBACK covers stays where the weighted pick put it), it waits for x.
 #[test]
-fn a_copy_forwarded_from_the_publishers_shard_is_covered_by_its_puback() {
+fn a_copy_on_another_member_shard_is_covered_by_the_publishers_puback() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = [on_log(dir.path(), 0, 1), on_log(dir.path(), 1, 1)];
     let x = connect(&mut s[0], 1, &id_on("x", 0), true);
@@ -52,36 +53,19 @@ fn a_copy_forwarded_from_the_publishers_shard_is_covered_by_its_puback() {
     output(&mut s[0], x, V);
     output(&mut s[1], y, V);
     output(&mut s[0], p, V);
-    for (i, m) in ["m1", "m2"].iter().enumerate() {
-        s[0].on_bytes(
-            p,
-            &mut publish("f", QoS::AtLeastOnce, i as u16 + 1, m, false),
-        );
-        let [a, b] = &mut s;
-        shuttle(a, b);
-    }
+    s[0].on_bytes(p, &mut publish("f", QoS::AtLeastOnce, 1, "m1", false));
+    let [a, b] = &mut s;
+    shuttle(a, b);
     assert_eq!(payloads(&output(&mut s[0], x, V)), ["m1"]);
-    let got = output(&mut s[1], y, V);
-    assert_eq!(payloads(&got), ["m2"]);
-    let Packet::Publish(m2) = &got[0] else {
-        panic!("{got:?}")
-    };
-    let ack = Packet::PubAck(codec::PubResp {
-        packet_id: m2.packet_id,
-        reason: ReasonCode::Success,
-        properties: None,
-    });
-    s[1].on_bytes(y, &mut super::shared::frame(&ack, V));
-    assert_eq!(pubacks(&output(&mut s[0], p, V)), 2);
+    assert_eq!(pubacks(&output(&mut s[0], p, V)), 1);
 
-    // m3 is x's turn; x is at its bound: shard 0 forwards it to shard 1.
-    s[0].on_bytes(p, &mut publish("f", QoS::AtLeastOnce, 3, "m3", false));
+    s[0].on_bytes(p, &mut publish("f", QoS::AtLeastOnce, 2, "m2", false));
     let to_peer = own_round(&mut s[0]);
     assert!(
         to_peer
             .iter()
             .any(|(_, m)| matches!(m, MeshMsg::SharedPublish { seq, .. } if *seq != 0)),
-        "the forwarded copy is numbered for confirmation"
+        "the copy is numbered for confirmation"
     );
     assert_eq!(
         pubacks(&output(&mut s[0], p, V)),
@@ -94,12 +78,24 @@ fn a_copy_forwarded_from_the_publishers_shard_is_covered_by_its_puback() {
     let [a, b] = &mut s;
     shuttle(a, b);
     assert_eq!(pubacks(&output(&mut s[0], p, V)), 1);
-    assert_eq!(payloads(&output(&mut s[1], y, V)), ["m3"]);
+    assert_eq!(payloads(&output(&mut s[1], y, V)), ["m2"]);
     assert_eq!(logged_queue(&s[1], &y_id), 1);
+
+    // x has m1 unacknowledged, at its bound of 1; m3 is its turn.
+    s[0].on_bytes(p, &mut publish("f", QoS::AtLeastOnce, 3, "m3", false));
+    let [a, b] = &mut s;
+    shuttle(a, b);
+    assert!(
+        payloads(&output(&mut s[1], y, V)).is_empty(),
+        "not forwarded"
+    );
+    let xs = s[0].session(s[0].conns.get(x).unwrap().session).backlog();
+    assert_eq!(xs, 2, "queued for x");
 }
 
-/// The copy shard 1 received is one the publisher waits for: with y full, shard 1 keeps it for y (queued under
-/// the overflow policy) instead of forwarding it to x on shard 0, which shard 1 could not vouch for.
+/// y on shard 1 is full. A copy from shard 0 that the publisher waits for (numbered) stays with y, queued under
+/// the overflow policy, rather than going on to x on shard 0 (a hop shard 1 could not vouch for); one nobody
+/// waits for (sequence 0) is still forwarded to a member that can take it.
 #[test]
 fn a_copy_the_publisher_waits_for_is_not_forwarded_again() {
     let dir = tempfile::tempdir().unwrap();
@@ -108,36 +104,48 @@ fn a_copy_the_publisher_waits_for_is_not_forwarded_again() {
     s[0].on_bytes(x, &mut subscribe("$share/g/f", QoS::AtLeastOnce, V));
     let y = connect(&mut s[1], 2, &id_on("y", 1), true);
     s[1].on_bytes(y, &mut subscribe("$share/g/f", QoS::AtLeastOnce, V));
-    let p = connect(&mut s[0], 3, &id_on("p", 0), true);
     let [a, b] = &mut s;
     shuttle(a, b);
     output(&mut s[0], x, V);
     output(&mut s[1], y, V);
-    // m1 -> x, m2 -> y; nobody acknowledges, so both are at their bound of 1.
-    for i in 1..=4u16 {
-        s[0].on_bytes(
-            p,
-            &mut publish("f", QoS::AtLeastOnce, i, &format!("m{i}"), false),
-        );
-        let [a, b] = &mut s;
-        shuttle(a, b);
-    }
-    let on_x = payloads(&output(&mut s[0], x, V));
-    let on_y = payloads(&output(&mut s[1], y, V));
-    assert_eq!(on_x, ["m1"], "nothing went on to x");
-    assert_eq!(on_y, ["m2", "m3"]);
-    let (ys, xs) = (
-        s[1].session(s[1].conns.get(y).unwrap().session).backlog(),
-        s[0].session(s[0].conns.get(x).unwrap().session).backlog(),
+    let copy = |payload: &'static str, seq: u64| MeshMsg::SharedPublish {
+        msg: Box::new(Message {
+            topic: "f".into(),
+            payload: bytes::Bytes::from_static(payload.as_bytes()),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: None,
+            origin: Some(crate::broker::message::Origin {
+                shard: 0,
+                conn: ConnKey { idx: 99, gen: 0 },
+            }),
+            received_at: 0,
+        }),
+        share: "$share/g/f".into(),
+        hops: 1,
+        seq,
+    };
+    // y takes the first and is then at its bound of 1 (unacknowledged).
+    s[1].on_mesh(0, copy("c1", 0));
+    assert_eq!(payloads(&output(&mut s[1], y, V)), ["c1"]);
+    let mut sent = Vec::new();
+    s[1].on_mesh(0, copy("waited", 1));
+    s[1].take_mesh(&mut sent);
+    assert!(
+        !sent
+            .iter()
+            .any(|(_, m)| matches!(m, MeshMsg::SharedPublish { .. })),
+        "a copy the publisher waits for is not forwarded"
     );
-    // m3 (x's turn) was forwarded by the publisher's shard to shard 1, where y is full too: it stays with y
-    // (before, shard 1 sent it on to x, a hop the publisher's PUBACK did not cover), and y's full queue holds
-    // the publisher back.
-    assert_eq!((xs, ys), (1, 2), "the copy sent to shard 1 stayed there");
-    assert_eq!(
-        s[0].conns.get(p).map(|c| c.pause_count),
-        Some(1),
-        "backpressure, not a further hop"
+    let ys = s[1].session(s[1].conns.get(y).unwrap().session).backlog();
+    assert_eq!(ys, 2, "queued for y");
+    s[1].on_mesh(0, copy("free", 0));
+    sent.clear();
+    s[1].take_mesh(&mut sent);
+    assert!(
+        sent.iter()
+            .any(|(_, m)| matches!(m, MeshMsg::SharedPublish { hops: 2, .. })),
+        "one nobody waits for goes on to a member shard that can take it"
     );
 }
 

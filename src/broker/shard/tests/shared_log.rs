@@ -3,7 +3,7 @@
 //! messages restored after a restart are still the group's.
 use super::shared::{connect, id_on, output, payloads, publish, shard_of, shuttle, subscribe, V};
 use super::*;
-use crate::codec::{self, Packet};
+use crate::codec::Packet;
 
 fn pubacks(got: &[Packet]) -> usize {
     got.iter()

@@ -93,6 +93,7 @@ fn throughput(base: &Path, n: usize, window: u64) {
                     retain: false,
                     payload: &payload,
                     properties: &[],
+                    expires_unix: 0,
                 })
                 .unwrap();
                 st.append(&Record::Enqueue {
@@ -181,6 +182,7 @@ fn recovery(base: &Path, n: usize) {
                 retain: false,
                 payload: &payload,
                 properties: &[],
+                expires_unix: 0,
             })
             .unwrap();
             st.append(&Record::Enqueue {

@@ -223,6 +223,39 @@ fn paho_v5_message_expiry_and_will_delay() {
     }
 }
 
+/// QoS 1 counts against the Receive Maximum: with PUBACKs held for a slow fsync, paho (which sends up to its
+/// own in-flight limit, not ours) goes past 4 unacknowledged publishes and reads DISCONNECT 0x93.
+#[test]
+fn paho_v5_qos1_over_the_receive_maximum_reads_0x93() {
+    if !have_paho() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("coremq.toml");
+    std::fs::write(&cfg, "max_inbound_qos2 = 4\n").unwrap();
+    let b = Broker::start(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--fsync",
+        "interval:2000ms",
+    ]);
+    let path = format!(
+        "{}/tests/mqtt5/paho_receive_max.py",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let out = Command::new("python3")
+        .args([&path, &b.port().to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
+}
+
 #[test]
 fn paho_mqtt31_end_to_end() {
     if have_paho() {

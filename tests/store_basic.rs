@@ -40,6 +40,7 @@ fn publish(st: &mut Store, topic: &str, payload: &[u8], to: &[&str]) -> StoreRes
         retain: false,
         payload,
         properties: &[],
+        expires_unix: 0,
     })?;
     for c in to {
         st.append(&Record::Enqueue {
@@ -260,6 +261,7 @@ fn oversized_and_invalid_records_are_refused_and_write_nothing() {
         retain: false,
         payload: b"x",
         properties: &[],
+        expires_unix: 0,
     })
     .unwrap();
     st.append(&Record::Enqueue {

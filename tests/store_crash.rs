@@ -69,6 +69,7 @@ fn crash_child_writer() {
                 retain: false,
                 payload: &b,
                 properties: &[],
+                expires_unix: 0,
             })
             .unwrap();
             st.append(&Record::Enqueue {

@@ -188,6 +188,23 @@ fn check_bodies(store: &Store, model: &Model, state: &State) {
         let (topic, body) = &model.bodies[&m.0];
         assert_eq!(&got.topic, topic);
         assert_eq!(&got.payload[..], &body[..], "payload of message {}", m.0);
+        // The expiry deadline survives recovery and compaction, in the body and in the index.
+        assert_eq!(
+            got.expires_unix,
+            deadline_of(m.0),
+            "deadline of message {}",
+            m.0
+        );
+        assert_eq!(store.message_expiry(m), deadline_of(m.0));
+    }
+}
+
+/// Every third message carries an expiry deadline (stored as the newer record kind), the rest none.
+fn deadline_of(id: u64) -> u64 {
+    if id % 3 == 0 {
+        1_700_000_000 + id
+    } else {
+        0
     }
 }
 
@@ -321,6 +338,7 @@ impl Harness {
                     retain,
                     payload: &body,
                     properties: &[],
+                    expires_unix: deadline_of(id),
                 })
                 .unwrap();
                 m.bodies.insert(id, (TOPICS[t].to_string(), body));

@@ -44,6 +44,9 @@ struct Hold {
     local: bool,
     /// Peer messages it vouches for; empty for most holds, one entry per peer reached otherwise.
     peers: Vec<PeerNeed>,
+    /// PUBACKs/PUBCOMPs written behind this hold (before the next one): publishes the client still counts
+    /// against our Receive Maximum.
+    acks: u32,
 }
 
 /// What this shard knows about the messages it numbered for one peer.
@@ -105,6 +108,8 @@ pub struct Durability {
     /// Connection -> its unreleased holds, oldest first. Only connections with a hold have an entry, so idle
     /// connections cost nothing here.
     held: HashMap<ConnKey, VecDeque<Hold>>,
+    /// Connection -> sum of its holds' `acks` (only connections with a held ack have an entry).
+    acks_held: HashMap<ConnKey, u32>,
     /// Records appended plus sequence numbers sent: a publish that changed neither needs no hold.
     work: u64,
     /// Records appended: a publish that appended none needs no local durability, only its peers'.
@@ -126,6 +131,7 @@ impl Durability {
             received_from: (0..n).map(|_| ReceivedFrom::default()).collect(),
             pending: Vec::new(),
             held: HashMap::new(),
+            acks_held: HashMap::new(),
             work: 0,
             appends: 0,
             polled: Lsn(0),
@@ -207,7 +213,22 @@ impl Durability {
             round: self.round,
             local,
             peers,
+            acks: 0,
         });
+    }
+
+    /// A PUBACK or PUBCOMP was written to `conn`: if it waits behind a hold, the client's publish is not yet
+    /// acknowledged (it still counts against the Receive Maximum we announced).
+    pub fn note_ack(&mut self, conn: ConnKey) {
+        if let Some(h) = self.held.get_mut(&conn).and_then(|m| m.back_mut()) {
+            h.acks += 1;
+            *self.acks_held.entry(conn).or_default() += 1;
+        }
+    }
+
+    /// PUBACKs/PUBCOMPs written to `conn` that wait for the log or a peer.
+    pub fn held_acks(&self, conn: ConnKey) -> usize {
+        self.acks_held.get(&conn).map_or(0, |&n| n as usize)
     }
 
     /// How many leading bytes of a `out_len`-byte output may be written now.
@@ -227,6 +248,13 @@ impl Durability {
         }
     }
 
+    /// `peer` handled the message we numbered `seq` for it and, if it wrote records, they are durable.
+    pub fn peer_covers(&self, peer: u16, seq: u64) -> bool {
+        self.sent_to
+            .get(peer as usize)
+            .is_some_and(|s| s.covers(seq, seq))
+    }
+
     pub fn is_held(&self, conn: ConnKey) -> bool {
         self.held.contains_key(&conn)
     }
@@ -234,6 +262,7 @@ impl Durability {
     /// The connection is gone: its held bytes go with it (the client retransmits what was not acknowledged).
     pub fn forget(&mut self, conn: ConnKey) {
         self.held.remove(&conn);
+        self.acks_held.remove(&conn);
     }
 
     /// A numbered message from `from` was handled; `appended` says whether it wrote any record to our log.
@@ -350,7 +379,7 @@ impl Durability {
         if !moved {
             return;
         }
-        let (lsn_round, sent_to) = (self.lsn_round, &self.sent_to);
+        let (lsn_round, sent_to, acks_held) = (self.lsn_round, &self.sent_to, &mut self.acks_held);
         let ready = |h: &Hold| {
             (!h.local || h.round <= lsn_round)
                 && h.peers
@@ -361,7 +390,15 @@ impl Durability {
             let mut freed = false;
             // In order: a hold that is ready still waits behind an earlier one that is not.
             while marks.front().is_some_and(ready) {
-                marks.pop_front();
+                let h = marks.pop_front().expect("front exists");
+                if h.acks > 0 {
+                    if let Some(n) = acks_held.get_mut(&conn) {
+                        *n -= h.acks;
+                        if *n == 0 {
+                            acks_held.remove(&conn);
+                        }
+                    }
+                }
                 freed = true;
             }
             if freed {
@@ -451,6 +488,30 @@ mod tests {
         );
         d.on_peer_durable(2, s2);
         assert_eq!(poll(&mut d, 0).1, vec![c]);
+    }
+
+    #[test]
+    fn acks_behind_holds_are_counted_until_released() {
+        let mut d = Durability::new(1);
+        let c = k(1);
+        d.note_ack(c);
+        assert_eq!(d.held_acks(c), 0, "an ack with no hold before it is sent");
+        d.hold(c, 0, true);
+        d.note_ack(c);
+        d.note_ack(c);
+        end(&mut d, 10);
+        d.hold(c, 8, true);
+        d.note_ack(c);
+        end(&mut d, 20);
+        assert_eq!(d.held_acks(c), 3);
+        poll(&mut d, 10);
+        assert_eq!(d.held_acks(c), 1, "the first round's two acks may go");
+        poll(&mut d, 20);
+        assert_eq!(d.held_acks(c), 0);
+        d.hold(c, 0, true);
+        d.note_ack(c);
+        d.forget(c);
+        assert_eq!(d.held_acks(c), 0);
     }
 
     #[test]

@@ -36,19 +36,30 @@ pub struct Queued {
     pub sub_ids: Vec<u32>,
     /// Log bytes this entry counts against its session's and shard's bounds (0 = not counted: not persisted).
     pub log_bytes: u32,
-    /// Shard second the message reached this shard (v5 message expiry counts from it; kept while the body
-    /// lives only in the log).
-    pub since: u32,
+    /// Shard second its v5 Message Expiry Interval ends (`NO_DEADLINE`: never). Kept while the body lives only in
+    /// the log, so an offline queue can be swept of expired messages without reading bodies back.
+    pub deadline: u32,
     /// Delivered through this shared subscription (`$share/GROUP/FILTER`): given to another member of the group
     /// if this session goes offline before it is acknowledged.
     /// Boxed: most queued messages are not shared, and every queued reference pays for this field.
     pub shared: Option<Box<ByteString>>,
 }
 
+/// `Queued::deadline` of a message that never expires.
+pub const NO_DEADLINE: u32 = u32::MAX;
+
+/// Shard second a message's expiry interval ends, counted from when it reached this shard.
+pub fn deadline_of(msg: &Message) -> u32 {
+    match msg.expiry_interval() {
+        Some(iv) => msg.received_at.saturating_add(iv).min(NO_DEADLINE - 1),
+        None => NO_DEADLINE,
+    }
+}
+
 impl Queued {
     pub fn new(msg: Rc<Message>, qos: QoS, retain: bool, sub_ids: Vec<u32>) -> Self {
         Queued {
-            since: msg.received_at,
+            deadline: deadline_of(&msg),
             msg: Some(msg),
             msg_id: 0,
             qos,
@@ -77,6 +88,9 @@ pub struct Inflight {
     pub packet_id: u16,
     pub state: InflightState,
     pub q: Queued,
+    /// Not resent yet on this connection: a reconnect found more in flight than the client's Receive Maximum,
+    /// so the rest waits (same packet id) until acknowledgements make room.
+    pub deferred: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -101,6 +115,8 @@ pub struct Session {
     pub inflight: LazyDeque<Inflight>,
     /// Effective send window: min(server max in-flight, client's v5 receive maximum).
     pub window: u16,
+    /// Some in-flight entry is `deferred`.
+    pub has_deferred: bool,
     next_packet_id: u16,
     /// Inbound QoS 2 packet ids whose PUBLISH was routed and whose PUBREL has not arrived: a retransmitted
     /// PUBLISH with one of these ids is acknowledged again but not routed again (exactly once).
@@ -130,6 +146,7 @@ impl Session {
             queue: LazyDeque::new(),
             inflight: LazyDeque::new(),
             window: 0,
+            has_deferred: false,
             next_packet_id: 1,
             inbound_qos2: ThinVec::new(),
             will: None,
@@ -171,6 +188,15 @@ impl Session {
     /// Space in the in-flight window.
     pub fn window_open(&self) -> bool {
         self.inflight.len() < self.window.max(1) as usize
+    }
+
+    /// In-flight entries the client has on this connection (sent, or resent after the reconnect).
+    pub fn inflight_sent(&self) -> usize {
+        if self.has_deferred {
+            self.inflight.iter().filter(|f| !f.deferred).count()
+        } else {
+            self.inflight.len()
+        }
     }
 
     fn find_inflight(&self, packet_id: u16) -> Option<usize> {
@@ -266,6 +292,7 @@ mod tests {
             packet_id: id,
             state: InflightState::AwaitPubRec,
             q: q(),
+            deferred: false,
         });
         assert!(
             s.on_puback(id).is_none(),
@@ -289,6 +316,7 @@ mod tests {
             packet_id: 1,
             state: InflightState::AwaitPubAck,
             q: q(),
+            deferred: false,
         });
         assert_eq!(s.alloc_packet_id(), u16::MAX);
         assert_eq!(s.alloc_packet_id(), 2, "0 is never used and 1 is in flight");

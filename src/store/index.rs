@@ -187,6 +187,9 @@ pub struct ReplayRepairs {
 pub(crate) struct Index {
     sessions: HashMap<Box<str>, SessionIx, ahash::RandomState>,
     messages: IdMap<MsgIx>,
+    /// Expiry deadline (unix seconds) of the stored messages that have one (`Record::Message::expires_unix`):
+    /// apart from `messages`, whose entries stay 16 bytes for the many messages without one.
+    expiring: IdMap<u64>,
     retained: HashMap<Box<str>, (u64, Loc), ahash::RandomState>,
     /// Live bytes per segment id.
     seg_live: HashMap<u32, i64, BuildHasherDefault<IdHasher>>,
@@ -255,6 +258,11 @@ impl Index {
             refs: 0,
         });
         m.refs += 1;
+    }
+
+    /// Unix second the message expires at (0 = never).
+    pub fn message_expiry(&self, msg_id: u64) -> u64 {
+        self.expiring.get(&msg_id).copied().unwrap_or(0)
     }
 
     pub fn message_loc(&self, msg_id: u64) -> Option<Loc> {
@@ -348,7 +356,14 @@ impl Index {
                     None => self.repairs.ignored_records += 1,
                 }
             }
-            Record::Message { msg_id, .. } => {
+            Record::Message {
+                msg_id,
+                expires_unix,
+                ..
+            } => {
+                if expires_unix != 0 {
+                    self.expiring.insert(msg_id, expires_unix);
+                }
                 match self.messages.get_mut(&msg_id) {
                     Some(_) if mode == Mode::Append => {
                         return invalid(format!("message id {msg_id} already stored"))
@@ -593,6 +608,7 @@ impl Index {
                         self.sub(l);
                     }
                     self.messages.remove(&id);
+                    self.expiring.remove(&id);
                 }
             }
         }
@@ -673,6 +689,7 @@ impl Index {
         }
         for id in missing {
             self.messages.remove(&id);
+            self.expiring.remove(&id);
         }
         self.unreferenced = self
             .messages

@@ -263,6 +263,8 @@ pub struct StoredMessage {
     pub retain: bool,
     pub payload: Bytes,
     pub properties: Bytes,
+    /// Unix second its Message Expiry Interval ends (0 = never).
+    pub expires_unix: u64,
 }
 
 /// A damaged stretch of the log that recovery skipped.
@@ -1014,6 +1016,11 @@ impl Store {
     }
 
     /// Bytes of a message body's record in the log (None if the log holds no such body).
+    /// Unix second a live stored message expires at (0 = never), without reading its body.
+    pub fn message_expiry(&self, msg: MsgRef) -> u64 {
+        self.index.message_expiry(msg.0)
+    }
+
     pub fn message_len(&self, msg: MsgRef) -> Option<u32> {
         self.index.message_loc(msg.0).map(|l| l.len)
     }
@@ -1042,6 +1049,7 @@ impl Store {
                     retain,
                     payload,
                     properties,
+                    expires_unix,
                 }) if msg_id == msg.0 => Ok(StoredMessage {
                     msg_id,
                     topic: topic.to_string(),
@@ -1049,6 +1057,7 @@ impl Store {
                     retain,
                     payload: Bytes::copy_from_slice(payload),
                     properties: Bytes::copy_from_slice(properties),
+                    expires_unix,
                 }),
                 _ => Err(unreadable("record is not this message")),
             },

@@ -68,6 +68,10 @@ pub enum Record<'a> {
         payload: &'a [u8],
         /// Opaque encoded v5 PUBLISH properties (empty for v3).
         properties: &'a [u8],
+        /// Unix second its v5 Message Expiry Interval ends (0 = never), so a restart does not start the interval
+        /// over. Stored as kind `MESSAGE_EXPIRING` (the `MESSAGE` body plus this field) when set; a plain `MESSAGE`
+        /// record, as written before this field existed, decodes with 0.
+        expires_unix: u64,
     },
     /// Append message `msg_id` to the session's queue. Queues are ordered by message id, so `msg_id` must be
     /// above the newest id already queued for the session (true for bodies stored in arrival order); to queue
@@ -150,6 +154,7 @@ pub(crate) mod kind {
     pub const COMMIT: u8 = 13;
     pub const WILL_PENDING: u8 = 14;
     pub const WILL_CLEARED: u8 = 15;
+    pub const MESSAGE_EXPIRING: u8 = 16;
 }
 
 /// Why a body failed to decode (only possible with a CRC collision or a format bug).
@@ -182,7 +187,10 @@ impl<'a> Record<'a> {
             Record::SessionDelete { .. } => SESSION_DELETE,
             Record::SubAdd { .. } => SUB_ADD,
             Record::SubRemove { .. } => SUB_REMOVE,
-            Record::Message { .. } => MESSAGE,
+            Record::Message {
+                expires_unix: 0, ..
+            } => MESSAGE,
+            Record::Message { .. } => MESSAGE_EXPIRING,
             Record::Enqueue { .. } => ENQUEUE,
             Record::Delivery { .. } => DELIVERY,
             Record::Ack { .. } => ACK,
@@ -210,8 +218,12 @@ impl<'a> Record<'a> {
                 topic,
                 payload,
                 properties,
+                expires_unix,
                 ..
-            } => 8 + s(topic) + 1 + 1 + 4 + properties.len() + 4 + payload.len(),
+            } => {
+                let deadline = if *expires_unix != 0 { 8 } else { 0 };
+                8 + s(topic) + 1 + 1 + 4 + properties.len() + 4 + payload.len() + deadline
+            }
             Record::Enqueue { client_id, .. } => s(client_id) + 8 + 2,
             Record::Delivery { client_id, .. } => s(client_id) + 8 + 2 + 1,
             Record::Ack { client_id, .. } => s(client_id) + 8,
@@ -405,6 +417,7 @@ pub(crate) fn encode_frame(rec: &Record<'_>, out: &mut [u8]) {
             retain,
             payload,
             properties,
+            expires_unix,
         } => {
             w.u64(msg_id);
             w.str(topic);
@@ -412,6 +425,9 @@ pub(crate) fn encode_frame(rec: &Record<'_>, out: &mut [u8]) {
             w.u8(retain as u8);
             w.bytes(properties);
             w.bytes(payload);
+            if expires_unix != 0 {
+                w.u64(expires_unix);
+            }
         }
         Record::Enqueue {
             client_id,
@@ -581,7 +597,7 @@ pub(crate) fn decode_body(kind: u8, body: &[u8]) -> Result<Record<'_>, BodyError
             client_id: r.str()?,
             filter: r.str()?,
         },
-        MESSAGE => {
+        MESSAGE | MESSAGE_EXPIRING => {
             let msg_id = r.u64()?;
             let topic = r.str()?;
             let qos = r.u8()?;
@@ -591,6 +607,15 @@ pub(crate) fn decode_body(kind: u8, body: &[u8]) -> Result<Record<'_>, BodyError
             let retain = r.bool()?;
             let properties = r.bytes()?;
             let payload = r.bytes()?;
+            let expires_unix = if kind == MESSAGE_EXPIRING {
+                // 0 would re-encode as a plain MESSAGE: never written, so not accepted.
+                match r.u64()? {
+                    0 => return Err(BodyError::BadValue),
+                    t => t,
+                }
+            } else {
+                0
+            };
             Record::Message {
                 msg_id,
                 topic,
@@ -598,6 +623,7 @@ pub(crate) fn decode_body(kind: u8, body: &[u8]) -> Result<Record<'_>, BodyError
                 retain,
                 payload,
                 properties,
+                expires_unix,
             }
         }
         ENQUEUE => Record::Enqueue {
@@ -717,6 +743,16 @@ mod tests {
             retain: true,
             payload: &[1, 2, 3, 0, 255],
             properties: &[0x26, 0, 1, b'k', 0, 1, b'v'],
+            expires_unix: 0,
+        });
+        roundtrip(Record::Message {
+            msg_id: 4,
+            topic: "t",
+            qos: 1,
+            retain: false,
+            payload: b"p",
+            properties: &[0x02, 0, 0, 0, 60],
+            expires_unix: 1_700_000_060,
         });
         roundtrip(Record::Enqueue {
             client_id: "c",
@@ -752,6 +788,68 @@ mod tests {
         });
         roundtrip(Record::RetainedClear { topic: "r" });
         roundtrip(Record::Commit { group: 7 });
+    }
+
+    /// A `MESSAGE` record as written before expiry deadlines were stored (the bytes are spelled out, not
+    /// produced by today's encoder) still decodes, with no deadline; a deadline makes it the newer kind, whose
+    /// body is the old one plus the deadline.
+    #[test]
+    fn message_records_without_a_deadline_keep_the_old_layout() {
+        let old_body: &[u8] = &[
+            7, 0, 0, 0, 0, 0, 0, 0, // msg_id 7
+            1, 0, b't', // topic "t"
+            1, 0, // qos 1, retain false
+            0, 0, 0, 0, // no properties
+            2, 0, 0, 0, b'h', b'i', // payload "hi"
+        ];
+        let rec = decode_body(kind::MESSAGE, old_body).unwrap();
+        let plain = Record::Message {
+            msg_id: 7,
+            topic: "t",
+            qos: 1,
+            retain: false,
+            payload: b"hi",
+            properties: &[],
+            expires_unix: 0,
+        };
+        assert_eq!(rec, plain);
+        let mut buf = vec![0u8; framed_len(plain.body_len())];
+        encode_frame(&plain, &mut buf);
+        assert_eq!(buf[FRAME_HEADER], kind::MESSAGE);
+        assert_eq!(
+            &buf[FRAME_HEADER + 1..FRAME_HEADER + 1 + old_body.len()],
+            old_body
+        );
+
+        let mut new_body = old_body.to_vec();
+        new_body.extend_from_slice(&1_700_000_000u64.to_le_bytes());
+        assert_eq!(
+            decode_body(kind::MESSAGE_EXPIRING, &new_body).unwrap(),
+            Record::Message {
+                msg_id: 7,
+                topic: "t",
+                qos: 1,
+                retain: false,
+                payload: b"hi",
+                properties: &[],
+                expires_unix: 1_700_000_000,
+            }
+        );
+        assert_eq!(
+            decode_body(kind::MESSAGE, &new_body),
+            Err(BodyError::TrailingBytes),
+            "the old kind does not take the deadline"
+        );
+        assert_eq!(
+            decode_body(kind::MESSAGE_EXPIRING, old_body),
+            Err(BodyError::Truncated)
+        );
+        let mut zero = old_body.to_vec();
+        zero.extend_from_slice(&[0; 8]);
+        assert_eq!(
+            decode_body(kind::MESSAGE_EXPIRING, &zero),
+            Err(BodyError::BadValue)
+        );
     }
 
     #[test]

@@ -284,6 +284,7 @@ impl Shard {
         else {
             return;
         };
+        self.resend_deferred(sidx, key);
         let mut wrote = false;
         let mut out_full = false;
         loop {
@@ -299,6 +300,16 @@ impl Shard {
                 break;
             }
             let Some(front) = s.queue.front() else { break };
+            // Expiry first: an expired body is not read back from the log.
+            if self.queued_expired(front) {
+                let q = self
+                    .session_mut(sidx)
+                    .queue
+                    .pop_front()
+                    .expect("front exists");
+                self.drop_expired(sidx, &q);
+                continue;
+            }
             if front.msg.is_none() {
                 let mut q = self
                     .session_mut(sidx)
@@ -308,15 +319,6 @@ impl Shard {
                 if self.load_body(sidx, &mut q) {
                     self.session_mut(sidx).queue.push_front(q);
                 }
-                continue;
-            }
-            if self.queued_expired(front) {
-                let q = self
-                    .session_mut(sidx)
-                    .queue
-                    .pop_front()
-                    .expect("front exists");
-                self.drop_expired(sidx, &q);
                 continue;
             }
             // A QoS 0 message behind a blocked QoS 1/2 one waits too: order per topic is preserved.
@@ -379,6 +381,7 @@ impl Shard {
                     packet_id,
                     state,
                     q,
+                    deferred: false,
                 });
             }
         }
@@ -402,12 +405,52 @@ impl Shard {
         }
     }
 
-    /// Reconnect of a persistent session: resend unacknowledged PUBLISHes with DUP, and PUBRELs.
+    /// Reconnect of a persistent session: resend unacknowledged PUBLISHes with DUP, and PUBRELs, within the
+    /// window (the client's Receive Maximum may be smaller than before): the rest is marked deferred and resent,
+    /// with its packet id, as acknowledgements make room (`resend_deferred`).
     pub(super) fn replay_inflight(&mut self, sidx: u32, key: ConnKey) {
+        let s = self.sessions[sidx as usize].as_mut().expect("live session");
+        let window = s.window.max(1) as usize;
+        let mut any_deferred = false;
+        for (i, f) in s.inflight.iter_mut().enumerate() {
+            f.deferred = i >= window;
+            any_deferred |= f.deferred;
+        }
+        s.has_deferred = any_deferred;
+        let n = s.inflight.len().min(window);
+        self.resend_inflight(sidx, key, 0..n);
+    }
+
+    /// Resend deferred in-flight entries while the window has room.
+    fn resend_deferred(&mut self, sidx: u32, key: ConnKey) {
+        if self.conns.get(key).map_or(true, |c| c.closing) {
+            return;
+        }
+        let s = self.sessions[sidx as usize].as_mut().expect("live session");
+        if !s.has_deferred {
+            return;
+        }
+        let mut room = (s.window.max(1) as usize).saturating_sub(s.inflight_sent());
+        let mut picked = Vec::new();
+        for (i, f) in s.inflight.iter_mut().enumerate() {
+            if f.deferred && room > 0 {
+                f.deferred = false;
+                room -= 1;
+                picked.push(i);
+            }
+        }
+        s.has_deferred = s.inflight.iter().any(|f| f.deferred);
+        for i in picked {
+            self.resend_inflight(sidx, key, i..i + 1);
+        }
+    }
+
+    /// PUBLISH with DUP (or PUBREL) for the in-flight entries in `range`.
+    fn resend_inflight(&mut self, sidx: u32, key: ConnKey, range: std::ops::Range<usize>) {
         let s = self.sessions[sidx as usize].as_ref().expect("live session");
         let version = s.protocol;
-        let mut packets = Vec::with_capacity(s.inflight.len());
-        for f in &s.inflight {
+        let mut packets = Vec::with_capacity(range.len());
+        for f in s.inflight.range(range) {
             packets.push(match f.state {
                 InflightState::AwaitPubComp => Packet::PubRel(PubResp {
                     packet_id: f.packet_id,

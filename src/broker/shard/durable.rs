@@ -56,6 +56,7 @@ impl Shard {
                 }
             },
         );
+        self.flush_shared_acks();
     }
 
     /// Output or a peer waits for the log to sync (the I/O layer wakes on sync, or polls soon).

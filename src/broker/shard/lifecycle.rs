@@ -42,6 +42,7 @@ impl Shard {
         }
         if let Some(reason) = reason {
             if self.session(sidx).protocol == ProtocolVersion::V5 {
+                self.drop_held_output(key);
                 self.send_raw(
                     key,
                     &Packet::Disconnect(Disconnect {
@@ -125,6 +126,7 @@ impl Shard {
             .filter(|c| c.reason_strings && !c.closing)
             .is_some();
         if explain {
+            self.drop_held_output(key);
             let properties = Some(Box::new(Properties {
                 reason_string: Some(ByteString::from_static(why)),
                 ..Properties::default()
@@ -139,6 +141,20 @@ impl Shard {
             self.close(key, true, Some(reason));
         }
         ReadOutcome::Close
+    }
+
+    /// A closing connection's output held for the log (acknowledgements not yet durable) is dropped, so the
+    /// DISCONNECT written next is not stuck behind it: only bytes before the first hold are sent at close anyway,
+    /// and the client resends what it has no acknowledgement for.
+    fn drop_held_output(&mut self, key: ConnKey) {
+        if !self.dur.is_held(key) {
+            return;
+        }
+        if let Some(conn) = self.conns.get_mut(key) {
+            let keep = self.dur.writable(key, conn.out.len());
+            conn.out.truncate(keep);
+        }
+        self.dur.forget(key);
     }
 
     pub(super) fn protocol_error(&mut self, key: ConnKey, why: &'static str) -> ReadOutcome {

@@ -105,7 +105,7 @@ pub struct ShardConfig {
     pub connect_timeout_secs: u32,
     /// Outbound QoS 1/2 messages in flight per session.
     pub max_inflight: u16,
-    /// Inbound QoS 2 messages awaiting PUBREL per session (our v5 Receive Maximum).
+    /// Our v5 Receive Maximum: inbound QoS 1/2 not yet acknowledged per connection (3.1.1: QoS 2 awaiting PUBREL).
     pub max_inbound_qos2: u16,
     /// Soft bound of a session's queue (waiting + in flight).
     pub max_queued_messages: usize,
@@ -429,6 +429,14 @@ pub struct Shard {
     aliases: HashMap<ConnKey, alias::Aliases>,
     /// v5 wills waiting for their Will Delay Interval.
     wills: will_delay::PendingWills,
+    /// Next session the offline-queue expiry sweep looks at (`expiry.rs`).
+    sweep_cursor: usize,
+    /// Restored shared-subscription members, offline, with queued messages (`shared.rs`).
+    shared_restored: Vec<u32>,
+    /// Log acknowledgements of re-dispatched messages waiting for the peer that took them (`shared.rs`).
+    shared_acks: Vec<shared::DeferredAck>,
+    /// (peer, sequence number) of the last numbered `SharedPublish` sent (`shared.rs`).
+    shared_forwarded: Option<(u16, u64)>,
 }
 
 impl Shard {
@@ -471,6 +479,10 @@ impl Shard {
             expiring: std::collections::BTreeSet::new(),
             aliases: HashMap::new(),
             wills: will_delay::PendingWills::default(),
+            sweep_cursor: 0,
+            shared_restored: Vec::new(),
+            shared_acks: Vec::new(),
+            shared_forwarded: None,
         }
     }
 
@@ -774,6 +786,8 @@ impl Shard {
         }
         self.fire_due_wills();
         self.expire_sessions();
+        self.sweep_expired();
+        self.redispatch_restored();
         self.store_maintenance();
         let drops = self.stats.drops();
         if drops != self.last_drop_log {
@@ -894,6 +908,7 @@ impl Shard {
                     }
                 }
                 self.send_ack(key, Packet::PubComp, r.packet_id, known);
+                self.dur.note_ack(key);
                 ReadOutcome::Continue
             }
             Packet::PubComp(r) => {

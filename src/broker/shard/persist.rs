@@ -162,6 +162,7 @@ impl Shard {
 
     /// Writes a message body; returns its id, or 0 if it could not be stored.
     pub(super) fn persist_body(&mut self, msg: &Message, retain: bool) -> u64 {
+        let expires_unix = self.expires_unix(msg);
         let Some(store) = self.store.as_mut() else {
             return 0;
         };
@@ -181,6 +182,7 @@ impl Shard {
             retain,
             payload: &msg.payload,
             properties: &props,
+            expires_unix,
         };
         if log(&mut self.store, &mut self.dur, &mut self.stats, &rec) {
             msg_id

@@ -12,6 +12,13 @@ impl Shard {
                 Err((reason, why)) => return self.close_with(key, reason, why),
             }
         }
+        if p.qos == QoS::AtLeastOnce && self.over_receive_maximum(key, sidx, 1) {
+            return self.close_with(
+                key,
+                ReasonCode::ReceiveMaximumExceeded,
+                "more unacknowledged QoS 1/2 publishes than the Receive Maximum",
+            );
+        }
         if !self.may_publish(sidx, &p.topic) {
             return self.deny_publish(key, sidx, p.qos, p.packet_id);
         }
@@ -30,11 +37,11 @@ impl Shard {
         if p.qos == QoS::ExactlyOnce {
             let s = self.session_mut(sidx);
             let first = s.inbound_qos2_first(p.packet_id);
-            if s.inbound_qos2.len() > self.cfg.max_inbound_qos2 as usize {
+            if first && self.over_receive_maximum(key, sidx, 0) {
                 return self.close_with(
                     key,
                     ReasonCode::ReceiveMaximumExceeded,
-                    "too many QoS 2 messages awaiting PUBREL",
+                    "more unacknowledged QoS 1/2 publishes than the Receive Maximum",
                 );
             }
             if !first {
@@ -87,6 +94,19 @@ impl Shard {
         ReadOutcome::Continue
     }
 
+    /// The client has more QoS 1/2 publishes unacknowledged than the Receive Maximum we announced
+    /// (`max_inbound_qos2`), counting `extra` more: QoS 2 awaiting PUBREL, and (v5) PUBACKs/PUBCOMPs still held
+    /// back until what they vouch for is durable. A 3.1.1 client was told no limit: only its QoS 2 is bounded.
+    fn over_receive_maximum(&self, key: ConnKey, sidx: u32, extra: usize) -> bool {
+        let s = self.session(sidx);
+        let held = if s.protocol == ProtocolVersion::V5 {
+            self.dur.held_acks(key)
+        } else {
+            0
+        };
+        s.inbound_qos2.len() + held + extra > self.cfg.max_inbound_qos2 as usize
+    }
+
     /// The log cannot take a QoS>0 publish (disk full, budget used up, sync failed): refuse it rather than
     /// acknowledge what would not survive. v5 gets Quota exceeded in the PUBACK/PUBREC; 3.1.1 has no negative
     /// acknowledgement, so the connection is closed and the client retries after reconnecting.
@@ -118,12 +138,12 @@ impl Shard {
         packet_id: u16,
         reason: ReasonCode,
     ) {
-        let make = if qos == QoS::AtLeastOnce {
-            Packet::PubAck
+        if qos == QoS::AtLeastOnce {
+            self.send_resp(key, Packet::PubAck, packet_id, reason);
+            self.dur.note_ack(key);
         } else {
-            Packet::PubRec
-        };
-        self.send_resp(key, make, packet_id, reason);
+            self.send_resp(key, Packet::PubRec, packet_id, reason);
+        }
     }
 
     /// A message accepted from a publisher (or a will): retain, deliver locally, forward to interested shards.

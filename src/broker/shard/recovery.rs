@@ -37,12 +37,20 @@ pub(super) fn message_of(stored: crate::store::StoredMessage) -> Result<Message,
 }
 
 impl Shard {
-    /// A stored body as a routable message.
+    /// A stored body as a routable message; one with a stored deadline gets the interval that remains of it.
     pub(super) fn read_body(&self, msg: MsgRef) -> Result<Message, String> {
         let st = self.store.as_ref().ok_or("no log")?;
-        st.read_message(msg)
-            .map_err(|e| e.to_string())
-            .and_then(message_of)
+        let stored = st.read_message(msg).map_err(|e| e.to_string())?;
+        let expires_unix = stored.expires_unix;
+        let mut m = message_of(stored)?;
+        self.apply_stored_deadline(&mut m, expires_unix);
+        Ok(m)
+    }
+
+    /// Shard-second deadline of a stored message (from its wall-clock one; `NO_DEADLINE` if none).
+    fn stored_deadline(&self, msg: MsgRef) -> u32 {
+        let expires_unix = self.store.as_ref().map_or(0, |st| st.message_expiry(msg));
+        self.deadline_from_unix(expires_unix)
     }
 
     /// Log bytes of a stored body, as counted against the queue bounds (at least 1, so it is always counted).
@@ -66,21 +74,32 @@ impl Shard {
                     let s = self.session(sidx);
                     let mut granted = None::<QoS>;
                     let mut sub_ids = Vec::new();
+                    let (mut plain, mut share) = (false, None);
                     for sub in &s.subs {
-                        let filter = crate::codec::topic::parse_shared(&sub.filter)
+                        let shared = crate::codec::topic::parse_shared(&sub.filter)
                             .ok()
-                            .flatten()
-                            .map_or(&*sub.filter, |(_, f)| f);
+                            .flatten();
+                        let filter = shared.map_or(&*sub.filter, |(_, f)| f);
                         if topic_matches(filter, &m.topic) {
                             granted =
                                 Some(granted.map_or(sub.options.qos, |g| g.max(sub.options.qos)));
                             sub_ids.extend(sub.sub_id);
+                            match shared {
+                                Some(_) if share.is_none() => share = Some(sub.filter.clone()),
+                                Some(_) => {}
+                                None => plain = true,
+                            }
                         }
                     }
                     q.qos = m.qos.min(granted.unwrap_or(m.qos));
                     q.retain = m.retain;
                     q.sub_ids = sub_ids;
                     q.restored = false;
+                    // Only a shared subscription wanted it: it is still the group's, given to another member
+                    // if this one goes (or stays) away.
+                    if !plain {
+                        q.shared = share.map(Box::new);
+                    }
                 }
                 q.msg = Some(Rc::new(m));
                 true
@@ -161,6 +180,14 @@ impl Shard {
                     .push(entry);
             }
             for qm in rs.queue {
+                let deadline = self.stored_deadline(qm.msg);
+                if qm.delivery.is_none() && super::expiry::left(deadline, self.now) == Some(0) {
+                    // Expired while the broker was down, never sent: dropped, counted, acknowledged away in the
+                    // log (one already in flight is resent: its delivery had started [MQTT-3.3.2-5]).
+                    self.stats.expired += 1;
+                    self.persist_ack(sidx, qm.msg.0);
+                    continue;
+                }
                 let mut q = Queued {
                     msg: None,
                     msg_id: qm.msg.0,
@@ -170,8 +197,7 @@ impl Shard {
                     log_pending: false,
                     sub_ids: Vec::new(),
                     log_bytes: self.stored_len(qm.msg.0),
-                    // The log keeps no arrival time: expiry counts again from the restart.
-                    since: 0,
+                    deadline,
                     shared: None,
                 };
                 let bytes = q.log_bytes;
@@ -197,12 +223,21 @@ impl Shard {
                             packet_id: d.packet_id,
                             state,
                             q,
+                            deferred: false,
                         });
                     }
                     None => self.session_mut(sidx).queue.push_back(q),
                 }
             }
             self.session_mut(sidx).resume_packet_ids();
+            let s = self.session(sidx);
+            if !s.queue.is_empty()
+                && s.subs
+                    .iter()
+                    .any(|x| x.filter.starts_with(crate::codec::topic::SHARE_PREFIX))
+            {
+                self.shared_restored.push(sidx);
+            }
         }
         for client_id in expired {
             let rec = Record::SessionDelete {
@@ -210,8 +245,16 @@ impl Shard {
             };
             log(&mut self.store, &mut self.dur, &mut self.stats, &rec);
         }
+        let mut expired_retained = Vec::new();
         for (topic, msg) in state.retained {
             match self.read_body(msg) {
+                Ok(m)
+                    if super::expiry::remaining(m.expiry_interval(), m.received_at, self.now)
+                        == Some(0) =>
+                {
+                    self.stats.expired += 1;
+                    expired_retained.push(m);
+                }
                 Ok(m) => self.store_retained(Rc::new(m)),
                 Err(e) => {
                     self.stats.persist_errors += 1;
@@ -220,6 +263,14 @@ impl Shard {
             }
         }
         self.restoring = false;
+        for m in expired_retained {
+            let clear = Message {
+                payload: bytes::Bytes::new(),
+                properties: None,
+                ..m
+            };
+            self.persist_retained(&clear, true);
+        }
         let mut filters = Vec::new();
         self.subs.for_each(|f, v| {
             if !v.is_empty() {

@@ -29,19 +29,39 @@
 //! - Persistence: the subscription record keeps the `$share/GROUP/FILTER` form; recovery files it here and peers
 //!   learn of it through `add_peer_interest` (as one offline member).
 //!
-//! Trade-offs and limits: counts from other shards are as old as the last announcement, so a message may reach a
-//! shard whose members just went away (it is forwarded, so it costs a hop, not the message). The publisher's
-//! write-ahead acknowledgement covers the first shard the message reaches; a forwarded copy is not confirmed back
-//! to the publisher, so a crash in the round it is forwarded can lose it. A re-dispatched message is written
-//! again for its new member and acknowledged away from the old one in the same round (not atomically across
-//! shards). Messages restored from the log at start are not marked as shared: they stay with the member that had
-//! them.
+//! Guarantees and limits:
+//! - The publisher's write-ahead acknowledgement covers the copy: it waits for the shard the weighted pick sent
+//!   it to (numbered like any peer copy). A copy the publisher waits for is not forwarded on when that shard's
+//!   members are full (a further hop could not be vouched for): it is queued on a local member under the usual
+//!   overflow policy (backpressure by default). So with persistence on a QoS 1/2 message makes at most the one
+//!   hop of the weighted pick, and skipping full members works within a shard; only messages nobody waits for
+//!   (QoS 0, or persistence off) are forwarded to other member shards.
+//! - Re-dispatch of a departing member's messages: taken on the same shard, the new entry and the old one's
+//!   acknowledgement are in one log group (atomic across a crash). Taken by a peer, the old entry's
+//!   acknowledgement is written only once the peer confirmed the copy (`DeferredAck`): a crash in between leaves
+//!   it with both members (at worst delivered twice), never lost. A copy a full peer session refuses is not
+//!   reported back (no publisher to tell).
+//! - Messages restored from the log stay the group's: once a restored entry's body is read, it is marked shared
+//!   if only a shared subscription matches it; a member restored offline gives its queue to the online members
+//!   as soon as the group has one (`redispatch_restored`, checked every tick while any is left).
+//! - Counts from other shards are as old as the last announcement, so a message may reach a shard whose members
+//!   just went away (queued for them there, or forwarded when nobody waits for it).
 
 use super::*;
 use crate::broker::shared_group::{Counts, Member};
 
 /// Forwards of one message between shards when the chosen shard's members cannot take it.
 const MAX_HOPS: u8 = 4;
+
+/// The log acknowledgement of a message a departing member gave up, written once the peer shard that took it
+/// confirmed it (handled, and durable if it wrote records): a crash in between leaves the message with both
+/// members (delivered twice at worst), never with neither.
+pub(super) struct DeferredAck {
+    peer: u16,
+    seq: u64,
+    client_id: ByteString,
+    msg_id: u64,
+}
 
 /// `$share/GROUP/FILTER` of a group.
 pub(super) fn share_name(group: &str, filter: &str) -> ByteString {
@@ -158,6 +178,7 @@ impl Shard {
         if token != 0 {
             self.mesh_out.push((from, MeshMsg::InterestAck { token }));
         }
+        self.redispatch_restored();
     }
 
     /// A routed message: one member of every matching group gets it.
@@ -191,9 +212,9 @@ impl Shard {
             return;
         };
         if target == me {
-            self.deliver_shared_here(msg, group, filter, 0, skip_session);
+            self.deliver_shared_here(msg, group, filter, 0, false, skip_session);
         } else {
-            let seq = self.peer_seq(target, msg);
+            let seq = self.shared_seq(target, msg, skip_session.is_some());
             self.mesh_out.push((
                 target,
                 MeshMsg::SharedPublish {
@@ -218,22 +239,33 @@ impl Shard {
         let m = Rc::new(msg);
         let before = (self.stats.persist_errors, self.dur.appends());
         match parse_shared(share) {
-            Ok(Some((group, filter))) => self.deliver_shared_here(&m, group, filter, hops, None),
+            Ok(Some((group, filter))) => {
+                self.deliver_shared_here(&m, group, filter, hops, seq != 0, None)
+            }
             _ => self.stats.dropped_shared += 1,
         }
         self.peer_msg_done(from, seq, m.origin, before);
     }
 
     /// This shard was chosen: a local member that can take it, else another member shard, else any local member.
+    /// `waited`: the publisher's acknowledgement waits for this shard's confirmation of the message, which could
+    /// not vouch for a copy forwarded further: such a message stays here (queued on a local member under the
+    /// usual overflow policy, so a full member holds its publisher back instead of losing the message). The
+    /// same holds on the publisher's own shard for a message its PUBACK covers: forwarding only there (not from
+    /// the peers) would skew the spread towards the shards with more members.
     fn deliver_shared_here(
         &mut self,
         msg: &Rc<Message>,
         group: &str,
         filter: &str,
         hops: u8,
+        waited: bool,
         skip_session: Option<u32>,
     ) {
         let me = self.cfg.shard_id;
+        // A copy the publisher's acknowledgement covers (numbered for a peer, or written here in the publisher's
+        // round) stays on the shard the weighted pick chose.
+        let pinned = waited || (hops == 0 && self.peer_seq_wanted(msg));
         let mut groups = std::mem::take(&mut self.shared);
         let picked = groups.get_mut(group, filter).and_then(|g| {
             if let Some(m) =
@@ -242,7 +274,7 @@ impl Shard {
                 return Some(Ok(m));
             }
             // With n shards, n hops reach every other member shard once; more would only bounce.
-            if hops < MAX_HOPS.min(self.cfg.shards.min(u8::MAX as u16) as u8) {
+            if !pinned && hops < MAX_HOPS.min(self.cfg.shards.min(u8::MAX as u16) as u8) {
                 if let Some(t) = g.pick_shard(me, 0, Some(me)) {
                     return Some(Err(t));
                 }
@@ -268,14 +300,20 @@ impl Shard {
                 self.log_pending_enqueues(m.session);
             }
             Some(Err(t)) => {
-                // Forwarded copies are not confirmed back to the publisher (see the module doc).
+                // Only messages nobody waits for get here (see `pinned`), or a re-dispatched one at hop 0: that
+                // one is numbered, so the old member's log entry waits for the peer's confirmation.
+                let seq = if hops == 0 {
+                    self.shared_seq(t, msg, skip_session.is_some())
+                } else {
+                    0
+                };
                 self.mesh_out.push((
                     t,
                     MeshMsg::SharedPublish {
                         msg: Box::new((**msg).clone()),
                         share: share_name(group, filter),
                         hops: hops + 1,
-                        seq: 0,
+                        seq,
                     },
                 ));
             }
@@ -295,13 +333,18 @@ impl Shard {
         }
         let mut moved = Vec::new();
         let queue = std::mem::take(&mut s.queue);
-        for q in queue {
+        for mut q in queue {
+            // Restored from the log: whether it came through the group is known once its body is read.
+            if q.restored && !self.load_body(sidx, &mut q) {
+                continue;
+            }
             if q.shared.is_some() && q.msg.is_some() {
                 moved.push(q);
             } else {
-                s.queue.push_back(q);
+                self.session_mut(sidx).queue.push_back(q);
             }
         }
+        let s = self.session_mut(sidx);
         let inflight = std::mem::take(&mut s.inflight);
         for f in inflight {
             // After PUBREC the QoS 2 message is the client's: only the PUBREL is left, it stays.
@@ -313,11 +356,12 @@ impl Shard {
         }
         self.shared_presence_changed(sidx);
         for q in moved {
-            self.persist_done(sidx, &q);
-            let (Some(name), Some(msg)) = (q.shared, q.msg) else {
+            let (Some(name), Some(msg)) = (q.shared.as_deref().cloned(), q.msg.clone()) else {
+                self.persist_done(sidx, &q);
                 continue;
             };
             let Ok(Some((group, filter))) = parse_shared(&name) else {
+                self.persist_done(sidx, &q);
                 continue;
             };
             self.stats.shared_redispatched += 1;
@@ -326,7 +370,106 @@ impl Shard {
                 origin: None,
                 ..(*msg).clone()
             });
+            self.shared_forwarded = None;
             self.dispatch_shared(&msg, group, filter, Some(sidx));
+            // Taken here: new entry and acknowledgement are in one log group (atomic). Taken by a peer: the
+            // acknowledgement waits for the peer's confirmation.
+            match self.shared_forwarded.take() {
+                Some((peer, seq)) if !q.log_pending && q.msg_id != 0 => {
+                    self.unaccount(sidx, &q);
+                    let client_id = self.session(sidx).client_id.clone();
+                    self.shared_acks.push(DeferredAck {
+                        peer,
+                        seq,
+                        client_id,
+                        msg_id: q.msg_id,
+                    });
+                }
+                _ => self.persist_done(sidx, &q),
+            }
+        }
+    }
+
+    /// The publisher waits for this message to be safe (persistence on, QoS 1/2, a client's publish).
+    fn peer_seq_wanted(&self, msg: &Message) -> bool {
+        self.store.is_some() && msg.qos != QoS::AtMostOnce && msg.origin.is_some()
+    }
+
+    /// Sequence number for a `SharedPublish` to `peer`: the publisher's (`peer_seq`), or for a re-dispatched
+    /// message whose old entry is in our log, one of our own (its acknowledgement waits for it). Noted in
+    /// `shared_forwarded`.
+    fn shared_seq(&mut self, peer: u16, msg: &Message, redispatch: bool) -> u64 {
+        let seq = if redispatch && self.store.is_some() && msg.qos != QoS::AtMostOnce {
+            self.dur.next_seq(peer)
+        } else {
+            self.peer_seq(peer, msg)
+        };
+        if seq != 0 {
+            self.shared_forwarded = Some((peer, seq));
+        }
+        seq
+    }
+
+    /// Write the acknowledgements of re-dispatched messages whose peer confirmed them.
+    pub(super) fn flush_shared_acks(&mut self) {
+        if self.shared_acks.is_empty() {
+            return;
+        }
+        for a in std::mem::take(&mut self.shared_acks) {
+            if !self.dur.peer_covers(a.peer, a.seq) {
+                self.shared_acks.push(a);
+                continue;
+            }
+            let sidx = self.by_client.get(&self.sessions, &a.client_id).copied();
+            if let Some(sidx) = sidx.filter(|&s| self.session(s).persisted) {
+                self.persist_ack(sidx, a.msg_id);
+            }
+        }
+    }
+
+    /// Some member of the group is online, here or (as last announced) on another shard.
+    fn group_has_online(&self, group: &str, filter: &str) -> bool {
+        let me = self.cfg.shard_id as usize;
+        self.shared.get(group, filter).is_some_and(|g| {
+            g.local.iter().any(|m| self.member_online(m))
+                || g.remote
+                    .iter()
+                    .enumerate()
+                    .any(|(i, c)| i != me && c.online > 0)
+        })
+    }
+
+    /// Members restored from the log that are still offline give their queued group messages to the members that
+    /// are online (as a member that disconnects does), once one is: after a restart the group's backlog does not
+    /// wait for one particular member to come back. Checked every tick and on peers' counts while any is left.
+    pub(super) fn redispatch_restored(&mut self) {
+        if self.shared_restored.is_empty() {
+            return;
+        }
+        for sidx in std::mem::take(&mut self.shared_restored) {
+            let Some(s) = self.sessions.get(sidx as usize).and_then(Option::as_ref) else {
+                continue;
+            };
+            if s.conn.is_some() || s.queue.is_empty() {
+                // Online again: it takes them itself (and gives them up if it leaves).
+                continue;
+            }
+            let others_online = s
+                .subs
+                .iter()
+                .filter_map(|x| parse_shared(&x.filter).ok().flatten())
+                .any(|(g, f)| self.group_has_online(g, f));
+            if others_online {
+                self.redispatch_shared(sidx);
+                // Offline, the log holds the bodies of what stayed (as after a disconnect).
+                for q in self.session_mut(sidx).queue.iter_mut() {
+                    if q.msg_id != 0 {
+                        q.msg = None;
+                    }
+                }
+            } else {
+                self.shared_restored.push(sidx);
+            }
         }
     }
 

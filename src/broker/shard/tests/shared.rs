@@ -7,15 +7,15 @@ use crate::store::{FsyncPolicy, StoreConfig};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-const V: ProtocolVersion = ProtocolVersion::V3_1_1;
+pub(super) const V: ProtocolVersion = ProtocolVersion::V3_1_1;
 
-fn frame(p: &Packet, v: ProtocolVersion) -> BytesMut {
+pub(super) fn frame(p: &Packet, v: ProtocolVersion) -> BytesMut {
     let mut b = BytesMut::new();
     codec::encode(p, v, &mut b).unwrap();
     b
 }
 
-fn id_on(prefix: &str, shard: u16) -> String {
+pub(super) fn id_on(prefix: &str, shard: u16) -> String {
     (0..)
         .map(|i| format!("{prefix}{i}"))
         .find(|id| owner_shard(id, 2) == shard)
@@ -44,11 +44,11 @@ fn connect_v(shard: &mut Shard, io: u64, id: &str, clean: bool, v: ProtocolVersi
     key
 }
 
-fn connect(shard: &mut Shard, io: u64, id: &str, clean: bool) -> ConnKey {
+pub(super) fn connect(shard: &mut Shard, io: u64, id: &str, clean: bool) -> ConnKey {
     connect_v(shard, io, id, clean, V)
 }
 
-fn output(shard: &mut Shard, key: ConnKey, v: ProtocolVersion) -> Vec<Packet> {
+pub(super) fn output(shard: &mut Shard, key: ConnKey, v: ProtocolVersion) -> Vec<Packet> {
     let (out, n) = shard.out_writable(key).unwrap();
     let mut bytes = BytesMut::from(&out[..n]);
     shard.consumed(key, n);
@@ -60,7 +60,7 @@ fn output(shard: &mut Shard, key: ConnKey, v: ProtocolVersion) -> Vec<Packet> {
     got
 }
 
-fn subscribe(filter: &str, qos: QoS, v: ProtocolVersion) -> BytesMut {
+pub(super) fn subscribe(filter: &str, qos: QoS, v: ProtocolVersion) -> BytesMut {
     frame(
         &Packet::Subscribe(Subscribe {
             packet_id: 1,
@@ -77,7 +77,7 @@ fn subscribe(filter: &str, qos: QoS, v: ProtocolVersion) -> BytesMut {
     )
 }
 
-fn publish(topic: &str, qos: QoS, id: u16, payload: &str, retain: bool) -> BytesMut {
+pub(super) fn publish(topic: &str, qos: QoS, id: u16, payload: &str, retain: bool) -> BytesMut {
     frame(
         &Packet::Publish(Publish {
             dup: false,
@@ -93,7 +93,7 @@ fn publish(topic: &str, qos: QoS, id: u16, payload: &str, retain: bool) -> Bytes
 }
 
 /// Payloads of the PUBLISHes in `got`.
-fn payloads(got: &[Packet]) -> Vec<String> {
+pub(super) fn payloads(got: &[Packet]) -> Vec<String> {
     got.iter()
         .filter_map(|p| match p {
             Packet::Publish(p) => Some(String::from_utf8(p.payload.to_vec()).unwrap()),
@@ -102,7 +102,7 @@ fn payloads(got: &[Packet]) -> Vec<String> {
         .collect()
 }
 
-fn shard_of(id: u16, store: Option<&std::path::Path>) -> Shard {
+pub(super) fn shard_of(id: u16, store: Option<&std::path::Path>) -> Shard {
     let mut shard = Shard::new(ShardConfig {
         shard_id: id,
         shards: 2,
@@ -124,7 +124,7 @@ fn shard_of(id: u16, store: Option<&std::path::Path>) -> Shard {
 }
 
 /// Rounds of both shards, carrying mesh messages (and syncing both logs).
-fn shuttle(a: &mut Shard, b: &mut Shard) {
+pub(super) fn shuttle(a: &mut Shard, b: &mut Shard) {
     let mut msgs = Vec::new();
     for _ in 0..4 {
         for from in [0u16, 1] {

@@ -6,7 +6,7 @@
 //! subscriber, QoS 2 exactly once, first arrivals in publish order.
 //!
 //! CI runs 3 cycles (a few seconds). By hand, e.g. 50 cycles:
-//!   `KILL9_CYCLES=50 cargo test --release --test kill9_loop -- --nocapture`
+//!   `KILL9_CYCLES=50 cargo test --test kill9_loop -- --nocapture`
 //! (`KILL9_SEED` varies the kill points; `KILL9_RATE` the msg/s per publisher, default 1000).
 
 mod common;

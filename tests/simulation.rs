@@ -19,7 +19,7 @@ fn acknowledged_messages_survive_network_and_disk_faults() {
     let seeds: Box<dyn Iterator<Item = u64>> = match (env("SIM_SEED"), until) {
         (Some(s), _) => Box::new(std::iter::once(s)),
         (None, Some(_)) => Box::new(first..),
-        (None, None) => Box::new(first..first + env("SIM_SEEDS").unwrap_or(12)),
+        (None, None) => Box::new(first..first + env("SIM_SEEDS").unwrap_or(8)),
     };
     let (mut ran, mut crashes, mut acked, mut refused, mut handoffs, mut v5) = (0, 0, 0, 0, 0, 0);
     let started = std::time::Instant::now();

@@ -38,7 +38,8 @@ pub struct Client {
     pub decoder: Decoder,
     pub connected: bool,
     pub subscribed: bool,
-    /// Each connection carries a will with the next of these (publisher index `WILL_BASE + client`).
+    /// Numbers the connections: each carries a will with it as its seq (publisher index `WILL_BASE + client`),
+    /// and every message published on it (order is checked per connection).
     pub will_seq: u32,
     // Publisher state.
     pub next_seq: u32,
@@ -46,8 +47,8 @@ pub struct Client {
     pub outstanding: HashMap<u16, (u32, QoS, bool)>,
     // Subscriber state (kept across reconnects, as a real client with a persistent session keeps it).
     pub qos2_pending: HashSet<u16>,
-    /// publisher index -> first-arrival seqs, in order.
-    pub got: HashMap<usize, Vec<u32>>,
+    /// (publisher index, its connection) -> first-arrival seqs, in order.
+    pub got: HashMap<(usize, u32), Vec<u32>>,
     pub seen: HashSet<(usize, u32)>,
     /// Seqs that arrived as QoS 2 (exactly once).
     pub qos2_seen: HashSet<(usize, u32)>,
@@ -75,17 +76,20 @@ pub fn resp(packet_id: u16) -> PubResp {
     }
 }
 
-/// (publisher, seq) from a simulation payload.
-pub fn stamp(payload: &[u8]) -> (usize, u32) {
-    let publisher = u32::from_be_bytes(payload[..4].try_into().unwrap()) as usize;
-    let seq = u32::from_be_bytes(payload[4..8].try_into().unwrap());
-    (publisher, seq)
+/// (publisher, seq, connection) from a simulation payload.
+pub fn stamp(payload: &[u8]) -> (usize, u32, u32) {
+    let word = |i: usize| u32::from_be_bytes(payload[i * 4..i * 4 + 4].try_into().unwrap());
+    (word(0) as usize, word(1), word(2))
 }
 
-pub fn payload(publisher: usize, seq: u32) -> Vec<u8> {
-    let mut p = (publisher as u32).to_be_bytes().to_vec();
-    p.extend_from_slice(&seq.to_be_bytes());
-    p
+/// `connection` numbers the publisher's connections: order is promised within one. Messages a client sent on a
+/// connection it then gave up may be routed after those of its next one (the old connection's hand-off to the
+/// owner shard arrives late and takes over the new one).
+pub fn payload(publisher: usize, seq: u32, connection: u32) -> Vec<u8> {
+    [publisher as u32, seq, connection]
+        .iter()
+        .flat_map(|w| w.to_be_bytes())
+        .collect()
 }
 
 impl Client {
@@ -161,7 +165,7 @@ impl Client {
                 self.outstanding.remove(&r.packet_id);
             }
             Packet::Publish(p) => {
-                let (publisher, seq) = stamp(&p.payload);
+                let (publisher, seq, connection) = stamp(&p.payload);
                 let mut fresh = true;
                 match p.qos {
                     QoS::AtMostOnce => {}
@@ -186,7 +190,7 @@ impl Client {
                 // Wills are not ordered: a connection handed off through the other shard may be adopted after
                 // its successor and take it over, so the older will goes out second.
                 if fresh && self.seen.insert((publisher, seq)) && publisher < WILL_BASE {
-                    let list = self.got.entry(publisher).or_default();
+                    let list = self.got.entry((publisher, connection)).or_default();
                     if let Some(&last) = list.last() {
                         if seq < last {
                             return Err(format!(

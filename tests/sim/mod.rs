@@ -66,6 +66,19 @@ pub struct World {
     ready: bool,
 }
 
+/// `SIM_TRACE=1`: print what happens (to read a failing seed).
+fn trace_on() -> bool {
+    std::env::var_os("SIM_TRACE").is_some()
+}
+
+macro_rules! trace {
+    ($($t:tt)*) => {
+        if trace_on() {
+            eprintln!($($t)*);
+        }
+    };
+}
+
 fn id_on(prefix: &str, shard: u16) -> String {
     (0..)
         .map(|i| format!("{prefix}-{i}"))
@@ -278,6 +291,7 @@ impl World {
         self.next_io += 1;
         let io = (self.next_io << 16) | c as u64;
         let key = self.shard(shard).accept(io);
+        trace!("connect {c} io {io:#x} via shard {shard} key {key:?}");
         let cl = &mut self.clients[c];
         let clean = !cl.persistent();
         let v = cl.version;
@@ -307,7 +321,7 @@ impl World {
             client_id: cl.id.as_str().into(),
             will: Some(Will {
                 topic: format!("sim/w/{c}").into(),
-                payload: payload(WILL_BASE + c, cl.will_seq).into(),
+                payload: payload(WILL_BASE + c, cl.will_seq, cl.will_seq).into(),
                 qos: will_qos,
                 retain: false,
                 properties: None,
@@ -343,6 +357,7 @@ impl World {
         if !self.clients[c].connected {
             return;
         }
+        trace!("takeover {c}");
         let cl = &mut self.clients[c];
         cl.key = None;
         cl.io = None;
@@ -352,6 +367,7 @@ impl World {
 
     /// The client's side of the connection goes away (the broker sees the socket close; the will goes out).
     fn disconnect(&mut self, c: usize) {
+        trace!("socket of {c} closes");
         let cl = &mut self.clients[c];
         cl.connected = false;
         // Still being handed to the owner: the adopted connection is closed on arrival.
@@ -471,9 +487,10 @@ impl World {
             topic: topic.into(),
             packet_id,
             properties: None,
-            payload: payload(c, seq).into(),
+            payload: payload(c, seq, cl.will_seq).into(),
         };
         let v = cl.version;
+        trace!("{c} publishes {seq} {qos:?} retain {retain} pid {packet_id}");
         cl.to_broker
             .extend_from_slice(&frame(&Packet::Publish(p), v));
     }
@@ -526,6 +543,7 @@ impl World {
                     return;
                 }
             };
+            trace!("{c} gets {p:?}");
             if let Err(e) = self.clients[c].on_packet(c, &mut self.acked, p) {
                 self.fail(e);
                 return;
@@ -570,6 +588,7 @@ impl World {
         let io = a.io;
         let c = (io & 0xffff) as usize;
         let (key, outcome) = self.shard(to).adopt(*a);
+        trace!("adopt {c} io {io:#x} on shard {to} key {key:?}: {outcome:?}");
         let cl = &mut self.clients[c];
         if cl.io != Some(io) {
             let sh = self.shard(to);
@@ -600,6 +619,7 @@ impl World {
 
     /// Both shards die at once (the process is killed, unsynced writes are lost or torn), then restart.
     fn crash(&mut self) {
+        trace!("CRASH");
         self.crashes += 1;
         self.shards.clear();
         self.mesh.clear();
@@ -766,7 +786,7 @@ impl World {
             let mut newest: BTreeMap<usize, u32> = BTreeMap::new();
             while let Some(p) = d.decode(&mut bytes).map_err(|e| format!("{e:?}"))? {
                 if let Packet::Publish(p) = p {
-                    let (publisher, seq) = stamp(&p.payload);
+                    let (publisher, seq, _) = stamp(&p.payload);
                     newest.insert(publisher, seq);
                 }
             }

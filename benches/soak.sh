@@ -53,7 +53,7 @@ lg q2-fanin fanin --publishers 5 --subscribers 1 --qos 2 --rate 300 --duration "
   --client-prefix soak-q2 --topic 'soak/q2/%i' --filter 'soak/q2/+' &
 LOADS+=($!)
 lg q0-fanout fanout --publishers 1 --subscribers 10 --qos 0 --rate 200 --duration "$DUR" --client-prefix soak-q0 \
-  --topic 'soak/q0' &
+  --topic 'soak/q0' --filter 'soak/q0' &
 LOADS+=($!)
 
 # Churn: idle connection bursts and short persistent pairs, until the soak ends.

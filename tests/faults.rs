@@ -289,8 +289,14 @@ fn a_data_dir_that_turns_read_only_loses_nothing_acknowledged() {
     ) else {
         return;
     };
+    let cfg_dir = tempfile::tempdir().unwrap();
+    // Small segments: the default 64 MiB segment would not fit this disk (see the start-up note in the README).
+    let cfg = config(
+        cfg_dir.path(),
+        "[store]\nsegment_size = 1048576\nmax_record_size = 65536\nmax_group_bytes = 1048576\n",
+    );
     let data = fs.data();
-    let mut b = Broker::start_in(&data, &[]);
+    let mut b = Broker::start_in(&data, &["--config", &cfg]);
     let subs = [id_on_shard("ro-far", 1, 2), id_on_shard("ro-near", 0, 2)];
     for id in &subs {
         subscribe_persistent(b.addr, id, "ro/#", V3);
@@ -330,7 +336,7 @@ fn a_data_dir_that_turns_read_only_loses_nothing_acknowledged() {
 
     b.kill9();
     fs.remount_repaired();
-    let b = Broker::start_in(&data, &[]);
+    let b = Broker::start_in(&data, &["--config", &cfg]);
     let mut got = Vec::new();
     for id in &subs {
         let mut r = Received::default();

@@ -18,7 +18,7 @@ DATA="$(mktemp -d)"
 TMP="$(mktemp -d)"
 trap 'stop_broker; rm -rf "$DATA" "$TMP"' EXIT
 
-# start_broker: start on $DATA, wait for its "listening" line; prints the seconds it took.
+# start_broker: start on $DATA, wait for its "listening" line; the seconds it took go to T.
 start_broker() {
   : >"$TMP/stdout"
   local t0
@@ -30,7 +30,7 @@ start_broker() {
     kill -0 "$BPID" 2>/dev/null || { echo "broker exited: $(cat "$TMP/stdout")" >&2; exit 1; }
     sleep 0.01
   done
-  echo "$(date +%s.%N) - $t0" | bc
+  T=$(echo "$(date +%s.%N) - $t0" | bc)
 }
 
 # storm LABEL: N persistent clients connect at once (paced by RATE if set); one JSON line.
@@ -40,8 +40,9 @@ storm() {
     tail -1 >"$TMP/$1.json"
 }
 
+# report NAME LABEL RESTART_SECS
 report() {
-  python3 - "$1" "$2" "$TMP/$1.json" <<'EOF'
+  python3 - "$2" "$3" "$TMP/$1.json" <<'EOF'
 import json, sys
 label, restart, path = sys.argv[1], float(sys.argv[2]), sys.argv[3]
 try:
@@ -56,16 +57,17 @@ print(f"{label:<18} restart {restart:6.2f} s  connected {c['connected']:>6} of {
 EOF
 }
 
-t=$(start_broker)
+T=0
+start_broker
 storm create
-report "create sessions" "$t"
+report create "create sessions" "$T"
 stop_broker
-t=$(start_broker)
+start_broker
 storm after-sigterm
-report "after SIGTERM" "$t"
+report after-sigterm "after SIGTERM" "$T"
 kill -9 "$BPID"
 wait "$BPID" 2>/dev/null
 BPID=""
-t=$(start_broker)
+start_broker
 storm after-kill9
-report "after kill -9" "$t"
+report after-kill9 "after kill -9" "$T"

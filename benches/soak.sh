@@ -24,8 +24,8 @@ CHURN=""
 cleanup() {
   for p in "${LOADS[@]}" $CHURN; do
     kill "$p" 2>/dev/null
+    wait "$p" 2>/dev/null
   done
-  wait 2>/dev/null
   stop_broker
   rm -rf "$DATA"
 }

@@ -19,9 +19,10 @@ fn acknowledged_messages_survive_network_and_disk_faults() {
     let seeds: Box<dyn Iterator<Item = u64>> = match (env("SIM_SEED"), until) {
         (Some(s), _) => Box::new(std::iter::once(s)),
         (None, Some(_)) => Box::new(first..),
-        (None, None) => Box::new(first..first + env("SIM_SEEDS").unwrap_or(12)),
+        (None, None) => Box::new(first..first + env("SIM_SEEDS").unwrap_or(8)),
     };
-    let (mut ran, mut crashes, mut acked, mut refused) = (0, 0, 0, 0);
+    let (mut ran, mut crashes, mut acked, mut refused, mut handoffs, mut v5) = (0, 0, 0, 0, 0, 0);
+    let started = std::time::Instant::now();
     for seed in seeds {
         if until.is_some_and(|u| std::time::Instant::now() > u) {
             break;
@@ -32,6 +33,8 @@ fn acknowledged_messages_survive_network_and_disk_faults() {
                 crashes += r.crashes;
                 acked += r.acked;
                 refused += r.refused;
+                handoffs += r.handoffs;
+                v5 += r.v5_clients;
                 assert_eq!(r.steps, steps);
             }
             Err(e) => panic!(
@@ -40,7 +43,8 @@ fn acknowledged_messages_survive_network_and_disk_faults() {
         }
     }
     eprintln!(
-        "{ran} seeds (from {first}) x {steps} steps: {crashes} crashes, {acked} acknowledged QoS 1/2 messages checked, {refused} refused"
+        "{ran} seeds (from {first}) x {steps} steps in {:.1} s: {crashes} crashes, {acked} acknowledged QoS 1/2 messages checked, {refused} refused, {handoffs} connections handed off between shards, {v5} v5 clients",
+        started.elapsed().as_secs_f64()
     );
     assert!(
         acked > 0,

@@ -255,6 +255,16 @@ impl Durability {
             .is_some_and(|s| s.covers(seq, seq))
     }
 
+    /// `delta` bytes were inserted (or, negative, removed) at `at` in the held part of the output: holds after
+    /// it move with the bytes they mark.
+    pub fn shift(&mut self, conn: ConnKey, at: usize, delta: isize) {
+        if let Some(marks) = self.held.get_mut(&conn) {
+            for h in marks.iter_mut().filter(|h| h.offset > at) {
+                h.offset = h.offset.saturating_add_signed(delta);
+            }
+        }
+    }
+
     pub fn is_held(&self, conn: ConnKey) -> bool {
         self.held.contains_key(&conn)
     }

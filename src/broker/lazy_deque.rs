@@ -95,6 +95,20 @@ impl<T> LazyDeque<T> {
         self.0.as_ref().map(|d| d.iter()).unwrap_or_default()
     }
 
+    /// The elements in `range` (which must lie within `0..len()`, as for `VecDeque::range`).
+    pub fn range(&self, range: std::ops::Range<usize>) -> Iter<'_, T> {
+        match &self.0 {
+            Some(d) => d.range(range),
+            None => {
+                assert!(
+                    range.is_empty() && range.start == 0,
+                    "LazyDeque range {range:?} out of an empty deque"
+                );
+                Iter::default()
+            }
+        }
+    }
+
     pub fn iter_mut(&mut self) -> IterMut<'_, T> {
         self.0.as_mut().map(|d| d.iter_mut()).unwrap_or_default()
     }

@@ -10,6 +10,9 @@ use crate::codec::{Props, QoS};
 pub struct Origin {
     pub shard: u16,
     pub conn: ConnKey,
+    /// The PUBLISH's packet id (0 for QoS 0): a peer shard that refuses the message names it in `LogRefused`,
+    /// so the publisher's shard refuses exactly that acknowledgement.
+    pub packet_id: u16,
 }
 
 /// A connection slot on a shard plus a generation, so a stale key never reaches a reused slot.

@@ -27,6 +27,37 @@ use crate::store::{DirLock, State, Store};
 /// One shard's recovered log, handed to its executor.
 type Recovered = Option<(Store, State)>;
 
+/// Write `path` through a temporary file, synced and renamed, then sync the directory: after a crash it holds
+/// the whole text or is absent, never empty.
+fn write_durably(path: &std::path::Path, text: &str) -> io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Number of `shard-N` log directories: one more than the highest N (0 when there are none).
+fn shard_dirs(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    let name = e.file_name();
+                    name.to_str()?.strip_prefix("shard-")?.parse::<usize>().ok()
+                })
+                .map(|n| n + 1)
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0)
+}
+
 /// Lock the data directory and replay every shard's log, before anything is accepted. Returns the lock, each
 /// shard's store and state, and each shard's subscribed filters (for the others' interest summaries).
 fn recover(
@@ -39,6 +70,11 @@ fn recover(
     // wrong shard, so refuse it clearly.
     let marker = dir.join("SHARDS");
     match std::fs::read_to_string(&marker) {
+        // Empty: the first start died before the marker reached the disk (found by tests/faults.rs: an ext4 that
+        // turned read-only lost it). The shard directories tell what wrote the log.
+        Ok(text) if text.trim().is_empty() && shard_dirs(dir) <= shards => {
+            write_durably(&marker, &format!("{shards}\n"))?
+        }
         Ok(text) => {
             let was: usize = text.trim().parse().unwrap_or(0);
             if was != shards {
@@ -50,7 +86,7 @@ fn recover(
             }
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            std::fs::write(&marker, format!("{shards}\n"))?
+            write_durably(&marker, &format!("{shards}\n"))?
         }
         Err(e) => return Err(e),
     }

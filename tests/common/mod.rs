@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod certs;
+pub mod resilient;
 
 use bytes::BytesMut;
 use coremq::codec::{

@@ -1,77 +1,47 @@
 //! Deterministic simulation of a 2-shard broker (issue 20): the sans-io `Shard`s with real logs in a temp dir,
-//! the mesh carried by the simulation (FIFO per direction, delayed at random), clients that send in random
-//! chunks, read at random, disconnect, and a disk that crashes with lost and torn unsynced writes
-//! (`disk.rs`). One seed drives everything.
+//! the mesh carried by the simulation (FIFO per direction, delayed at random), clients (3.1.1 and v5) that send
+//! in random chunks, read at random, disconnect with and without DISCONNECT, connect through the shard that does
+//! not own their client id (the connection is handed to the owner with `Adopt`) and take over their own
+//! half-dead connections, carry wills and publish retained messages; and a disk that crashes with lost and torn
+//! unsynced writes (`disk.rs`). One seed drives everything.
 //!
-//! Invariants: every QoS 1/2 message acknowledged to a publisher (PUBACK, PUBREC) reaches every persistent
-//! subscriber (checked after a final fault-free drain, across every crash and recovery of the run); no QoS 2
-//! message reaches a subscriber twice; first arrivals from one publisher come in publish order; every session
-//! queue stays within its bound (after every step).
+//! Invariants: every QoS 1/2 message acknowledged to a publisher (PUBACK, PUBREC with Success) reaches every
+//! persistent subscriber (checked after a final fault-free drain, across every crash and recovery of the run);
+//! no QoS 2 message (wills included) reaches a subscriber twice; first arrivals from one publisher come in
+//! publish order; every session queue stays within its bound (after every step); each shard's retained message
+//! of a publisher's topic is at least as new as the newest retained publish acknowledged to it.
 
+pub mod client;
 pub mod disk;
 pub mod rng;
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use coremq::broker::message::ConnKey;
 use coremq::broker::shard::{
     owner_shard, MeshMsg, QueueFullPolicy, ReadOutcome, Shard, ShardConfig,
 };
 use coremq::codec::{
-    self, Connect, Decoder, Packet, ProtocolVersion, PubResp, Publish, QoS, ReasonCode, Subscribe,
-    SubscribeFilter, SubscriptionOptions,
+    Connect, Decoder, Disconnect, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode,
+    Subscribe, SubscribeFilter, SubscriptionOptions, Will,
 };
 use coremq::store::{FsyncPolicy, Store, StoreConfig};
 
+use client::{frame, payload, stamp, Acked, Client, Role, WILL_BASE};
 use disk::DiskImage;
 use rng::Rng;
 
-const V: ProtocolVersion = ProtocolVersion::V3_1_1;
 const SHARDS: u16 = 2;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Role {
-    Publisher,
-    /// Subscribes to `sim/#` at this QoS; persistent or clean session.
-    Subscriber {
-        persistent: bool,
-        qos: QoS,
-    },
-}
-
-struct Client {
-    id: String,
-    role: Role,
-    shard: u16,
-    key: Option<ConnKey>,
-    /// Bytes written by the client, not yet read by the broker.
-    to_broker: BytesMut,
-    /// Bytes read from the broker that do not make a whole packet yet.
-    from_broker: BytesMut,
-    decoder: Decoder,
-    connected: bool,
-    subscribed: bool,
-    // Publisher state.
-    next_seq: u32,
-    /// packet id -> (seq, qos) of publishes not yet acknowledged.
-    outstanding: HashMap<u16, (u32, QoS)>,
-    // Subscriber state (kept across reconnects, as a real client with a persistent session keeps it).
-    qos2_pending: HashSet<u16>,
-    /// publisher index -> first-arrival seqs, in order.
-    got: HashMap<usize, Vec<u32>>,
-    seen: HashSet<(usize, u32)>,
-    /// Seqs that arrived as QoS 2 (exactly once).
-    qos2_seen: HashSet<(usize, u32)>,
-}
 
 pub struct Report {
     pub steps: u64,
     pub crashes: u64,
     pub acked: usize,
     pub refused: u64,
+    pub handoffs: u64,
+    pub v5_clients: usize,
 }
 
 pub struct World {
@@ -82,29 +52,31 @@ pub struct World {
     shards: Vec<Option<Shard>>,
     disks: Vec<DiskImage>,
     /// Mesh messages in transit per direction (from, to), FIFO.
-    mesh: HashMap<(u16, u16), VecDeque<MeshMsg>>,
+    mesh: BTreeMap<(u16, u16), VecDeque<MeshMsg>>,
     clients: Vec<Client>,
-    /// (publisher index, seq, qos) acknowledged to the publisher.
-    acked: BTreeSet<(usize, u32, u8)>,
+    acked: Acked,
     now: u32,
     crashes: u64,
+    /// I/O handles given out (low 16 bits: the client index).
+    next_io: u64,
+    /// Connections adopted by their owner shard after a hand-off.
+    handoffs: u64,
     failure: Option<String>,
     /// Every persistent subscriber has its SUBACK: from now on, what is acknowledged must reach them.
     ready: bool,
 }
 
-fn frame(p: &Packet) -> BytesMut {
-    let mut b = BytesMut::new();
-    codec::encode(p, V, &mut b).unwrap();
-    b
+/// `SIM_TRACE=1`: print what happens (to read a failing seed).
+fn trace_on() -> bool {
+    std::env::var_os("SIM_TRACE").is_some()
 }
 
-fn resp(packet_id: u16) -> PubResp {
-    PubResp {
-        packet_id,
-        reason: ReasonCode::Success,
-        properties: None,
-    }
+macro_rules! trace {
+    ($($t:tt)*) => {
+        if trace_on() {
+            eprintln!($($t)*);
+        }
+    };
 }
 
 fn id_on(prefix: &str, shard: u16) -> String {
@@ -141,12 +113,21 @@ impl World {
         };
         let mut clients = Vec::new();
         let n_pubs = 1 + rng.below(3) as usize;
+        let version = |rng: &mut Rng| {
+            if rng.chance(2) {
+                ProtocolVersion::V5
+            } else {
+                ProtocolVersion::V3_1_1
+            }
+        };
         for i in 0..n_pubs {
             let shard = (i % 2) as u16;
+            let v = version(&mut rng);
             clients.push(Client::new(
                 id_on(&format!("pub{i}"), shard),
                 Role::Publisher,
                 shard,
+                v,
             ));
         }
         for (i, (persistent, qos)) in [
@@ -159,7 +140,13 @@ impl World {
         {
             let shard = (rng.below(2)) as u16;
             let role = Role::Subscriber { persistent, qos };
-            clients.push(Client::new(id_on(&format!("sub{i}"), shard), role, shard));
+            let v = version(&mut rng);
+            clients.push(Client::new(
+                id_on(&format!("sub{i}"), shard),
+                role,
+                shard,
+                v,
+            ));
         }
         let mut w = World {
             rng,
@@ -168,26 +155,19 @@ impl World {
             store_cfg,
             shards: Vec::new(),
             disks: (0..SHARDS).map(|_| DiskImage::default()).collect(),
-            mesh: HashMap::new(),
+            mesh: BTreeMap::new(),
             clients,
-            acked: BTreeSet::new(),
+            acked: Acked::default(),
             now: 0,
             crashes: 0,
+            next_io: 0,
+            handoffs: 0,
             failure: None,
             ready: false,
         };
         w.boot();
         w.drain(200);
-        w.ready = w.clients.iter().all(|c| {
-            c.subscribed
-                || !matches!(
-                    c.role,
-                    Role::Subscriber {
-                        persistent: true,
-                        ..
-                    }
-                )
-        });
+        w.ready = w.clients.iter().all(|c| c.subscribed || !c.persistent());
         assert!(w.ready, "subscribers did not get their SUBACKs");
         w
     }
@@ -242,6 +222,7 @@ impl World {
         }
         self.drain(4000);
         self.check_final()?;
+        self.check_retained()?;
         let refused = (0..SHARDS)
             .map(|s| {
                 let st = &self.shard(s).stats;
@@ -251,8 +232,14 @@ impl World {
         Ok(Report {
             steps,
             crashes: self.crashes,
-            acked: self.acked.len(),
+            acked: self.acked.msgs.len(),
             refused,
+            handoffs: self.handoffs,
+            v5_clients: self
+                .clients
+                .iter()
+                .filter(|c| c.version == ProtocolVersion::V5)
+                .count(),
         })
     }
 
@@ -264,8 +251,10 @@ impl World {
             50..=69 => self.client_reads(c),
             70..=84 => self.round(),
             85..=89 => self.carry_mesh(),
-            90..=95 => self.connect(c),
-            96..=97 => self.disconnect(c),
+            90..=94 => self.connect(c),
+            95 => self.take_over(c),
+            96 => self.disconnect(c),
+            97 => self.graceful_disconnect(c),
             98 => {
                 self.now += 1;
                 let now = self.now;
@@ -282,23 +271,35 @@ impl World {
         self.collect_closes();
     }
 
+    /// Open a connection: usually through the owner shard, sometimes through the other one (the CONNECT is
+    /// then handed to the owner). Each connection carries a will.
     fn connect(&mut self, c: usize) {
         if self.clients[c].connected {
             return;
         }
-        let clean = !matches!(
-            self.clients[c].role,
-            Role::Subscriber {
-                persistent: true,
-                ..
-            }
-        );
-        let shard = self.clients[c].shard;
-        let key = self.shard(shard).accept(c as u64);
+        let via_peer = self.rng.chance(3);
+        let will_qos = match self.rng.below(3) {
+            0 => QoS::AtMostOnce,
+            1 => QoS::AtLeastOnce,
+            _ => QoS::ExactlyOnce,
+        };
+        let shard = if via_peer {
+            1 - self.clients[c].owner
+        } else {
+            self.clients[c].owner
+        };
+        self.next_io += 1;
+        let io = (self.next_io << 16) | c as u64;
+        let key = self.shard(shard).accept(io);
+        trace!("connect {c} io {io:#x} via shard {shard} key {key:?}");
         let cl = &mut self.clients[c];
+        let clean = !cl.persistent();
+        let v = cl.version;
+        cl.shard = shard;
         cl.key = Some(key);
+        cl.io = Some(io);
         cl.connected = true;
-        cl.decoder = Decoder::new_client(V, 1 << 20);
+        cl.decoder = Decoder::new_client(v, 1 << 20);
         cl.to_broker.clear();
         cl.from_broker.clear();
         cl.outstanding.clear();
@@ -306,18 +307,31 @@ impl World {
             cl.subscribed = false;
             cl.qos2_pending.clear();
         }
+        cl.will_seq += 1;
+        let properties = (v == ProtocolVersion::V5 && !clean).then(|| {
+            Box::new(Properties {
+                session_expiry_interval: Some(u32::MAX),
+                ..Default::default()
+            })
+        });
         let connect = Connect {
-            protocol: V,
+            protocol: v,
             clean_start: clean,
             keep_alive: 0,
             client_id: cl.id.as_str().into(),
-            will: None,
+            will: Some(Will {
+                topic: format!("sim/w/{c}").into(),
+                payload: payload(WILL_BASE + c, cl.will_seq, cl.will_seq).into(),
+                qos: will_qos,
+                retain: false,
+                properties: None,
+            }),
             username: None,
             password: None,
-            properties: None,
+            properties,
         };
         cl.to_broker
-            .extend_from_slice(&frame(&Packet::Connect(Box::new(connect))));
+            .extend_from_slice(&frame(&Packet::Connect(Box::new(connect)), v));
         if let Role::Subscriber { qos, .. } = cl.role {
             if !cl.subscribed {
                 let sub = Subscribe {
@@ -332,21 +346,56 @@ impl World {
                     properties: None,
                 };
                 cl.to_broker
-                    .extend_from_slice(&frame(&Packet::Subscribe(sub)));
+                    .extend_from_slice(&frame(&Packet::Subscribe(sub), v));
             }
         }
     }
 
-    /// The client's side of the connection goes away (the broker sees the socket close).
+    /// The client gives up on a connection the broker still thinks is alive (a half-open socket) and connects
+    /// again: the broker takes the session over from the old connection.
+    fn take_over(&mut self, c: usize) {
+        if !self.clients[c].connected {
+            return;
+        }
+        trace!("takeover {c}");
+        let cl = &mut self.clients[c];
+        cl.key = None;
+        cl.io = None;
+        cl.connected = false;
+        self.connect(c);
+    }
+
+    /// The client's side of the connection goes away (the broker sees the socket close; the will goes out).
     fn disconnect(&mut self, c: usize) {
-        let Some(key) = self.clients[c].key.take() else {
+        trace!("socket of {c} closes");
+        let cl = &mut self.clients[c];
+        cl.connected = false;
+        // Still being handed to the owner: the adopted connection is closed on arrival.
+        cl.io = None;
+        let Some(key) = cl.key.take() else {
             return;
         };
-        self.clients[c].connected = false;
-        let shard = self.clients[c].shard;
+        let shard = cl.shard;
         let sh = self.shard(shard);
         sh.on_io_closed(key);
         sh.release(key);
+    }
+
+    /// DISCONNECT, then the socket closes (no will).
+    fn graceful_disconnect(&mut self, c: usize) {
+        let cl = &mut self.clients[c];
+        if cl.key.is_none() {
+            return;
+        }
+        let v = cl.version;
+        let d = Packet::Disconnect(Disconnect {
+            reason: ReasonCode::Success,
+            properties: None,
+        });
+        cl.to_broker.extend_from_slice(&frame(&d, v));
+        let mut all = std::mem::take(&mut self.clients[c].to_broker);
+        self.feed(c, &mut all);
+        self.disconnect(c);
     }
 
     /// Broker-initiated closes: the client reads what is writable, then the socket closes.
@@ -362,10 +411,25 @@ impl World {
                 {
                     self.read_all(c);
                     self.clients[c].key = None;
+                    self.clients[c].io = None;
                     self.clients[c].connected = false;
                 }
                 self.shard(s).release(key);
             }
+        }
+    }
+
+    /// The broker reads `bytes` from the client's connection.
+    fn feed(&mut self, c: usize, bytes: &mut BytesMut) {
+        let Some(key) = self.clients[c].key else {
+            return;
+        };
+        let shard = self.clients[c].shard;
+        match self.shard(shard).on_bytes(key, bytes) {
+            ReadOutcome::Close => self.clients[c].to_broker.clear(),
+            // On its way to the owner shard (the rest of the bytes travel with it).
+            ReadOutcome::HandedOff => self.clients[c].key = None,
+            _ => {}
         }
     }
 
@@ -380,16 +444,13 @@ impl World {
         let pending = self.clients[c].to_broker.len();
         if pending == 0 {
             if self.shard(shard).has_partial(key) {
-                let mut empty = BytesMut::new();
-                self.shard(shard).on_bytes(key, &mut empty);
+                self.feed(c, &mut BytesMut::new());
             }
             return;
         }
         let n = 1 + self.rng.below(pending as u64) as usize;
         let mut chunk = self.clients[c].to_broker.split_to(n);
-        if self.shard(shard).on_bytes(key, &mut chunk) == ReadOutcome::Close {
-            self.clients[c].to_broker.clear();
-        }
+        self.feed(c, &mut chunk);
     }
 
     fn client_publishes(&mut self, c: usize) {
@@ -402,6 +463,7 @@ impl World {
             1 => QoS::AtLeastOnce,
             _ => QoS::ExactlyOnce,
         };
+        let retain = self.rng.chance(5);
         let cl = &mut self.clients[c];
         let seq = cl.next_seq;
         cl.next_seq += 1;
@@ -411,20 +473,26 @@ impl World {
             (seq % 60_000) as u16 + 1
         };
         if qos != QoS::AtMostOnce {
-            cl.outstanding.insert(packet_id, (seq, qos));
+            cl.outstanding.insert(packet_id, (seq, qos, retain));
         }
-        let mut payload = (c as u32).to_be_bytes().to_vec();
-        payload.extend_from_slice(&seq.to_be_bytes());
+        let topic = if retain {
+            format!("sim/r/{c}")
+        } else {
+            format!("sim/{c}")
+        };
         let p = Publish {
             dup: false,
             qos,
-            retain: false,
-            topic: format!("sim/{c}").into(),
+            retain,
+            topic: topic.into(),
             packet_id,
             properties: None,
-            payload: payload.into(),
+            payload: payload(c, seq, cl.will_seq).into(),
         };
-        cl.to_broker.extend_from_slice(&frame(&Packet::Publish(p)));
+        let v = cl.version;
+        trace!("{c} publishes {seq} {qos:?} retain {retain} pid {packet_id}");
+        cl.to_broker
+            .extend_from_slice(&frame(&Packet::Publish(p), v));
     }
 
     /// The client reads a random part of what the broker may write now.
@@ -475,8 +543,8 @@ impl World {
                     return;
                 }
             };
-            let acked = &mut self.acked;
-            if let Err(e) = on_packet(&mut self.clients[c], c, acked, p) {
+            trace!("{c} gets {p:?}");
+            if let Err(e) = self.clients[c].on_packet(c, &mut self.acked, p) {
                 self.fail(e);
                 return;
             }
@@ -509,6 +577,32 @@ impl World {
         }
     }
 
+    /// One mesh message arrives. An `Adopt` is the I/O layer's business: the owner shard adopts the connection
+    /// (unless the client gave up on it meanwhile: then it is closed at once).
+    fn deliver(&mut self, from: u16, to: u16, m: MeshMsg) {
+        let MeshMsg::Adopt(a) = m else {
+            self.shard(to).on_mesh(from, m);
+            return;
+        };
+        self.handoffs += 1;
+        let io = a.io;
+        let c = (io & 0xffff) as usize;
+        let (key, outcome) = self.shard(to).adopt(*a);
+        trace!("adopt {c} io {io:#x} on shard {to} key {key:?}: {outcome:?}");
+        let cl = &mut self.clients[c];
+        if cl.io != Some(io) {
+            let sh = self.shard(to);
+            sh.on_io_closed(key);
+            sh.release(key);
+            return;
+        }
+        cl.key = Some(key);
+        cl.shard = to;
+        if outcome == ReadOutcome::Close {
+            cl.to_broker.clear();
+        }
+    }
+
     /// Deliver a random prefix of one direction's mesh queue (FIFO, like the SPSC channels).
     fn carry_mesh(&mut self) {
         let from = self.rng.below(SHARDS as u64) as u16;
@@ -519,12 +613,13 @@ impl World {
         let n = 1 + self.rng.below(q.len() as u64 + 1) as usize;
         let batch: Vec<MeshMsg> = q.drain(..n.min(q.len())).collect();
         for m in batch {
-            self.shard(to).on_mesh(from, m);
+            self.deliver(from, to, m);
         }
     }
 
     /// Both shards die at once (the process is killed, unsynced writes are lost or torn), then restart.
     fn crash(&mut self) {
+        trace!("CRASH");
         self.crashes += 1;
         self.shards.clear();
         self.mesh.clear();
@@ -535,6 +630,7 @@ impl World {
         }
         for cl in &mut self.clients {
             cl.key = None;
+            cl.io = None;
             cl.connected = false;
         }
         self.boot();
@@ -565,7 +661,7 @@ impl World {
     fn drain(&mut self, rounds: usize) {
         for ((from, to), q) in std::mem::take(&mut self.mesh) {
             for m in q {
-                self.shard(to).on_mesh(from, m);
+                self.deliver(from, to, m);
             }
         }
         for c in 0..self.clients.len() {
@@ -577,7 +673,7 @@ impl World {
                     let shard = self.clients[c].shard;
                     if self.shard(shard).can_read(key) {
                         let mut b = std::mem::take(&mut self.clients[c].to_broker);
-                        self.shard(shard).on_bytes(key, &mut b);
+                        self.feed(c, &mut b);
                     }
                 }
                 self.read_all(c);
@@ -593,7 +689,7 @@ impl World {
                 let mut out = Vec::new();
                 sh.take_mesh(&mut out);
                 for (to, m) in out {
-                    self.shard(to).on_mesh(s, m);
+                    self.deliver(s, to, m);
                 }
             }
             self.collect_closes();
@@ -617,6 +713,7 @@ impl World {
             };
             let missing: Vec<_> = self
                 .acked
+                .msgs
                 .iter()
                 .filter(|&&(p, seq, q)| q.min(qos as u8) > 0 && !cl.seen.contains(&(p, seq)))
                 .take(10)
@@ -630,102 +727,80 @@ impl World {
         }
         Ok(())
     }
-}
 
-impl Client {
-    fn new(id: String, role: Role, shard: u16) -> Client {
-        Client {
-            id,
-            role,
-            shard,
-            key: None,
-            to_broker: BytesMut::new(),
-            from_broker: BytesMut::new(),
-            decoder: Decoder::new_client(V, 1 << 20),
-            connected: false,
-            subscribed: false,
-            next_seq: 0,
-            outstanding: HashMap::new(),
-            qos2_pending: HashSet::new(),
-            got: HashMap::new(),
-            seen: HashSet::new(),
-            qos2_seen: HashSet::new(),
-        }
-    }
-}
-
-/// A client reacts to one packet from the broker, as a correct MQTT client would.
-fn on_packet(
-    cl: &mut Client,
-    c: usize,
-    acked: &mut BTreeSet<(usize, u32, u8)>,
-    p: Packet,
-) -> Result<(), String> {
-    match p {
-        Packet::ConnAck(a) => {
-            if a.reason != ReasonCode::Success {
-                return Err(format!("{}: CONNACK {:?}", cl.id, a.reason));
-            }
-        }
-        Packet::SubAck(_) => cl.subscribed = true,
-        Packet::PubAck(r) | Packet::PubRec(r) => {
-            if let Some(&(seq, qos)) = cl.outstanding.get(&r.packet_id) {
-                if r.reason == ReasonCode::Success {
-                    acked.insert((c, seq, qos as u8));
-                }
-                if qos == QoS::ExactlyOnce {
-                    cl.to_broker
-                        .extend_from_slice(&frame(&Packet::PubRel(resp(r.packet_id))));
-                } else {
-                    cl.outstanding.remove(&r.packet_id);
-                }
-            }
-        }
-        Packet::PubComp(r) => {
-            cl.outstanding.remove(&r.packet_id);
-        }
-        Packet::Publish(p) => {
-            let publisher = u32::from_be_bytes(p.payload[..4].try_into().unwrap()) as usize;
-            let seq = u32::from_be_bytes(p.payload[4..8].try_into().unwrap());
-            let mut fresh = true;
-            match p.qos {
-                QoS::AtMostOnce => {}
-                QoS::AtLeastOnce => cl
-                    .to_broker
-                    .extend_from_slice(&frame(&Packet::PubAck(resp(p.packet_id)))),
-                QoS::ExactlyOnce => {
-                    // Method B: a PUBLISH whose id awaits PUBREL is the same message again.
-                    fresh = cl.qos2_pending.insert(p.packet_id);
-                    cl.to_broker
-                        .extend_from_slice(&frame(&Packet::PubRec(resp(p.packet_id))));
-                    if fresh && !cl.qos2_seen.insert((publisher, seq)) {
-                        return Err(format!(
-                            "{}: QoS 2 message {publisher}/{seq} delivered twice",
-                            cl.id
-                        ));
+    /// A fresh clean 3.1.1 client on each shard subscribes to `sim/r/#`: that shard's retained message of each
+    /// publisher's topic must be at least as new as the newest retained publish acknowledged to the publisher.
+    fn check_retained(&mut self) -> Result<(), String> {
+        let v = ProtocolVersion::V3_1_1;
+        for s in 0..SHARDS {
+            let id = id_on(&format!("checker{s}"), s);
+            let key = self.shard(s).accept(u64::MAX - s as u64);
+            let mut b = frame(
+                &Packet::Connect(Box::new(Connect {
+                    protocol: v,
+                    clean_start: true,
+                    keep_alive: 0,
+                    client_id: id.as_str().into(),
+                    will: None,
+                    username: None,
+                    password: None,
+                    properties: None,
+                })),
+                v,
+            );
+            b.extend_from_slice(&frame(
+                &Packet::Subscribe(Subscribe {
+                    packet_id: 1,
+                    filters: vec![SubscribeFilter {
+                        filter: "sim/r/#".into(),
+                        options: SubscriptionOptions {
+                            qos: QoS::AtMostOnce,
+                            ..Default::default()
+                        },
+                    }],
+                    properties: None,
+                }),
+                v,
+            ));
+            self.shard(s).on_bytes(key, &mut b);
+            // The SUBACK (and the retained messages after it) wait for the peer's interest acknowledgement.
+            for _ in 0..8 {
+                for from in 0..SHARDS {
+                    let sh = self.shard(from);
+                    sh.end_round();
+                    sh.sync_log();
+                    let mut out = Vec::new();
+                    sh.take_mesh(&mut out);
+                    for (to, m) in out {
+                        self.deliver(from, to, m);
                     }
                 }
             }
-            if fresh && cl.seen.insert((publisher, seq)) {
-                let list = cl.got.entry(publisher).or_default();
-                if let Some(&last) = list.last() {
-                    if seq < last {
+            let sh = self.shard(s);
+            let Some((out, n)) = sh.out_writable(key) else {
+                return Err(format!("retained checker on shard {s} was closed"));
+            };
+            let mut bytes = BytesMut::from(&out[..n]);
+            sh.consumed(key, n);
+            let mut d = Decoder::new_client(v, 1 << 20);
+            let mut newest: BTreeMap<usize, u32> = BTreeMap::new();
+            while let Some(p) = d.decode(&mut bytes).map_err(|e| format!("{e:?}"))? {
+                if let Packet::Publish(p) = p {
+                    let (publisher, seq, _) = stamp(&p.payload);
+                    newest.insert(publisher, seq);
+                }
+            }
+            for (&publisher, &acked) in &self.acked.retained {
+                match newest.get(&publisher) {
+                    Some(&got) if got >= acked => {}
+                    got => {
                         return Err(format!(
-                            "{}: {publisher}/{seq} arrived after {publisher}/{last} (order per publisher)",
-                            cl.id
-                        ));
+                            "shard {s}: retained message of publisher {publisher} is {got:?}, but {acked} was acknowledged"
+                        ))
                     }
                 }
-                list.push(seq);
             }
         }
-        Packet::PubRel(r) => {
-            cl.qos2_pending.remove(&r.packet_id);
-            cl.to_broker
-                .extend_from_slice(&frame(&Packet::PubComp(resp(r.packet_id))));
-        }
-        Packet::Disconnect(_) | Packet::PingResp | Packet::UnsubAck(_) => {}
-        other => return Err(format!("{}: unexpected {other:?}", cl.id)),
+        Ok(())
     }
-    Ok(())
 }

@@ -116,6 +116,8 @@ impl Shard {
     /// reading while it writes would deadlock with itself). Past the hard bound, see `full_reason`.
     fn pause_publisher(&mut self, sidx: u32, origin: Option<Origin>) {
         let Some(o) = origin else { return };
+        // One waiter per publisher connection, whichever of its packets filled the queue.
+        let o = Origin { packet_id: 0, ..o };
         let shard_id = self.cfg.shard_id;
         let s = self.sessions[sidx as usize].as_mut().expect("live session");
         let own = o.shard == shard_id && Some(o.conn) == s.conn;

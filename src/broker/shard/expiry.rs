@@ -122,7 +122,7 @@ impl Shard {
                     kept.push_back(q);
                 }
             }
-            s.queue = kept;
+            s.queue = kept.into();
             for q in gone {
                 self.drop_expired(sidx, &q);
             }

@@ -151,8 +151,10 @@ impl Shard {
             return;
         }
         if let Some(conn) = self.conns.get_mut(key) {
-            let keep = self.dur.writable(key, conn.out.len());
-            conn.out.truncate(keep);
+            let keep = self.dur.writable(key, conn.out_len());
+            if let Some(out) = conn.out.as_mut() {
+                out.truncate(keep);
+            }
         }
         self.dur.forget(key);
     }

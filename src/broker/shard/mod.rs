@@ -231,11 +231,14 @@ pub enum MeshMsg {
     /// Stop / resume reading a publisher connection of the receiving shard (backpressure).
     Pause(ConnKey),
     Resume(ConnKey),
-    /// The sender's log could not take a QoS>0 message published on this connection of the receiving shard, or a
-    /// full session there refused it (`persistent_queue_full = "refuse"`):
-    /// the acknowledgement held for it must never leave. Sent before the sender's `Durable` for that message
+    /// The sender's log could not take the QoS>0 message published with `packet_id` on this connection of the
+    /// receiving shard, or a full session there refused it (`persistent_queue_full = "refuse"`): the
+    /// acknowledgement held for it must never leave as a success. Sent before the sender's `Durable` for that message
     /// (channels are FIFO), so it always arrives first.
-    LogRefused(ConnKey),
+    LogRefused {
+        conn: ConnKey,
+        packet_id: u16,
+    },
     /// The sender's member counts for these shared groups (`$share/GROUP/FILTER`); a non-zero token asks for
     /// `InterestAck { token }` (a SUBACK waits for it).
     SharedCount {
@@ -702,7 +705,7 @@ impl Shard {
                 self.store_retained(Rc::new(*m));
                 self.peer_msg_done(from, seq, origin, before);
             }
-            MeshMsg::LogRefused(key) => self.refuse_held(key),
+            MeshMsg::LogRefused { conn, packet_id } => self.refuse_held(conn, packet_id),
             MeshMsg::Handled { upto, written } => {
                 self.dur.on_peer_handled(from, upto, &written);
                 self.poll_durable();

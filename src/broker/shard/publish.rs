@@ -68,6 +68,7 @@ impl Shard {
             origin: Some(Origin {
                 shard: self.cfg.shard_id,
                 conn: key,
+                packet_id: p.packet_id,
             }),
             received_at: self.now,
         };

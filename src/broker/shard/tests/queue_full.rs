@@ -311,6 +311,124 @@ fn a_full_session_on_a_peer_shard_withholds_the_acknowledgement() {
     assert_eq!(s1.session(find(&s1, &sub_id)).queue.len(), 1);
 }
 
+/// Two shards; on shard 1 an offline persistent subscriber to `t/+` whose queue holds one message.
+fn full_session_on_peer(dir: &std::path::Path) -> (Shard, Shard, String) {
+    let cfg = ShardConfig {
+        max_offline_messages_per_session: 1,
+        ..ShardConfig::default()
+    };
+    let mut s0 = member(&dir.join("0"), 0, 2, cfg.clone());
+    let mut s1 = member(&dir.join("1"), 1, 2, cfg);
+    let sub_id = id_on("sub", 1);
+    let sub = connect(&mut s1, 1, &sub_id, false);
+    s1.on_bytes(sub, &mut subscribe("t/+", QoS::ExactlyOnce));
+    shuttle(&mut s0, &mut s1, [true, true]);
+    s1.on_io_closed(sub);
+    s1.release(sub);
+    (s0, s1, sub_id)
+}
+
+fn publish_v5_to(topic: &str, qos: QoS, id: u16) -> BytesMut {
+    let mut b = BytesMut::new();
+    let p = Publish {
+        dup: false,
+        qos,
+        retain: false,
+        topic: topic.into(),
+        packet_id: id,
+        properties: None,
+        payload: bytes::Bytes::from_static(b"m"),
+    };
+    codec::encode(&Packet::Publish(p), ProtocolVersion::V5, &mut b).unwrap();
+    b
+}
+
+/// A full session on another shard refuses a v5 publish: `LogRefused` names the packet id, so exactly its
+/// PUBACK/PUBREC becomes 0x97 (the acknowledgements around it keep their order and success, the connection
+/// stays), and a refused QoS 2 packet id is released: the same id published again is routed again (and refused
+/// again, the queue is still full), not acknowledged as a retransmission.
+#[test]
+fn a_full_session_on_a_peer_shard_refuses_exactly_that_v5_publish() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s0, mut s1, sub_id) = full_session_on_peer(dir.path());
+    let p = connect_as(&mut s0, 2, &id_on("pub", 0), true, Some(0));
+    take_v5(&mut s0, p);
+    s0.on_bytes(p, &mut publish_v5_to("t/1", QoS::AtLeastOnce, 1));
+    shuttle(&mut s0, &mut s1, [true, true]);
+    assert_eq!(acks(&take_v5(&mut s0, p)), vec![(1, ReasonCode::Success)]);
+    let mut burst = BytesMut::new();
+    burst.extend_from_slice(&publish_v5_to("t/1", QoS::AtLeastOnce, 2));
+    burst.extend_from_slice(&publish_v5_to("u/1", QoS::AtLeastOnce, 3));
+    burst.extend_from_slice(&publish_v5_to("t/1", QoS::ExactlyOnce, 4));
+    burst.extend_from_slice(&publish_v5_to("u/1", QoS::ExactlyOnce, 5));
+    s0.on_bytes(p, &mut burst);
+    shuttle(&mut s0, &mut s1, [true, true]);
+    let mut closing = Vec::new();
+    s0.take_closing(&mut closing);
+    assert!(closing.is_empty(), "a v5 publisher keeps its connection");
+    assert_eq!(
+        acks(&take_v5(&mut s0, p)),
+        vec![
+            (2, ReasonCode::QuotaExceeded),
+            (3, ReasonCode::Success),
+            (4, ReasonCode::QuotaExceeded),
+            (5, ReasonCode::Success),
+        ]
+    );
+    assert_eq!(s0.stats.publishes_refused, 2);
+    let psess = find(&s0, &id_on("pub", 0));
+    assert!(!s0.session(psess).inbound_qos2.contains(&4));
+    s0.on_bytes(p, &mut publish_v5_to("t/1", QoS::ExactlyOnce, 4));
+    shuttle(&mut s0, &mut s1, [true, true]);
+    assert_eq!(
+        acks(&take_v5(&mut s0, p)),
+        vec![(4, ReasonCode::QuotaExceeded)]
+    );
+    assert_eq!(s1.stats.refused_queue_full, 3);
+    assert_eq!(s1.session(find(&s1, &sub_id)).queue.len(), 1);
+}
+
+/// The 3.1.1 side: a refused QoS 2 publish from a persistent session closes the connection unacknowledged, and
+/// its packet id is released, so the client's retry after reconnecting (same id, DUP) is routed again and
+/// refused again, never acknowledged as a retransmission of a message the full session does not have.
+#[test]
+fn a_refused_qos2_publish_is_not_acknowledged_when_a_311_client_retries_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s0, mut s1, sub_id) = full_session_on_peer(dir.path());
+    let pub_id = id_on("pub", 0);
+    let p = connect(&mut s0, 2, &pub_id, false);
+    take_output(&mut s0, p);
+    s0.on_bytes(p, &mut publish_to("t/1", QoS::AtLeastOnce, 1, b"a"));
+    shuttle(&mut s0, &mut s1, [true, true]);
+    assert_eq!(pubacks(&take_output(&mut s0, p)), vec![1]);
+    for attempt in 0..2 {
+        let p = if attempt == 0 {
+            p
+        } else {
+            let p = connect(&mut s0, 3 + attempt, &pub_id, false);
+            take_output(&mut s0, p);
+            p
+        };
+        let mut retry = publish_to("t/1", QoS::ExactlyOnce, 7, b"b");
+        if attempt > 0 {
+            retry[0] |= 0x08; // DUP
+        }
+        s0.on_bytes(p, &mut retry);
+        shuttle(&mut s0, &mut s1, [true, true]);
+        let mut closing = Vec::new();
+        s0.take_closing(&mut closing);
+        let got = take_output(&mut s0, p);
+        assert!(
+            !got.iter().any(|x| matches!(x, Packet::PubRec(_))),
+            "attempt {attempt}: {got:?}"
+        );
+        assert_eq!(closing, vec![p], "attempt {attempt}");
+        s0.release(p);
+    }
+    assert_eq!(s1.stats.refused_queue_full, 2);
+    assert_eq!(s1.session(find(&s1, &sub_id)).queue.len(), 1);
+}
+
 /// An online subscriber past its hard bound (publishes already on their way between shards when the pause was
 /// decided): the overshooting message is refused, not acknowledged and dropped.
 #[test]

@@ -31,6 +31,10 @@ DATA="$W/data"
 trap 'stop_broker; rm -rf "$W"' EXIT
 : > "$OUT"
 
+# mosquitto drops root privileges to its own user: it must be able to read every file made here.
+chmod 755 "$W"
+umask 022
+
 # --- certificates and files -------------------------------------------------------------------------------------
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$W/ca.key" -out "$W/ca.crt" \
   -subj "/CN=bench CA" -days 30 -addext "basicConstraints=critical,CA:TRUE" \
@@ -40,6 +44,7 @@ openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$W/
 printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n' > "$W/ext"
 openssl x509 -req -in "$W/server.csr" -CA "$W/ca.crt" -CAkey "$W/ca.key" -CAcreateserial -days 30 \
   -extfile "$W/ext" -out "$W/server.crt" 2>/dev/null
+chmod 644 "$W"/*
 
 # mkpw FILE ITERATIONS: users lg-c0..lg-c19999 and "same", password "pw", one $7$ hash (same salt) for all:
 # each user is still verified on its own (no broker can tell the hashes are equal without computing them).
@@ -260,5 +265,6 @@ case $WHAT in
   all) connects; acl; idle; tls; handshakes ;;
   *) echo "unknown: $WHAT" >&2; exit 2 ;;
 esac
+chmod 644 "$W"/* 2>/dev/null
 summary
 echo "JSON lines: $OUT"

@@ -2,7 +2,6 @@
 //! rcgen certificates from the root crate's tests/common/certs.rs): exact counts over TLS, mutual TLS with
 //! `--cert/--key`, and refusals (no client certificate, a CA that did not sign the server) counted as failures.
 
-#[allow(dead_code)]
 #[path = "../../tests/common/certs.rs"]
 mod certs;
 mod common;

@@ -18,7 +18,11 @@ static GLOBAL: MiMalloc = MiMalloc;
 #[command(
     name = "coremq",
     version,
-    about = "Thread-per-core MQTT broker (3.1, 3.1.1, 5.0) on io_uring"
+    about = "Thread-per-core MQTT broker (3.1, 3.1.1, 5.0) on io_uring",
+    after_help = "Subcommands:\n  coremq passwd [-c | -D | -b] FILE USER [PASSWORD]   manage a password file \
+                  (mosquitto_passwd's interface); see `coremq passwd --help`\n\n\
+                  Config: every key with its default and meaning: `coremq --print-default-config`.\n\
+                  Signals: SIGHUP re-reads the password file, ACL file and certificates; SIGTERM/SIGINT stop."
 )]
 struct Cli {
     /// TOML config file; keys not in it keep their embedded defaults (see `--print-default-config`).

@@ -21,6 +21,7 @@ use crate::mqtt::{self, ConnectParams, Decoder, Packet, PublishTemplate, QoS};
 use crate::pacing::Schedule;
 use crate::payload::{read_stamp, Stamp};
 use crate::stats::{PubResult, SubResult, WorkerStats, MAX_STREAMS_PER_SUBSCRIBER};
+use crate::tls::{TlsClient, TlsConn};
 
 /// Bound on encoded bytes waiting to be written per connection: when the socket does not drain, publishing
 /// pauses (the backlog shows as latency from the intended send time) instead of buffering without limit.
@@ -30,6 +31,8 @@ const BATCH: u64 = 256;
 /// Bytes reserved per read for busy connections; idle ones reserve only what a PINGRESP needs.
 const READ_CHUNK: usize = 64 * 1024;
 const IDLE_READ_CHUNK: usize = 64;
+/// One socket read under TLS, on the stack: a full record (16 KiB plus overhead) and then some.
+const TLS_READ_CHUNK: usize = 18 * 1024;
 /// Publishers start 20 ms after the start signal; anything stamped a second before it is from another run.
 const STALE_SLACK_NS: u64 = 1_000_000_000;
 
@@ -95,6 +98,8 @@ pub struct ClientConfig {
     pub drop_subscriber: Option<(usize, f64)>,
     /// Messages sent in the first `warmup_ns` of the run are not recorded in the latency histogram.
     pub warmup_ns: u64,
+    /// `--tls`: every connection speaks TLS with these settings.
+    pub tls: Option<TlsClient>,
 }
 
 #[derive(Debug, Clone)]
@@ -145,11 +150,16 @@ struct Conn {
     idle: bool,
     /// The server's Receive Maximum from CONNACK (MQTT 5).
     receive_maximum: Option<u16>,
+    /// `--tls`: `rbuf` and `out` hold plaintext, this layer the TLS state between them and the socket.
+    tls: Option<Box<TlsConn>>,
 }
 
 impl Conn {
     /// Non-blocking read of whatever is there. Ok(false) = nothing to read now.
     fn try_fill(&mut self) -> Result<bool, String> {
+        if self.tls.is_some() {
+            return self.try_fill_tls();
+        }
         self.rbuf.reserve(if self.idle {
             IDLE_READ_CHUNK
         } else {
@@ -172,6 +182,33 @@ impl Conn {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
             Err(e) => Err(io_reason(&e)),
         }
+    }
+
+    /// `try_fill` through TLS: one socket read (on the stack), decrypted into `rbuf`; then whatever TLS must
+    /// answer (handshake flights) goes out.
+    fn try_fill_tls(&mut self) -> Result<bool, String> {
+        let mut wire = [0u8; TLS_READ_CHUNK];
+        let n = match self.stream.try_read(&mut wire) {
+            Ok(0) => return Err("closed_by_broker".into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) => return Err(io_reason(&e)),
+        };
+        if n < wire.len() {
+            // As in try_fill: a short read emptied the socket.
+            let _ = self.stream.try_io(Interest::READABLE, || {
+                Err::<(), _>(io::ErrorKind::WouldBlock.into())
+            });
+        }
+        let tls = self.tls.as_mut().expect("tls connection");
+        tls.read_wire(&wire[..n], &mut self.rbuf)?;
+        self.try_flush()?;
+        Ok(true)
+    }
+
+    /// Bytes still to go to the socket: queued MQTT bytes or TLS records.
+    fn write_pending(&self) -> bool {
+        !self.out.is_empty() || self.tls.as_ref().is_some_and(|t| t.wants_write())
     }
 
     async fn fill(&mut self) -> Result<(), String> {
@@ -200,7 +237,22 @@ impl Conn {
     }
 
     fn try_flush(&mut self) -> Result<(), String> {
-        while !self.out.is_empty() {
+        if let Some(tls) = self.tls.as_mut() {
+            let stream = &self.stream;
+            loop {
+                tls.write_app(&mut self.out)?;
+                if !tls.wants_write() {
+                    break;
+                }
+                tls.write_wire(|b| stream.try_write(b))
+                    .map_err(|e| io_reason(&e))?;
+                if tls.wants_write() || self.out.is_empty() {
+                    // Blocked on the socket, or all sent.
+                    break;
+                }
+            }
+        }
+        while self.tls.is_none() && !self.out.is_empty() {
             match self.stream.try_write(&self.out) {
                 Ok(n) => {
                     let _ = self.out.split_to(n);
@@ -209,7 +261,7 @@ impl Conn {
                 Err(e) => return Err(io_reason(&e)),
             }
         }
-        if self.idle && self.out.capacity() > 0 {
+        if self.idle && self.out.is_empty() && self.out.capacity() > 0 {
             self.out = BytesMut::new();
         }
         Ok(())
@@ -218,7 +270,7 @@ impl Conn {
     async fn flush(&mut self) -> Result<(), String> {
         loop {
             self.try_flush()?;
-            if self.out.is_empty() {
+            if !self.write_pending() {
                 return Ok(());
             }
             self.stream.writable().await.map_err(|e| io_reason(&e))?;
@@ -281,6 +333,10 @@ async fn open(cfg: &ClientConfig, spec: &ClientSpec, idle: bool) -> Result<Conn,
         version: cfg.connect.version,
         idle,
         receive_maximum: None,
+        tls: match &cfg.tls {
+            Some(t) => Some(Box::new(t.connect()?)),
+            None => None,
+        },
     };
     conn.queue(&mqtt::connect_packet(&cfg.connect, &spec.client_id))?;
     let handshake = async {
@@ -659,7 +715,7 @@ async fn publish_loop(
         if !done
             && schedule.finished(result.sent, now)
             && inflight.ids.is_empty()
-            && conn.out.is_empty()
+            && !conn.write_pending()
         {
             done = true;
             result.finished = true;
@@ -721,7 +777,7 @@ async fn publish_loop(
         tokio::select! {
             r = phase.changed() => if r.is_err() { return Ok(()) },
             r = conn.stream.readable() => r.map_err(|e| io_reason(&e))?,
-            r = conn.stream.writable(), if !conn.out.is_empty() => r.map_err(|e| io_reason(&e))?,
+            r = conn.stream.writable(), if conn.write_pending() => r.map_err(|e| io_reason(&e))?,
             _ = crate::timer::sleep_until_ns(wake.unwrap_or(u64::MAX / 4)), if wake.is_some() => {
                 if next_ping.is_some_and(|p| p <= now_ns()) && conn.out.is_empty() {
                     conn.queue(&Packet::PingReq)?;
@@ -878,7 +934,7 @@ async fn receive_loop(
                     shared.received.fetch_add(got, Relaxed);
                 }
             }
-            r = conn.stream.writable(), if !conn.out.is_empty() => r.map_err(|e| io_reason(&e))?,
+            r = conn.stream.writable(), if conn.write_pending() => r.map_err(|e| io_reason(&e))?,
             _ = sleep_until(instant_at(wake.unwrap_or(u64::MAX / 4))), if wake.is_some() => {
                 let now = now_ns();
                 if drop_at.is_some_and(|d| d <= now) {
@@ -889,7 +945,7 @@ async fn receive_loop(
                 }
             }
         }
-        if !conn.out.is_empty() {
+        if conn.write_pending() {
             conn.try_flush()?;
             last_write = now_ns();
         }

@@ -18,4 +18,5 @@ pub mod seqtrack;
 pub mod stats;
 pub mod table;
 pub mod timer;
+pub mod tls;
 pub mod topic;

@@ -40,7 +40,12 @@ pub fn connect_packet(p: &ConnectParams, client_id: &str) -> Packet {
         keep_alive: p.keep_alive,
         client_id: ByteString::from(client_id),
         will: None,
-        username: p.username.as_deref().map(ByteString::from),
+        // `%c` in the user name is the client id: one user per client, so a broker's credential cache cannot
+        // answer for the next connection (password-cost benchmarks).
+        username: p
+            .username
+            .as_deref()
+            .map(|u| ByteString::from(u.replace("%c", client_id))),
         password: p
             .password
             .as_ref()

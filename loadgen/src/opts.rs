@@ -101,6 +101,7 @@ pub struct Common {
     pub session_expiry: u32,
     #[arg(long, default_value_t = 60)]
     pub keep_alive: u16,
+    /// User name; `%c` is replaced by the client id (`PREFIX-cN` for `conn`, see --client-prefix).
     #[arg(long)]
     pub username: Option<String>,
     #[arg(long)]
@@ -193,6 +194,21 @@ pub struct Common {
     /// No live progress line even on a terminal.
     #[arg(long)]
     pub quiet: bool,
+    /// TLS (1.2 or 1.3, rustls) to the broker; the server's certificate is verified against --cafile.
+    #[arg(long, requires = "cafile")]
+    pub tls: bool,
+    /// PEM file of the CA certificate(s) that signed the broker's certificate.
+    #[arg(long, requires = "tls")]
+    pub cafile: Option<PathBuf>,
+    /// PEM client certificate chain (mTLS; with --key).
+    #[arg(long, requires_all = ["tls", "key"])]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(long, requires_all = ["tls", "cert"])]
+    pub key: Option<PathBuf>,
+    /// Name the broker's certificate must carry (SNI and verification).
+    #[arg(long, default_value = "localhost")]
+    pub tls_server_name: String,
 }
 
 /// Where `--place` puts each pair's two clients, among `shards` coremq shards.

@@ -15,6 +15,7 @@ use crate::mqtt::{ConnectParams, ProtocolVersion, QoS};
 use crate::opts::{parse_cpu_list, ClockKind, Common};
 use crate::seqtrack::SeqTracker;
 use crate::stats::{latency_curve, percentiles, ConnectReport, Report, WorkerStats};
+use crate::tls::TlsClient;
 use crate::topic;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -231,6 +232,15 @@ impl Settings {
             stale_filter: publishers > 0,
             drop_subscriber: c.inject_sub_disconnect.map(|s| (0, s)),
             warmup_ns: (c.warmup.max(0.0) * 1e9) as u64,
+            tls: match (&c.tls, &c.cafile) {
+                (true, Some(ca)) => Some(TlsClient::new(
+                    ca,
+                    c.cert.as_ref(),
+                    c.key.as_ref(),
+                    &c.tls_server_name,
+                )?),
+                _ => None,
+            },
         };
         let label = c.label.clone().unwrap_or_else(|| c.broker.clone());
         Ok(Settings {

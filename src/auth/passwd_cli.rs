@@ -18,6 +18,30 @@ const USAGE: &str =
     "usage: coremq passwd [-H sha512-pbkdf2|sha512] [-I ITERATIONS] [-c | -D] FILE USER\n       \
                      coremq passwd [-H ...] [-I ITERATIONS] [-c] -b FILE USER PASSWORD";
 
+/// `coremq passwd --help`.
+pub const HELP: &str = "\
+Manage a mosquitto-compatible password file (the `password_file` of coremq and mosquitto).
+
+usage: coremq passwd [-H sha512-pbkdf2|sha512] [-I ITERATIONS] [-c | -D] FILE USER
+       coremq passwd [-H ...] [-I ITERATIONS] [-c] -b FILE USER PASSWORD
+
+Without -b the password is asked twice on the terminal, or read as two lines from stdin when stdin is not a
+terminal. The file is rewritten atomically with mode 0600; comments and other users are kept.
+
+Options:
+  -c             create the file (overwrites an existing one)
+  -b             batch: take the password from the command line (visible to other users in `ps`)
+  -D             delete USER from the file
+  -H HASH        sha512-pbkdf2 (default, `$7$`, mosquitto 2.x) or sha512 (`$6$`, mosquitto 1.x, weak)
+  -I ITERATIONS  PBKDF2 iterations for new hashes (default 101, mosquitto_passwd's default; 1 to 2147483647)
+  -h, --help     print this help
+
+Examples:
+  coremq passwd -c /etc/coremq/passwd alice
+  coremq passwd -b /etc/coremq/passwd bob 's3cret'
+  coremq passwd -D /etc/coremq/passwd bob
+";
+
 /// Longest password accepted from a prompt or stdin (mosquitto_passwd's buffer is 65,536 bytes).
 const MAX_PASSWORD: usize = 65_535;
 
@@ -133,6 +157,14 @@ fn check_user(user: &str) -> Result<(), String> {
 
 /// Run `coremq passwd` with the arguments after `passwd`.
 pub fn run(args: &[String]) -> Result<(), String> {
+    // Help wherever it is among the options (before FILE), as clap does for the main command.
+    let options = args
+        .iter()
+        .take_while(|a| a.starts_with('-') && a.len() > 1);
+    if options.clone().any(|a| a == "-h" || a == "--help") {
+        print!("{HELP}");
+        return Ok(());
+    }
     let o = parse_args(args)?;
     let existing = if o.create {
         String::new()

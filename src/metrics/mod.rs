@@ -40,35 +40,43 @@ pub struct GaugeDef {
 }
 
 macro_rules! stats_counters {
-    ($($field:ident => $name:literal, $labels:literal, $help:literal;)*) => {
+    (levels: [$($level:ident),* $(,)?];
+     $($field:ident => $name:literal, $labels:literal, $help:literal;)*) => {
         /// The shard's `Stats`, as atomics.
         #[derive(Debug, Default)]
-        struct Counters { $($field: AtomicU64,)* }
+        struct Counters { $($field: AtomicU64,)* $($level: AtomicU64,)* }
 
         impl Counters {
             fn store(&self, s: &Stats) {
                 // No `..`: a `Stats` field missing from the table is a compile error.
-                let Stats { $($field,)* } = s;
+                let Stats { $($field,)* $($level,)* } = s;
                 $(self.$field.store(*$field, Relaxed);)*
+                $(self.$level.store(*$level, Relaxed);)*
             }
 
             fn load(&self) -> Stats {
-                Stats { $($field: self.$field.load(Relaxed),)* }
+                Stats { $($field: self.$field.load(Relaxed),)* $($level: self.$level.load(Relaxed),)* }
             }
         }
 
         fn add_stats(a: &mut Stats, b: &Stats) {
             $(a.$field += b.$field;)*
+            $(a.$level += b.$level;)*
         }
 
         pub const STATS_COUNTERS: &[CounterDef] = &[
             $(CounterDef { field: stringify!($field), name: $name, labels: $labels, help: $help,
                            get: |s: &Stats| s.$field },)*
         ];
+
+        /// `Stats` fields that are levels (they fall as well as rise): not counters; the shard copies each into
+        /// the `Gauges` field of the same name, exported in `GAUGES`.
+        pub const STATS_LEVELS: &[&str] = &[$(stringify!($level),)*];
     };
 }
 
 stats_counters! {
+    levels: [queued_log_bytes];
     connections_accepted => "coremq_connections_accepted_total", "", "TCP connections accepted.";
     connections_closed => "coremq_connections_closed_total", "", "Connections closed, for any reason.";
     handoffs_out => "coremq_handoffs_total", "direction=\"out\"",
@@ -116,8 +124,6 @@ stats_counters! {
         "Times a session queue was found full, by the bound that was reached.";
     full_online_hard => "coremq_queue_full_total", "bound=\"online_hard\"",
         "Times a session queue was found full, by the bound that was reached.";
-    queued_log_bytes => "coremq_queued_log_bytes_total", "",
-        "Log bytes held now by queued messages of persistent sessions (a level that also falls; in Stats for now).";
     expired => "coremq_messages_expired_total", "", "v5 messages dropped because their expiry interval passed.";
     shared_redispatched => "coremq_shared_redispatched_total", "",
         "Shared-subscription messages given to another member because theirs went offline.";
@@ -178,6 +184,8 @@ gauges! {
     inflight_messages => "coremq_inflight_messages", "Messages sent and not yet acknowledged.";
     mesh_depth => "coremq_mesh_channel_depth", "Messages waiting in this shard's inbound channels from peers.";
     paused_publishers => "coremq_paused_publishers", "Publishers not read because a queue they feed is full.";
+    queued_log_bytes => "coremq_queued_log_bytes",
+        "Log bytes held now by queued QoS 1/2 messages of persistent sessions (bounded by max_offline_bytes_per_shard).";
 }
 
 /// One shard's block. Aligned so two shards' hot counters never share a cache line.

@@ -79,9 +79,19 @@ fn every_stats_field_has_exactly_one_metric() {
     assert!(fields.len() > 10, "could not read Stats fields: {fields:?}");
     for f in &fields {
         let n = STATS_COUNTERS.iter().filter(|d| d.field == f).count();
-        assert_eq!(n, 1, "Stats::{f} appears {n} times in STATS_COUNTERS");
+        if STATS_LEVELS.contains(&f.as_str()) {
+            // A level is a gauge of the same field name, never a `_total` counter.
+            assert_eq!(n, 0, "Stats::{f} is a level and also in STATS_COUNTERS");
+            let g = GAUGES.iter().filter(|d| d.field == f).count();
+            assert_eq!(g, 1, "Stats::{f} is a level but not in GAUGES");
+        } else {
+            assert_eq!(n, 1, "Stats::{f} appears {n} times in STATS_COUNTERS");
+        }
     }
-    assert_eq!(STATS_COUNTERS.len(), fields.len());
+    assert_eq!(STATS_COUNTERS.len() + STATS_LEVELS.len(), fields.len());
+    // Counters are `_total` and gauges are not (promtool's convention; a level named `_total` misleads rate()).
+    assert!(STATS_COUNTERS.iter().all(|d| d.name.ends_with("_total")));
+    assert!(GAUGES.iter().all(|d| !d.name.ends_with("_total")));
 }
 
 #[test]

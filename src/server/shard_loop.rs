@@ -210,6 +210,8 @@ pub struct ShardIo {
     bytes_out: Cell<u64>,
     /// The `$SYS` topics this shard publishes every `sys_interval` seconds.
     sys: RefCell<crate::metrics::sys::SysTopics>,
+    /// The incremental walk behind the session gauges (bounded per tick).
+    gauge_walk: RefCell<crate::broker::shard::GaugeWalk>,
 }
 
 impl ShardIo {
@@ -277,6 +279,7 @@ impl ShardIo {
                 id as usize,
                 telemetry.sys_interval,
             )),
+            gauge_walk: RefCell::default(),
         }))
     }
 

@@ -55,6 +55,7 @@ mod delivery;
 mod durable;
 mod expiry;
 mod gauges;
+pub use gauges::{GaugeWalk, GAUGE_WALK_BUDGET};
 mod lifecycle;
 mod output;
 mod persist;

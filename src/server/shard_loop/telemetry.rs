@@ -20,11 +20,14 @@ impl ShardIo {
         }
     }
 
-    /// Counters and gauges for the metrics registry: called once a second (a walk over sessions, see
-    /// `Shard::gauges`), so the hot path pays nothing but the byte counts.
+    /// Counters and gauges for the metrics registry: called once a second (a bounded step of the walk over
+    /// sessions, see `Shard::gauges_step`), so the hot path pays nothing but the byte counts.
     pub(super) fn publish_metrics(&self) {
         let core = self.core.borrow();
-        let mut g = core.gauges();
+        let mut g = core.gauges_step(
+            &mut self.gauge_walk.borrow_mut(),
+            crate::broker::shard::GAUGE_WALK_BUDGET,
+        );
         g.mesh_depth = self
             .mesh
             .from

@@ -91,3 +91,49 @@ fn gauges_follow_the_shard_state() {
     );
     assert_eq!(g.connections, 2);
 }
+
+/// A walk with a small budget visits at most that many slots per step, and once a pass completes reports what a
+/// full pass does; until then it reports the previous pass.
+#[test]
+fn the_gauge_walk_is_bounded_per_step_and_converges() {
+    let mut shard = Shard::new(ShardConfig::default());
+    let mut keys = Vec::new();
+    for i in 0..50u64 {
+        keys.push(connect(&mut shard, i, &format!("c{i}"), i % 2 == 0));
+    }
+    let full = shard.gauges();
+    assert_eq!(full.sessions_online, 50);
+    assert_eq!(full.sessions_persistent, 25);
+    let mut walk = GaugeWalk::default();
+    let mut steps = 0;
+    while walk.passes == 0 {
+        let g = shard.gauges_step(&mut walk, 7);
+        assert!(walk.visited <= 7, "visited {}", walk.visited);
+        steps += 1;
+        if walk.passes == 0 {
+            // Nothing complete yet: walked gauges are zero, the kept counts are current.
+            assert_eq!(g.sessions_online, 0);
+            assert_eq!(g.connections, 50);
+        } else {
+            assert_eq!(g, full);
+        }
+        assert!(steps < 100, "the walk never completes");
+    }
+    // 50 sessions and 50 connection slots at 7 a step.
+    assert!(steps >= 100 / 7, "{steps} steps");
+    // The next pass sees a change; the previous pass is reported until it completes.
+    for k in keys.iter().take(10) {
+        shard.on_io_closed(*k);
+        shard.release(*k);
+    }
+    let g = shard.gauges_step(&mut walk, 7);
+    assert_eq!(g.sessions_online, 50);
+    assert_eq!(g.connections, 40);
+    while walk.passes == 1 {
+        shard.gauges_step(&mut walk, 7);
+    }
+    let g = shard.gauges_step(&mut walk, 0);
+    assert_eq!(walk.visited, 0);
+    assert_eq!((g.sessions_online, g.sessions_offline), (40, 5));
+    assert_eq!(g, shard.gauges());
+}

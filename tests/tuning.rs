@@ -330,6 +330,7 @@ fn check_untuned_root_fails_on_the_right_settings() {
         format!(
             ">= {}",
             coremq::limits::required_memlock_bytes(4, 512 * 1024)
+                + coremq::limits::uring_memlock_bytes(4)
         )
     );
 }

@@ -206,7 +206,9 @@ pub struct UringBackend {
     conns: Vec<Option<Conn>>,
     free: Vec<u32>,
     gens: Vec<u32>,
-    by_token: std::collections::HashMap<u64, u32>,
+    by_token: std::collections::HashMap<u64, u32, ahash::RandomState>,
+    /// Completions taken from the queue (reused).
+    cqe_buf: Vec<cqueue::Entry>,
     listeners: Vec<Listener>,
     starved: Vec<u32>,
     /// `pause_accepts`: ended accepts are not re-armed until `resume_accepts`.
@@ -318,7 +320,8 @@ impl UringBackend {
             conns: Vec::new(),
             free: Vec::new(),
             gens: Vec::new(),
-            by_token: std::collections::HashMap::new(),
+            by_token: Default::default(),
+            cqe_buf: Vec::with_capacity(256),
             listeners: Vec::new(),
             starved: Vec::new(),
             accepts_paused: false,
@@ -682,17 +685,20 @@ impl UringBackend {
 
     fn harvest(&mut self, out: &mut Vec<Completion>) -> io::Result<()> {
         out.extend(self.ready.drain(..));
-        loop {
-            let cqes: Vec<cqueue::Entry> = self.ring.completion().take(256).collect();
+        let mut cqes = std::mem::take(&mut self.cqe_buf);
+        let r = loop {
+            cqes.clear();
+            cqes.extend(self.ring.completion().take(256));
             if cqes.is_empty() {
-                break;
+                break Ok(());
             }
-            for cqe in cqes {
-                self.complete(cqe, out)?;
+            if let Err(e) = cqes.drain(..).try_for_each(|cqe| self.complete(cqe, out)) {
+                break Err(e);
             }
             out.extend(self.ready.drain(..));
-        }
-        Ok(())
+        };
+        self.cqe_buf = cqes;
+        r
     }
 
     /// The live connection a completion belongs to (None if the slot was reused: cannot happen while `ops`

@@ -171,7 +171,7 @@ fn a_full_inbox_stops_the_receive_and_nothing_is_lost() {
         std::thread::spawn(move || peer.write_all(&data).unwrap())
     };
     // The loop does not read (a paused publisher): the inbox fills to its cap and the receive stops, with
-    // every ring buffer handed back. (Unbounded, it would take most of the 24 MiB.)
+    // the ring's buffers handed back. (Unbounded, it would take most of the 24 MiB.)
     let mut held = false;
     for _ in 0..50 {
         let mut events = Vec::new();
@@ -182,7 +182,8 @@ fn a_full_inbox_stops_the_receive_and_nothing_is_lost() {
             len <= INBOX_CAP + ring.buf_count as usize * ring.buf_size as usize,
             "inbox {len} grows past its bound"
         );
-        assert_eq!(n.backend().buffers_out(), 0);
+        // At most the one buffer of this round, read straight from the ring (spilled at the next poll).
+        assert!(n.backend().buffers_out() <= 1);
         held |= stopped;
     }
     assert!(held, "the receive was stopped");

@@ -20,7 +20,6 @@
 //! Closes and hand-offs cancel everything of the connection in this ring; the fd is closed or handed on only
 //! after the kernel has confirmed it (`NetEvent::Closed` / `Released`).
 
-use std::collections::HashMap;
 use std::io;
 use std::os::fd::RawFd;
 use std::time::Duration;
@@ -29,7 +28,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::{token_parts, NetEvent, SendResult, LINGER_IDX};
 use crate::server::netpoll::{Epoll, IoResult};
-use crate::server::uring::{Completion, UringBackend, UringConfig};
+use crate::server::uring::{Completion, RecvBuf, UringBackend, UringConfig};
 
 /// Received bytes a connection may hold before its receive is stopped (the loop reads at most this much per
 /// connection and round with epoll too).
@@ -45,6 +44,9 @@ enum State {
 }
 
 struct UConn {
+    /// The ring buffer of the round's first receive, read straight from the ring when the loop gets to it in
+    /// the same round (the common case: no copy into `inbox`); spilled into `inbox` before the next harvest.
+    pending: Option<RecvBuf>,
     inbox: BytesMut,
     /// The peer closed (or the receive failed): `recv` reports it once the inbox is empty.
     hup: bool,
@@ -55,7 +57,9 @@ struct UConn {
 
 pub struct UringNet {
     ring: UringBackend,
-    conns: HashMap<u64, UConn>,
+    conns: std::collections::HashMap<u64, UConn, ahash::RandomState>,
+    /// Connections with a `pending` ring buffer.
+    holding: Vec<u64>,
     completions: Vec<Completion>,
     /// Lingering sockets are watched with a small epoll set of their own, whose fd the ring polls: the shard
     /// still sleeps in the ring only, and lingering (rare) needs no per-fd ring bookkeeping.
@@ -70,7 +74,8 @@ impl UringNet {
         ring.watch(WATCH_LINGER, linger.raw_fd())?;
         Ok(UringNet {
             ring,
-            conns: HashMap::new(),
+            conns: Default::default(),
+            holding: Vec::new(),
             completions: Vec::new(),
             linger,
             linger_events: Vec::with_capacity(64),
@@ -98,6 +103,7 @@ impl UringNet {
         self.conns.insert(
             token,
             UConn {
+                pending: None,
                 inbox: BytesMut::new(),
                 hup: false,
                 held: false,
@@ -126,17 +132,25 @@ impl UringNet {
         if c.state != State::Open {
             return IoResult::WouldBlock;
         }
-        if c.inbox.is_empty() {
+        if c.pending.is_none() && c.inbox.is_empty() {
             return if c.hup {
                 IoResult::Closed
             } else {
                 IoResult::WouldBlock
             };
         }
-        let n = c.inbox.len();
-        buf.extend_from_slice(&c.inbox);
-        // Idle connections hold no buffer.
-        c.inbox = BytesMut::new();
+        let mut n = 0;
+        if let Some(p) = c.pending.take() {
+            buf.extend_from_slice(self.ring.data(&p));
+            n += p.len();
+            self.ring.recycle(p);
+        }
+        if !c.inbox.is_empty() {
+            n += c.inbox.len();
+            buf.extend_from_slice(&c.inbox);
+            // Idle connections hold no buffer.
+            c.inbox = BytesMut::new();
+        }
         if std::mem::take(&mut c.held) {
             if let Err(e) = self.ring.resume_recv(token) {
                 tracing::warn!(error = %e, "io_uring: cannot resume a receive");
@@ -147,7 +161,9 @@ impl UringNet {
     }
 
     pub(super) fn inbox_empty(&self, token: u64) -> bool {
-        self.conns.get(&token).map_or(true, |c| c.inbox.is_empty())
+        self.conns
+            .get(&token)
+            .map_or(true, |c| c.pending.is_none() && c.inbox.is_empty())
     }
 
     pub(super) fn send(&mut self, token: u64, data: &[u8]) -> SendResult {
@@ -188,6 +204,12 @@ impl UringNet {
             return false;
         };
         c.state = state;
+        if let Some(p) = c.pending.take() {
+            if state == State::HandingOff {
+                c.inbox.extend_from_slice(self.ring.data(&p));
+            }
+            self.ring.recycle(p);
+        }
         if state == State::Closing {
             c.inbox = BytesMut::new();
         }
@@ -212,6 +234,7 @@ impl UringNet {
     }
 
     pub(super) fn poll(&mut self, out: &mut Vec<NetEvent>, timeout: Duration) -> io::Result<()> {
+        self.spill();
         let mut comps = std::mem::take(&mut self.completions);
         comps.clear();
         let r = self.ring.wait(Some(timeout), &mut comps);
@@ -220,6 +243,20 @@ impl UringNet {
         }
         self.completions = comps;
         r
+    }
+
+    /// Ring buffers the loop did not read last round go into their connections' inboxes, so a connection the
+    /// shard cannot read now (paused, or past the round's budget) never keeps the ring's buffers.
+    fn spill(&mut self) {
+        for token in self.holding.drain(..) {
+            let Some(c) = self.conns.get_mut(&token) else {
+                continue;
+            };
+            if let Some(p) = c.pending.take() {
+                c.inbox.extend_from_slice(self.ring.data(&p));
+                self.ring.recycle(p);
+            }
+        }
     }
 
     fn on_completion(&mut self, c: Completion, out: &mut Vec<NetEvent>) {
@@ -234,8 +271,18 @@ impl UringNet {
                     self.ring.recycle(buf);
                     return;
                 };
+                if c.state == State::Open && c.pending.is_none() && c.inbox.is_empty() {
+                    c.pending = Some(buf);
+                    self.holding.push(token);
+                    out.push(NetEvent::Readable { token, hup: false });
+                    return;
+                }
                 if c.state != State::Closing {
-                    // Handing off: kept for the owner shard, in order.
+                    // In order: the pending buffer first. Handing off: kept for the owner shard.
+                    if let Some(p) = c.pending.take() {
+                        c.inbox.extend_from_slice(self.ring.data(&p));
+                        self.ring.recycle(p);
+                    }
                     c.inbox.extend_from_slice(self.ring.data(&buf));
                 }
                 self.ring.recycle(buf);
@@ -287,10 +334,13 @@ impl UringNet {
                 }
             }
             Completion::Cancelled { token, fd, unsent } => {
-                let Some(c) = self.conns.remove(&token) else {
+                let Some(mut c) = self.conns.remove(&token) else {
                     crate::server::netpoll::close(fd);
                     return;
                 };
+                if let Some(p) = c.pending.take() {
+                    self.ring.recycle(p);
+                }
                 match c.state {
                     State::HandingOff => out.push(NetEvent::Released {
                         fd,
@@ -321,9 +371,12 @@ impl UringNet {
     /// A connection's inbox length and whether its receive is stopped (tests).
     #[cfg(test)]
     pub(super) fn inbox_state(&self, token: u64) -> (usize, bool) {
-        self.conns
-            .get(&token)
-            .map_or((0, false), |c| (c.inbox.len(), c.held))
+        self.conns.get(&token).map_or((0, false), |c| {
+            (
+                c.inbox.len() + c.pending.as_ref().map_or(0, RecvBuf::len),
+                c.held,
+            )
+        })
     }
 
     fn is_open(&self, token: u64) -> bool {

@@ -9,8 +9,8 @@
 //! where TCP pushes back on the peer, exactly as with epoll.
 //!
 //! Sends: one chunk per connection in flight; while it is, `send` says `Busy` and the bytes stay in the core's
-//! bounded output buffer, so backpressure is the core's as before (EAGAIN or a short write arrives as
-//! `SendBlocked`).
+//! bounded output buffer, so backpressure is the core's as before (EAGAIN arrives as `SendBlocked`; a send
+//! still in flight two polls after it was queued makes `send` say `WouldBlock`).
 //!
 //! Bound: a connection's inbox stops growing once it passes `INBOX_CAP` and the pause reaches the kernel; what
 //! the multishot receive had already put in ring buffers by then still lands in it, so the hard bound is
@@ -52,6 +52,8 @@ struct UConn {
     hup: bool,
     /// The receive is stopped because the inbox is full.
     held: bool,
+    /// `polls` when the connection's last send was queued.
+    sent_at: u32,
     state: State,
 }
 
@@ -60,6 +62,8 @@ pub struct UringNet {
     conns: std::collections::HashMap<u64, UConn, ahash::RandomState>,
     /// Connections with a `pending` ring buffer.
     holding: Vec<u64>,
+    /// `poll` calls so far (wrapping): how long a send has been in flight.
+    polls: u32,
     completions: Vec<Completion>,
     /// Lingering sockets are watched with a small epoll set of their own, whose fd the ring polls: the shard
     /// still sleeps in the ring only, and lingering (rare) needs no per-fd ring bookkeeping.
@@ -76,6 +80,7 @@ impl UringNet {
             ring,
             conns: Default::default(),
             holding: Vec::new(),
+            polls: 0,
             completions: Vec::new(),
             linger,
             linger_events: Vec::with_capacity(64),
@@ -107,6 +112,7 @@ impl UringNet {
                 inbox: BytesMut::new(),
                 hup: false,
                 held: false,
+                sent_at: 0,
                 state: State::Open,
             },
         );
@@ -167,16 +173,25 @@ impl UringNet {
     }
 
     pub(super) fn send(&mut self, token: u64, data: &[u8]) -> SendResult {
-        match self.conns.get(&token) {
-            Some(c) if c.state == State::Open => {}
+        let polls = self.polls;
+        let c = match self.conns.get_mut(&token) {
+            Some(c) if c.state == State::Open => c,
             _ => return SendResult::Failed,
-        }
+        };
         if self.ring.queued_bytes(token) > 0 {
-            return SendResult::Busy;
+            // This kernel parks a send the socket cannot take on its own poll instead of failing it with EAGAIN.
+            // Still in flight two polls after it was queued: the socket is full, as epoll's EAGAIN would say
+            // (the core then treats QoS 0 overflow as a slow reader's, not as a burst to write out).
+            return if polls.wrapping_sub(c.sent_at) >= 2 {
+                SendResult::WouldBlock
+            } else {
+                SendResult::Busy
+            };
         }
         if data.is_empty() {
             return SendResult::Done(0);
         }
+        c.sent_at = polls;
         match self.ring.queue_send(token, Bytes::copy_from_slice(data)) {
             Ok(()) => SendResult::Done(data.len()),
             Err(_) => SendResult::Failed,
@@ -235,6 +250,7 @@ impl UringNet {
 
     pub(super) fn poll(&mut self, out: &mut Vec<NetEvent>, timeout: Duration) -> io::Result<()> {
         self.spill();
+        self.polls = self.polls.wrapping_add(1);
         let mut comps = std::mem::take(&mut self.completions);
         comps.clear();
         let r = self.ring.wait(Some(timeout), &mut comps);
@@ -305,19 +321,9 @@ impl UringNet {
                     }
                 }
             }
-            Completion::Sent {
-                token,
-                queued,
-                short,
-                ..
-            } => {
+            Completion::Sent { token, queued, .. } => {
                 if !self.is_open(token) {
                     return;
-                }
-                // A short write means the socket buffer is full now (this kernel parks the rest of a send on its
-                // own poll instead of returning EAGAIN): the core hears it as epoll's EAGAIN.
-                if short {
-                    out.push(NetEvent::SendBlocked { token });
                 }
                 if queued == 0 {
                     out.push(NetEvent::Writable { token });

@@ -55,4 +55,9 @@ start_one_core_broker() {
   esac
   BPID=$!
   sleep 0.7
+  # A loaded machine can take longer to start a broker: wait (bounded) until it accepts.
+  for _ in $(seq 50); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
+    sleep 0.1
+  done
 }

@@ -67,7 +67,8 @@ pub fn memlock_soft_limit() -> u64 {
     {
         return u64::MAX;
     }
-    r.rlim_cur as u64
+    // rlim_t is u64 on Linux.
+    r.rlim_cur
 }
 
 /// The limits as read from the process and the kernel. `u64::MAX` = unlimited.

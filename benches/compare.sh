@@ -3,6 +3,7 @@
 #
 #   benches/compare.sh --start mosquitto --start coremq            # start each locally, one at a time
 #   benches/compare.sh --start coremq --start flashmq --start mosquitto --start null --rounds 2   # issue 19's table
+#   benches/compare.sh --start coremq-epoll --start coremq-uring --start null --scenarios benches/saturation.scenarios
 #   benches/compare.sh emqx=10.0.0.5:1883 nanomq=10.0.0.6:1883     # brokers already running elsewhere
 #   benches/compare.sh --start rumqttd='rumqttd -c /etc/rumqttd.toml' --port rumqttd=1883
 #
@@ -11,7 +12,7 @@
 # Brokers started here run alone, pinned with taskset to --broker-cpu while the load generator is pinned to
 # --loadgen-cpu, each on its default config, a fresh process for every run, brokers alternating within each
 # scenario and round; they are stopped afterwards (also on Ctrl-C). Commands may contain {port} and {conf}.
-# Known brokers: coremq (1 shard), mosquitto (defaults plus set_tcp_nodelay), flashmq (thread_count 1; built with
+# Known brokers: coremq (1 shard; coremq-epoll / coremq-uring: with that socket backend), mosquitto (defaults plus set_tcp_nodelay), flashmq (thread_count 1; built with
 # the peers' build-flashmq.sh when $FLASHMQ is not set), null (`coremq-loadgen null-broker`, the floor: QoS 0
 # scenarios on exact topics only). Every row shows loss (lost/expected) next to the rates, and the broker's CPU
 # µs per delivered message.
@@ -32,7 +33,8 @@ declare -A PORTS=()        # name -> port for started brokers
 
 usage() { sed -n '2,12p' "$0"; cat <<'U'
 Options:
-  --start NAME[=CMD]     start a broker locally: mosquitto and coremq are known; others need CMD ({port})
+  --start NAME[=CMD]     start a broker locally: mosquitto, coremq[-epoll|-uring], flashmq, null are known;
+                         others need CMD ({port})
   --port NAME=PORT       port for a started broker (default: a free one from 18830 up)
   --broker-cpu LIST      taskset CPU list for started brokers (default 0)
   --loadgen-cpu LIST     taskset CPU list for the load generator (default 1)
@@ -134,6 +136,9 @@ start_broker() {
       coremq)
         rm -rf "$OUT/coremq-data"
         cmd="${COREMQ:-$ROOT/target/release/coremq} --listen 127.0.0.1:{port} --shards 1 --data-dir $OUT/coremq-data --log-level error" ;;
+      coremq-epoll | coremq-uring)
+        rm -rf "$OUT/$name-data"
+        cmd="${COREMQ:-$ROOT/target/release/coremq} --io ${name#coremq-} --listen 127.0.0.1:{port} --shards 1 --data-dir $OUT/$name-data --log-level error" ;;
       flashmq)
         printf 'thread_count 1\nallow_anonymous true\nlog_file %s\nlisten {\n  protocol mqtt\n  port %s\n  inet4_bind_address 127.0.0.1\n}\n' \
           "$OUT/flashmq.log" "$port" > "$conf"

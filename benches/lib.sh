@@ -37,8 +37,9 @@ mosquitto_conf() {
 }
 
 # start_one_core_broker NAME: one broker alone on CPU 0, pid in BPID. NAME is mosquitto (config in $CONF), null
-# (`coremq-loadgen null-broker`, the floor), coremq (1 shard, its defaults) or coremq-spinN (`idle_spin_us = N`,
-# written to $SPINCONF). coremq keeps its log in $DATA, emptied first.
+# (`coremq-loadgen null-broker`, the floor), coremq (1 shard, its defaults), coremq-spinN (`idle_spin_us = N`,
+# written to $SPINCONF), or coremq-epoll / coremq-uring (`--io epoll|uring`: the socket backend). coremq keeps its
+# log in $DATA, emptied first.
 start_one_core_broker() {
   rm -rf "$DATA"
   local cq=(taskset -c 0 "$CQ" --listen "127.0.0.1:$PORT" --shards 1 --data-dir "$DATA" --log-level error)
@@ -46,6 +47,7 @@ start_one_core_broker() {
     mosquitto) taskset -c 0 mosquitto -c "$CONF" >/dev/null 2>&1 & ;;
     null) taskset -c 0 "$LG" null-broker --listen "127.0.0.1:$PORT" >/dev/null 2>&1 & ;;
     coremq) "${cq[@]}" >/dev/null 2>&1 & ;;
+    coremq-epoll | coremq-uring) "${cq[@]}" --io "${1#coremq-}" >/dev/null 2>&1 & ;;
     coremq-spin*)
       printf 'idle_spin_us = %s\n' "${1#coremq-spin}" > "$SPINCONF"
       "${cq[@]}" --config "$SPINCONF" >/dev/null 2>&1 & ;;
@@ -53,4 +55,9 @@ start_one_core_broker() {
   esac
   BPID=$!
   sleep 0.7
+  # A loaded machine can take longer to start a broker: wait (bounded) until it accepts.
+  for _ in $(seq 50); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
+    sleep 0.1
+  done
 }

@@ -78,6 +78,34 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// Seconds between `$SYS/broker/...` retained updates; 0 = off.
     pub sys_interval: u32,
+    /// Socket backend of the shards (`server::net`).
+    #[serde(default)]
+    pub io: IoMode,
+}
+
+/// `io`: which socket backend the shards run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IoMode {
+    /// io_uring where the kernel and the process allow it, else epoll (the reason is logged once).
+    Auto,
+    /// io_uring; the start is refused if it is not available.
+    Uring,
+    /// The default (measured: see README, "Socket backends").
+    #[default]
+    Epoll,
+}
+
+impl std::str::FromStr for IoMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(IoMode::Auto),
+            "uring" | "io_uring" => Ok(IoMode::Uring),
+            "epoll" => Ok(IoMode::Epoll),
+            _ => Err(format!("io must be auto, uring or epoll, not {s:?}")),
+        }
+    }
 }
 
 /// What a listener speaks above TCP.

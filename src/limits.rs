@@ -44,6 +44,33 @@ pub fn required_memlock_bytes(shards: usize, io_memory_bytes: u64) -> u64 {
     shards.saturating_mul(GLOMMIO_MIN_MEMLOCK.saturating_add(GLOMMIO_RINGS.saturating_mul(io)))
 }
 
+/// Locked memory one shard's io_uring socket backend pins (`io = "uring"`/`"auto"`): the provided-buffer
+/// ring's descriptors (256 x 16 bytes, one page). Its SQ/CQ rings are charged to the memory cgroup, not
+/// RLIMIT_MEMLOCK, on every kernel the backend runs on (it needs 6.0; 5.12 stopped charging rings), and the
+/// receive buffers are ordinary memory. `tuning/lib.sh` adds the same.
+pub const URING_LOCKED_PER_SHARD: u64 = 4096;
+
+/// Locked memory the shards' io_uring socket backends may need.
+pub fn uring_memlock_bytes(shards: usize) -> u64 {
+    (shards.max(1) as u64).saturating_mul(URING_LOCKED_PER_SHARD)
+}
+
+/// RLIMIT_MEMLOCK (soft) of this process; `u64::MAX` = unlimited.
+pub fn memlock_soft_limit() -> u64 {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid out-pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut r) } != 0
+        || r.rlim_cur == libc::RLIM_INFINITY
+    {
+        return u64::MAX;
+    }
+    // rlim_t is u64 on Linux.
+    r.rlim_cur
+}
+
 /// The limits as read from the process and the kernel. `u64::MAX` = unlimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LimitInputs {

@@ -55,6 +55,9 @@ struct Cli {
     /// Log filter, e.g. info, debug, coremq=debug.
     #[arg(long)]
     log_level: Option<String>,
+    /// Socket backend: auto, uring or epoll (overrides the config's `io` and COREMQ_IO).
+    #[arg(long, value_name = "BACKEND")]
+    io: Option<coremq::config::IoMode>,
     /// Print the embedded default config (every key, documented) and exit.
     #[arg(long)]
     print_default_config: bool,
@@ -91,6 +94,16 @@ fn load(cli: &Cli) -> Result<Config, String> {
     }
     if let Some(l) = &cli.log_level {
         cfg.log_level = l.clone();
+    }
+    // COREMQ_IO (used by the test suite to run every broker test on each backend), then --io.
+    if let Some(v) = std::env::var_os("COREMQ_IO") {
+        let v = v.to_string_lossy();
+        if !v.is_empty() {
+            cfg.io = v.parse().map_err(|e| format!("COREMQ_IO: {e}"))?;
+        }
+    }
+    if let Some(io) = cli.io {
+        cfg.io = io;
     }
     cfg.validate().map_err(|e| e.to_string())?;
     Ok(cfg)

@@ -17,6 +17,10 @@ CHURN_DIV=20               # +1/20 = 5%: old sockets still open while their clie
 GLOMMIO_MIN_MEMLOCK=$((512 * 1024)) # glommio refuses to start an executor below this
 GLOMMIO_RINGS=3            # main, latency and poll rings each register io_memory
 GLOMMIO_MIN_IO_MEMORY=65536 # glommio rounds io_memory up to at least this
+# io_uring socket backend (io = "uring"/"auto"), per shard: the provided-buffer ring's descriptors (256 x 16 B,
+# one pinned page). Its SQ/CQ rings are charged to the memory cgroup, not RLIMIT_MEMLOCK, on every kernel the
+# backend runs on (6.0+; 5.12 stopped charging rings to it). Matches URING_LOCKED_PER_SHARD in src/limits.rs.
+URING_LOCKED_PER_SHARD=4096
 BIG_TARGET=100000          # from here on, queues are sized for reconnect storms
 PORT_LO_REC=10000          # ephemeral range for load generators: clear of service ports
 PORT_HI_REC=65535
@@ -355,7 +359,7 @@ compute_targets() {
 
 	local io=$(((IO_MEMORY + 4095) / 4096 * 4096))
 	((io < GLOMMIO_MIN_IO_MEMORY)) && io=$GLOMMIO_MIN_IO_MEMORY
-	MEMLOCK_NEED=$((CORES * (GLOMMIO_MIN_MEMLOCK + GLOMMIO_RINGS * io)))
+	MEMLOCK_NEED=$((CORES * (GLOMMIO_MIN_MEMLOCK + GLOMMIO_RINGS * io + URING_LOCKED_PER_SHARD)))
 	MEMLOCK_REC=$(round_up $((MEMLOCK_NEED * 2)) $((1024 * 1024)))
 
 	local kb
@@ -502,7 +506,7 @@ row_process_limits() {
 		local st=fail
 		((soft >= MEMLOCK_NEED)) && st=pass
 		add_row limits.process.memlock "$level" "$st" "$(show_limit "$soft")" ">= $MEMLOCK_NEED" "$MEMLOCK_REC" \
-			"$who: soft limit in bytes; glommio: $CORES x (512 KiB + 3 x io_memory); ulimit -l is KiB"
+			"$who: soft limit in bytes; $CORES x (glommio 512 KiB + 3 x io_memory + io_uring buffer ring 4 KiB); ulimit -l is KiB"
 		set_action pam memlock "$MEMLOCK_REC"
 	else
 		add_row limits.process.memlock "$level" skip "-" ">= $MEMLOCK_NEED" "$MEMLOCK_REC" "cannot read $(shown "$file")"

@@ -32,9 +32,16 @@ impl Lingering {
     }
 
     /// Shut `fd` down for writing and watch it until the client closes (`token` routes its events back here).
-    /// The caller has sent everything it meant to send.
-    pub fn start(&mut self, epoll: &Epoll, fd: RawFd, token: u64, now: Instant) {
-        if self.fds.len() >= MAX_LINGERING || epoll.modify_conn(fd, token).is_err() {
+    /// The caller has sent everything it meant to send. `registered`: `fd` is in `epoll` already.
+    pub fn start(&mut self, epoll: &Epoll, registered: bool, fd: RawFd, token: u64, now: Instant) {
+        let watch = || {
+            if registered {
+                epoll.modify_conn(fd, token)
+            } else {
+                epoll.add_reader(fd, token)
+            }
+        };
+        if self.fds.len() >= MAX_LINGERING || watch().is_err() {
             netpoll::close(fd);
             return;
         }

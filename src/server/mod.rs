@@ -2,6 +2,7 @@
 //! protocol decision is in `crate::broker`.
 
 mod linger;
+pub mod net;
 pub mod netpoll;
 pub mod reload;
 pub mod shard_loop;
@@ -303,6 +304,8 @@ pub fn run(
             w.message
         );
     }
+    let io_kind = net::choose(cfg.io, shards, cfg.io_memory as u64)?;
+    tracing::info!(io = io_kind.name(), "socket backend");
     let (data_lock, recovered, filters) = if cfg.persistence {
         let (l, r, f) = recover(&cfg, shards)?;
         (Some(l), r, f)
@@ -445,8 +448,9 @@ pub fn run(
                         sys_interval: cfg.sys_interval,
                         security: security_cell,
                     },
+                    io_kind,
                 )
-                .expect("shard epoll set");
+                .expect("shard socket backend");
                 tracing::info!(shard = id, "shard running");
                 shard_loop::main_loop(io).await;
             }

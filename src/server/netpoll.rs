@@ -45,6 +45,16 @@ impl Epoll {
         self.ctl(libc::EPOLL_CTL_MOD, fd, events, token)
     }
 
+    /// Watch a socket not in this set yet for reads only (edge-triggered): a lingering socket.
+    pub fn add_reader(&self, fd: RawFd, token: u64) -> io::Result<()> {
+        let events = (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
+        self.ctl(libc::EPOLL_CTL_ADD, fd, events, token)
+    }
+
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd
+    }
+
     /// Register a listening socket (level-triggered: we accept until EAGAIN anyway).
     pub fn add_listener(&self, fd: RawFd, token: u64) -> io::Result<()> {
         self.ctl(libc::EPOLL_CTL_ADD, fd, libc::EPOLLIN as u32, token)

@@ -1,12 +1,12 @@
 //! One shard's event loop on its glommio executor: sockets -> shard core -> sockets and mesh.
 //!
-//! One task does all the work in rounds: harvest epoll events, drain the mesh channels from the other shards,
+//! One task does all the work in rounds: harvest socket events (`net.rs`: epoll or io_uring), drain the mesh channels from the other shards,
 //! read ready connections into one shared scratch buffer, let the core decide, then write every dirty connection
 //! once (writes are batched per round) and hand mesh messages to their channels. Each round ends one log group
 //! (`Shard::end_round`: commit, release acknowledgements that became durable). When there is nothing to do it
 //! polls for up to `idle_spin_us` (default 0; less when recent events came further apart: `spin.rs`), then sleeps
-//! in epoll_wait until a socket event arrives (a peer shard, or this shard's log syncer, rings our eventfd, which
-//! is in that set) or the next clock second (keep-alive sweep).
+//! in the backend (epoll_wait, or io_uring_enter) until a socket event arrives (a peer shard, or this shard's log
+//! syncer, rings our eventfd, which the backend watches) or the next clock second (keep-alive sweep).
 //!
 //! Why crossbeam channels and not glommio's channel mesh: in glommio 0.9 a busy executor sees messages from other
 //! executors only when it is preempted (every 100 ms by default), which let a publisher overrun a full queue and
@@ -16,10 +16,11 @@
 
 mod auth_io;
 mod budget;
+mod handoff;
 mod layered;
 mod telemetry;
 
-use layered::flush_wire;
+use layered::flush_wire_last;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
@@ -37,7 +38,10 @@ use crate::broker::shard::AuthJob;
 use crate::broker::shard::{MeshMsg, ReadOutcome, Shard};
 use crate::metrics::Metrics;
 use crate::server::linger::Lingering;
-use crate::server::netpoll::{self, Epoll, IoResult};
+use crate::server::net::{
+    special_token, EpollNet, IoKind, Net, NetEvent, SendResult, UringNet, LINGER_IDX,
+};
+use crate::server::netpoll::{self, IoResult};
 use crate::server::spin::SpinBudget;
 use crate::server::verifier::VerifierLink;
 use crate::stream::{ConnStream, LayerFactory};
@@ -52,8 +56,6 @@ const CONNS_PER_ROUND: usize = 512;
 const OVERFLOW_PAUSE: usize = 1024;
 /// Mesh messages taken from each peer's channel per round.
 const MESH_PER_ROUND: usize = 4096;
-/// Connections accepted per listener event.
-const ACCEPTS_PER_ROUND: usize = 256;
 /// What besides the mesh channel can hold messages already routed to a session: one round's batch, the overflow
 /// before reading stops, and one message from each of up to 4096 distinct local publishers before each is paused.
 pub const IN_TRANSIT_SLACK: usize = MESH_PER_ROUND + OVERFLOW_PAUSE + 4096;
@@ -66,11 +68,6 @@ const F_HUP: u8 = 8;
 /// The core yielded for a mid-round flush the round had no budget for: feed its kept bytes before reading more.
 const F_YIELDED: u8 = 16;
 
-const LISTENER_IDX: u32 = u32::MAX;
-const DOORBELL_IDX: u32 = u32::MAX - 1;
-/// A closed connection waiting for its client to close (`linger.rs`); the token's `gen` is the socket.
-const LINGER_IDX: u32 = u32::MAX - 2;
-
 fn token(key: ConnKey) -> u64 {
     key.idx as u64 | ((key.gen as u64) << 32)
 }
@@ -82,7 +79,7 @@ fn key_of(token: u64) -> ConnKey {
     }
 }
 
-/// How other shards wake this one: an eventfd in our epoll set, rung only while we sleep.
+/// How other shards wake this one: an eventfd the socket backend watches, rung only while we sleep.
 pub struct Doorbell {
     sleeping: AtomicBool,
     efd: RawFd,
@@ -109,11 +106,6 @@ impl Doorbell {
             let one: u64 = 1;
             unsafe { libc::write(self.efd, &one as *const u64 as *const libc::c_void, 8) };
         }
-    }
-
-    fn drain(&self) {
-        let mut v: u64 = 0;
-        unsafe { libc::read(self.efd, &mut v as *mut u64 as *mut libc::c_void, 8) };
     }
 }
 
@@ -168,8 +160,14 @@ pub struct Telemetry {
 pub struct ShardIo {
     pub id: u16,
     pub core: RefCell<Shard>,
-    epoll: Epoll,
+    /// The socket backend (`net.rs`).
+    net: RefCell<Net>,
     listeners: Vec<ShardListener>,
+    /// Sockets handed off this round whose backend has not let go of them yet (io_uring), their `Adopt`
+    /// messages waiting for that, and releases that came before their message.
+    handoffs_pending: RefCell<Vec<u64>>,
+    parked_adopts: RefCell<Vec<(u16, MeshMsg)>>,
+    released_early: RefCell<Vec<(u64, Vec<bytes::Bytes>, BytesMut)>>,
     /// Stream layers of layered connections, by connection slot; `None` for plain ones (most).
     streams: RefCell<Vec<Option<Box<ConnStream>>>>,
     /// Layers of connections handed to another shard this round, by socket, until their `Adopt` leaves.
@@ -225,31 +223,34 @@ impl ShardIo {
         idle_spin: Duration,
         verifier: Option<VerifierLink>,
         telemetry: Telemetry,
+        io: IoKind,
     ) -> std::io::Result<Rc<Self>> {
-        let epoll = Epoll::new()?;
+        let mut net = match io {
+            IoKind::Epoll => Net::Epoll(EpollNet::new()?),
+            IoKind::Uring => match UringNet::new(Default::default()) {
+                Ok(n) => Net::Uring(Box::new(n)),
+                // The probe at start passed; a shard that still cannot get its ring runs on epoll (connections
+                // move between shards of either kind: only the fd travels).
+                Err(e) => {
+                    tracing::warn!(shard = core.id(), error = %e, "io_uring ring setup failed; this shard uses epoll");
+                    Net::Epoll(EpollNet::new()?)
+                }
+            },
+        };
         for (i, l) in listeners.iter().enumerate() {
-            epoll.add_listener(
-                l.fd,
-                token(ConnKey {
-                    idx: LISTENER_IDX,
-                    gen: i as u32,
-                }),
-            )?;
+            net.add_listener(i, l.fd)?;
         }
         let id = core.id();
-        epoll.add_listener(
-            mesh.doorbells[id as usize].efd,
-            token(ConnKey {
-                idx: DOORBELL_IDX,
-                gen: 0,
-            }),
-        )?;
+        net.set_doorbell(mesh.doorbells[id as usize].efd)?;
         let peers = mesh.to.len().max(1);
         Ok(Rc::new(ShardIo {
             id: core.id(),
             core: RefCell::new(core),
-            epoll,
+            net: RefCell::new(net),
             listeners,
+            handoffs_pending: RefCell::new(Vec::new()),
+            parked_adopts: RefCell::new(Vec::new()),
+            released_early: RefCell::new(Vec::new()),
             streams: RefCell::new(Vec::new()),
             handoff_streams: RefCell::new(Vec::new()),
             app: RefCell::new(BytesMut::new()),
@@ -311,8 +312,8 @@ impl ShardIo {
 
     fn register(&self, fd: RawFd, key: ConnKey) {
         self.set_flags(key, |f| *f = 0);
-        if let Err(e) = self.epoll.add_conn(fd, token(key)) {
-            tracing::warn!(error = %e, "epoll registration failed; closing connection");
+        if let Err(e) = self.net.borrow_mut().add_conn(token(key), fd) {
+            tracing::warn!(error = %e, "socket registration failed; closing connection");
             self.core.borrow_mut().on_io_closed(key);
             return;
         }
@@ -320,90 +321,87 @@ impl ShardIo {
         self.mark_readable(key);
     }
 
-    fn on_event(&self, ev: &libc::epoll_event) {
-        let key = key_of(ev.u64);
-        if key.idx == DOORBELL_IDX {
-            self.mesh.doorbells[self.id as usize].drain();
-            return;
-        }
-        if key.idx == LISTENER_IDX {
-            self.accept(key.gen as usize);
-            return;
-        }
-        if key.idx == LINGER_IDX {
-            self.lingering
-                .borrow_mut()
-                .on_readable(&self.epoll, key.gen as RawFd);
-            return;
-        }
-        if ev.events & netpoll::READABLE != 0 {
-            if ev.events & netpoll::HANGUP != 0 {
-                self.set_flags(key, |f| *f |= F_HUP);
+    fn on_event(&self, ev: NetEvent) {
+        match ev {
+            NetEvent::Doorbell => {}
+            NetEvent::Accepted { listener, fd } => self.accept(listener, fd),
+            NetEvent::AcceptFailed { err } => {
+                // Out of file descriptors: stop accepting for a second instead of spinning on the listener.
+                tracing::warn!(shard = self.id, error = %err, "accept failed; pausing accepts for 1 s (see tuning/)");
+                if !self.listeners_paused.replace(true) {
+                    self.net.borrow_mut().pause_accepts(&self.listener_fds());
+                }
             }
-            self.mark_readable(key);
-        }
-        if ev.events & netpoll::WRITABLE != 0 {
-            self.set_flags(key, |f| *f &= !F_WANT_WRITE);
-            self.write_conn(key);
+            NetEvent::Linger(fd) => {
+                let net = self.net.borrow();
+                self.lingering
+                    .borrow_mut()
+                    .on_readable(net.linger_set().0, fd);
+            }
+            NetEvent::Readable { token, hup } => {
+                let key = key_of(token);
+                if hup {
+                    self.set_flags(key, |f| *f |= F_HUP);
+                }
+                self.mark_readable(key);
+            }
+            NetEvent::Writable { token } => {
+                let key = key_of(token);
+                self.set_flags(key, |f| *f &= !F_WANT_WRITE);
+                self.write_conn(key);
+            }
+            NetEvent::SendBlocked { token } => self.core.borrow_mut().send_blocked(key_of(token)),
+            NetEvent::Failed { token } => self.core.borrow_mut().on_io_closed(key_of(token)),
+            NetEvent::Closed { fd } => self.linger(fd),
+            NetEvent::Released { fd, unsent, raced } => self.released(fd as u64, unsent, raced),
         }
     }
 
-    fn accept(&self, listener: usize) {
-        let lfd = self.listeners[listener].fd;
-        for _ in 0..ACCEPTS_PER_ROUND {
-            match netpoll::accept(lfd) {
-                Ok(Some(fd)) => {
-                    if self.core.borrow().connection_count() >= self.max_conns {
-                        netpoll::close(fd);
-                        self.rejected.set(self.rejected.get() + 1);
-                        tracing::warn!(
-                            shard = self.id,
-                            limit = self.max_conns,
-                            "max_connections reached; connection refused"
-                        );
-                        continue;
-                    }
-                    let stream = match &self.listeners[listener].layers {
-                        None => None,
-                        Some(f) => match f.new_layer() {
-                            Ok(layer) => Some(Box::new(ConnStream::new(layer))),
-                            Err(e) => {
-                                tracing::warn!(shard = self.id, error = %e, "cannot set up the stream layer; connection refused");
-                                netpoll::close(fd);
-                                continue;
-                            }
-                        },
-                    };
-                    let index = self.listeners[listener].index as u8;
-                    let key = self.core.borrow_mut().accept_on(fd as u64, index);
-                    self.set_stream(key, stream);
-                    self.register(fd, key);
-                }
-                Ok(None) => return,
+    fn listener_fds(&self) -> Vec<RawFd> {
+        self.listeners.iter().map(|l| l.fd).collect()
+    }
+
+    /// Keep a closed connection's socket half-open until its client closes (`linger.rs`).
+    fn linger(&self, fd: RawFd) {
+        let net = self.net.borrow();
+        let (set, registered) = net.linger_set();
+        let token = special_token(LINGER_IDX, fd as u32);
+        self.lingering
+            .borrow_mut()
+            .start(set, registered, fd, token, Instant::now());
+    }
+
+    fn accept(&self, listener: usize, fd: RawFd) {
+        if self.core.borrow().connection_count() >= self.max_conns {
+            netpoll::close(fd);
+            self.rejected.set(self.rejected.get() + 1);
+            tracing::warn!(
+                shard = self.id,
+                limit = self.max_conns,
+                "max_connections reached; connection refused"
+            );
+            return;
+        }
+        let stream = match &self.listeners[listener].layers {
+            None => None,
+            Some(f) => match f.new_layer() {
+                Ok(layer) => Some(Box::new(ConnStream::new(layer))),
                 Err(e) => {
-                    // Out of file descriptors: stop accepting for a second instead of spinning on the listener.
-                    tracing::warn!(shard = self.id, error = %e, "accept failed; pausing accepts for 1 s (see tuning/)");
-                    for l in &self.listeners {
-                        let _ = self.epoll.remove(l.fd);
-                    }
-                    self.listeners_paused.set(true);
+                    tracing::warn!(shard = self.id, error = %e, "cannot set up the stream layer; connection refused");
+                    netpoll::close(fd);
                     return;
                 }
-            }
-        }
+            },
+        };
+        let index = self.listeners[listener].index as u8;
+        let key = self.core.borrow_mut().accept_on(fd as u64, index);
+        self.set_stream(key, stream);
+        self.register(fd, key);
     }
 
     fn resume_listeners(&self) {
         if self.listeners_paused.replace(false) {
-            for (i, l) in self.listeners.iter().enumerate() {
-                let _ = self.epoll.add_listener(
-                    l.fd,
-                    token(ConnKey {
-                        idx: LISTENER_IDX,
-                        gen: i as u32,
-                    }),
-                );
-            }
+            self.net.borrow_mut().resume_accepts(&self.listener_fds());
         }
     }
 
@@ -445,7 +443,8 @@ impl ShardIo {
                 return did;
             }
             scratch.clear();
-            match netpoll::recv_into(fd, scratch, SCRATCH) {
+            let got = self.net.borrow_mut().recv(token(key), fd, scratch, SCRATCH);
+            match got {
                 IoResult::Done(0) => continue,
                 IoResult::Done(n) => {
                     did = true;
@@ -457,8 +456,11 @@ impl ShardIo {
                         self.connect_timed(&core, key, &outcome, t);
                     }
                     match outcome {
-                        ReadOutcome::Continue if n < SCRATCH && self.flags_of(key) & F_HUP == 0 => {
-                            // A short read emptied the socket. Edge-triggered epoll reports any byte that
+                        ReadOutcome::Continue
+                            if self.net.borrow().drained(token(key), n, SCRATCH)
+                                && self.flags_of(key) & F_HUP == 0 =>
+                        {
+                            // A short read emptied the socket (io_uring: the inbox). Edge-triggered epoll reports any byte that
                             // arrives after this point as a new event, so the usual recv that only says EAGAIN
                             // (one syscall, and a socket-lock round, per message at low rates) is skipped.
                             self.set_flags(key, |f| *f &= !F_READABLE);
@@ -512,18 +514,25 @@ impl ShardIo {
             if writable == 0 {
                 break;
             }
-            match netpoll::send(fd, &out[..writable]) {
-                IoResult::Done(n) => {
+            let sent = self.net.borrow_mut().send(token(key), fd, &out[..writable]);
+            match sent {
+                SendResult::Done(n) => {
                     self.bytes_out.set(self.bytes_out.get() + n as u64);
                     core.consumed(key, n)
                 }
-                IoResult::WouldBlock => {
+                SendResult::WouldBlock => {
                     core.send_blocked(key);
                     drop(core);
                     self.set_flags(key, |f| *f |= F_WANT_WRITE);
                     return;
                 }
-                IoResult::Closed | IoResult::Error(_) => {
+                SendResult::Busy => {
+                    // io_uring: the last chunk is still in flight; `Writable` comes when it is out.
+                    drop(core);
+                    self.set_flags(key, |f| *f |= F_WANT_WRITE);
+                    return;
+                }
+                SendResult::Failed => {
                     core.on_io_closed(key);
                     return;
                 }
@@ -548,6 +557,8 @@ impl ShardIo {
                 }
             }
         }
+        // io_uring: every connection's sends of this flush go to the kernel together.
+        self.net.borrow_mut().submit();
     }
 
     fn close_finished(&self, keys: &mut Vec<ConnKey>) {
@@ -564,7 +575,9 @@ impl ShardIo {
                     None => {
                         if let Some((out, writable)) = out {
                             if writable > 0 {
-                                let _ = netpoll::send(fd, &out[..writable]);
+                                self.net
+                                    .borrow_mut()
+                                    .send_last(token(key), fd, &out[..writable]);
                             }
                         }
                     }
@@ -575,16 +588,13 @@ impl ShardIo {
                             }
                         }
                         cs.layer.close(&mut cs.wire_out);
-                        let _ = flush_wire(fd, &mut cs, &self.bytes_out);
+                        flush_wire_last(&self.net, token(key), fd, &mut cs, &self.bytes_out);
                     }
                 }
-                let linger = token(ConnKey {
-                    idx: LINGER_IDX,
-                    gen: fd as u32,
-                });
-                self.lingering
-                    .borrow_mut()
-                    .start(&self.epoll, fd, linger, Instant::now());
+                let now_or_later = self.net.borrow_mut().close(token(key), fd);
+                if let Some(fd) = now_or_later {
+                    self.linger(fd);
+                }
             }
             core.release(key);
             drop(core);
@@ -617,7 +627,10 @@ impl ShardIo {
     /// A connection's CONNECT moved it to another shard: stop watching its socket here; its layer goes along
     /// with the `Adopt` message.
     fn handed_off(&self, key: ConnKey, fd: RawFd) {
-        let _ = self.epoll.remove(fd);
+        let released = self.net.borrow_mut().handoff(token(key), fd);
+        if !released {
+            self.handoffs_pending.borrow_mut().push(fd as u64);
+        }
         self.set_flags(key, |f| *f = 0);
         if let Some(cs) = self.take_stream(key) {
             self.handoff_streams.borrow_mut().push((fd as u64, cs));
@@ -701,6 +714,11 @@ impl ShardIo {
                 if let Some(i) = handoffs.iter().position(|(io, _)| *io == a.io) {
                     a.stream = Some(handoffs.swap_remove(i).1);
                 }
+                if !self.adopt_ready(a) {
+                    // The old backend still holds the socket: the message waits for `released`.
+                    self.parked_adopts.borrow_mut().push((peer, msg));
+                    continue;
+                }
             }
             let p = peer as usize;
             let Some(tx) = &self.mesh.to[p] else { continue };
@@ -783,15 +801,15 @@ impl ShardIo {
 
     /// Shutdown: stop listening. Connection sockets close with the process.
     fn close_all(&self) {
+        self.net.borrow_mut().pause_accepts(&self.listener_fds());
         for l in &self.listeners {
-            let _ = self.epoll.remove(l.fd);
             netpoll::close(l.fd);
         }
     }
 }
 
 pub async fn main_loop(io: Rc<ShardIo>) {
-    let mut events: Vec<libc::epoll_event> = Vec::with_capacity(1024);
+    let mut events: Vec<NetEvent> = Vec::with_capacity(1024);
     let mut scratch = BytesMut::with_capacity(SCRATCH);
     let mut keys = Vec::new();
     let mut mesh = Vec::new();
@@ -811,12 +829,13 @@ pub async fn main_loop(io: Rc<ShardIo>) {
             // The sleep below already harvested them.
             progress |= !events.is_empty();
         } else {
-            match io.epoll.poll_now(&mut events) {
-                Ok(n) => progress |= n > 0,
-                Err(e) => tracing::error!(shard = io.id, error = %e, "epoll_wait failed"),
+            let polled = io.net.borrow_mut().poll(&mut events, Duration::ZERO);
+            match polled {
+                Ok(()) => progress |= !events.is_empty(),
+                Err(e) => tracing::error!(shard = io.id, error = %e, "socket poll failed"),
             }
         }
-        for ev in events.iter() {
+        for ev in events.drain(..) {
             io.on_event(ev);
         }
         progress |= io.drain_mesh();
@@ -832,7 +851,9 @@ pub async fn main_loop(io: Rc<ShardIo>) {
         if sec != last_sec {
             last_sec = sec;
             io.resume_listeners();
-            io.lingering.borrow_mut().expire(&io.epoll, Instant::now());
+            io.lingering
+                .borrow_mut()
+                .expire(io.net.borrow().linger_set().0, Instant::now());
             io.core.borrow_mut().tick(sec);
             io.publish_metrics();
             io.follow_security();
@@ -871,7 +892,7 @@ pub async fn main_loop(io: Rc<ShardIo>) {
             continue;
         }
         // Nothing to do: sleep until sockets, peers, the log's syncer or the clock need us. The thread blocks in
-        // epoll_wait on its own epoll set: this task is the shard's only work, and a direct kernel wake-up is
+        // its own backend (epoll_wait on its epoll set, or io_uring_enter on its ring): this task is the shard's only work, and a direct kernel wake-up is
         // much cheaper than the blocking-pool hop plus a glommio timer (measured at a steady 10k msg/s: shard
         // CPU and tail latency were dominated by those context switches).
         let mut until_tick =
@@ -885,11 +906,9 @@ pub async fn main_loop(io: Rc<ShardIo>) {
             until_tick = until_tick.min(Duration::from_millis(1));
         }
         let slept = Instant::now();
-        if let Err(e) = io
-            .epoll
-            .wait(&mut events, until_tick.as_millis().max(1) as i32)
-        {
-            tracing::error!(shard = io.id, error = %e, "epoll_wait failed");
+        let polled = io.net.borrow_mut().poll(&mut events, until_tick);
+        if let Err(e) = polled {
+            tracing::error!(shard = io.id, error = %e, "socket wait failed");
         }
         woke_with_events = true;
         bell.sleeping.store(false, Ordering::SeqCst);

@@ -53,6 +53,10 @@ const K_DOORBELL: u64 = 6;
 const K_TIMER: u64 = 7;
 /// Completions of our own bookkeeping ops (timer updates) that carry nothing for the caller.
 const K_QUIET: u64 = 8;
+/// The cancel of one connection's receive (`pause_recv`).
+const K_RECV_CANCEL: u64 = 9;
+/// A one-shot readability poll of a watched fd (`watch`).
+const K_WATCH: u64 = 10;
 
 fn ud(kind: u64, gen: u32, idx: u32) -> u64 {
     kind << 56 | ((gen as u64 & 0xff_ffff) << 32) | idx as u64
@@ -139,6 +143,8 @@ pub enum Completion {
     },
     /// The doorbell eventfd was rung (and has been drained).
     Doorbell,
+    /// A watched fd became readable (`watch`; one-shot: watch again to hear of it again).
+    Watched { token: u64 },
     /// The deadline given to `wait` passed.
     Timeout,
 }
@@ -165,6 +171,8 @@ enum RecvState {
     Starved,
     /// Ended for good (peer closed, error, cancelled).
     Done,
+    /// Stopped by `pause_recv`: re-armed by `resume_recv`.
+    Held,
 }
 
 struct Conn {
@@ -181,11 +189,15 @@ struct Conn {
     /// Operations of this connection the kernel has not finished (receive, send/poll, cancel).
     ops: u32,
     cancelling: bool,
+    /// `pause_recv` asked for no more Data until `resume_recv`.
+    recv_hold: bool,
 }
 
 struct Listener {
     token: u64,
     fd: RawFd,
+    /// Its multishot accept is in the kernel.
+    armed: bool,
 }
 
 pub struct UringBackend {
@@ -194,9 +206,15 @@ pub struct UringBackend {
     conns: Vec<Option<Conn>>,
     free: Vec<u32>,
     gens: Vec<u32>,
-    by_token: std::collections::HashMap<u64, u32>,
+    by_token: std::collections::HashMap<u64, u32, ahash::RandomState>,
+    /// Completions taken from the queue (reused).
+    cqe_buf: Vec<cqueue::Entry>,
     listeners: Vec<Listener>,
     starved: Vec<u32>,
+    /// `pause_accepts`: ended accepts are not re-armed until `resume_accepts`.
+    accepts_paused: bool,
+    /// Tokens of watched fds, by watch slot.
+    watches: Vec<(u64, RawFd)>,
     doorbell: Option<(RawFd, Box<u64>)>,
     /// Absolute CLOCK_MONOTONIC deadline (ns) of the armed timer.
     timer: Option<u64>,
@@ -302,9 +320,12 @@ impl UringBackend {
             conns: Vec::new(),
             free: Vec::new(),
             gens: Vec::new(),
-            by_token: std::collections::HashMap::new(),
+            by_token: Default::default(),
+            cqe_buf: Vec::with_capacity(256),
             listeners: Vec::new(),
             starved: Vec::new(),
+            accepts_paused: false,
+            watches: Vec::new(),
             doorbell: None,
             timer: None,
             timer_ts: Box::new(Timespec::new()),
@@ -421,12 +442,18 @@ impl UringBackend {
     /// Start a multishot accept on a listening socket; it is re-armed whenever the kernel ends it.
     pub fn add_listener(&mut self, token: u64, fd: RawFd) -> io::Result<()> {
         let idx = self.listeners.len() as u32;
-        self.listeners.push(Listener { token, fd });
+        self.listeners.push(Listener {
+            token,
+            fd,
+            armed: false,
+        });
         self.arm_accept(idx)
     }
 
     fn arm_accept(&mut self, idx: u32) -> io::Result<()> {
-        let fd = self.listeners[idx as usize].fd;
+        let l = &mut self.listeners[idx as usize];
+        l.armed = true;
+        let fd = l.fd;
         let e = opcode::AcceptMulti::new(Fd(fd))
             .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
             .build()
@@ -462,6 +489,7 @@ impl UringBackend {
             queued: 0,
             ops: 0,
             cancelling: false,
+            recv_hold: false,
         });
         self.by_token.insert(token, idx);
         self.arm_recv(idx)
@@ -579,7 +607,7 @@ impl UringBackend {
         }
         let starved = std::mem::take(&mut self.starved);
         for idx in starved {
-            let live = matches!(&self.conns[idx as usize], Some(c) if c.recv == RecvState::Starved && !c.cancelling);
+            let live = matches!(&self.conns[idx as usize], Some(c) if c.recv == RecvState::Starved && !c.cancelling && !c.recv_hold);
             if live {
                 self.stats.recv_rearms += 1;
                 self.arm_recv(idx)?;
@@ -657,17 +685,20 @@ impl UringBackend {
 
     fn harvest(&mut self, out: &mut Vec<Completion>) -> io::Result<()> {
         out.extend(self.ready.drain(..));
-        loop {
-            let cqes: Vec<cqueue::Entry> = self.ring.completion().take(256).collect();
+        let mut cqes = std::mem::take(&mut self.cqe_buf);
+        let r = loop {
+            cqes.clear();
+            cqes.extend(self.ring.completion().take(256));
             if cqes.is_empty() {
-                break;
+                break Ok(());
             }
-            for cqe in cqes {
-                self.complete(cqe, out)?;
+            if let Err(e) = cqes.drain(..).try_for_each(|cqe| self.complete(cqe, out)) {
+                break Err(e);
             }
             out.extend(self.ready.drain(..));
-        }
-        Ok(())
+        };
+        self.cqe_buf = cqes;
+        r
     }
 
     /// The live connection a completion belongs to (None if the slot was reused: cannot happen while `ops`
@@ -689,15 +720,18 @@ impl UringBackend {
                 if res >= 0 {
                     set_nodelay(res);
                     out.push(Completion::Accepted { listener, fd: res });
-                } else {
+                } else if res != -libc::ECANCELED {
                     out.push(Completion::AcceptError {
                         listener,
                         err: io::Error::from_raw_os_error(-res),
                     });
                 }
                 if !more {
-                    self.stats.accept_rearms += 1;
-                    self.arm_accept(idx)?;
+                    self.listeners[idx as usize].armed = false;
+                    if !self.accepts_paused {
+                        self.stats.accept_rearms += 1;
+                        self.arm_accept(idx)?;
+                    }
                 }
             }
             K_RECV => {
@@ -736,8 +770,13 @@ impl UringBackend {
                 if c.cancelling {
                     c.recv = RecvState::Done;
                     self.end_op(idx);
-                } else if res > 0 {
-                    // Ended with data (e.g. the completion queue overflowed): keep receiving.
+                } else if c.recv_hold
+                    && (res > 0 || res == -libc::ECANCELED || res == -libc::ENOBUFS)
+                {
+                    c.recv = RecvState::Held;
+                } else if res > 0 || res == -libc::ECANCELED {
+                    // Ended with data (e.g. the completion queue overflowed), or cancelled by a pause that
+                    // `resume_recv` overtook: keep receiving.
                     self.stats.recv_rearms += 1;
                     self.arm_recv(idx)?;
                 } else if res == -libc::ENOBUFS {
@@ -788,6 +827,21 @@ impl UringBackend {
                 self.conn(idx).ops -= 1;
                 self.end_op(idx);
             }
+            K_RECV_CANCEL => {
+                let Some(idx) = self.slot(gen, idx) else {
+                    return Ok(());
+                };
+                let c = self.conn(idx);
+                c.ops -= 1;
+                if c.cancelling {
+                    self.end_op(idx);
+                }
+            }
+            K_WATCH if res != -libc::ECANCELED => {
+                if let Some(&(token, _)) = self.watches.get(idx as usize) {
+                    out.push(Completion::Watched { token });
+                }
+            }
             K_DOORBELL if res != -libc::ECANCELED => {
                 if res < 0 {
                     tracing::warn!(
@@ -817,6 +871,96 @@ impl UringBackend {
 
     pub fn stats(&self) -> Stats {
         self.stats
+    }
+
+    /// Stop a connection's receive (the shard cannot take more of its bytes now): they stay in the socket,
+    /// where TCP pushes back on the peer. A Data completion that raced the pause may still come.
+    pub fn pause_recv(&mut self, token: u64) -> io::Result<()> {
+        let Some(&idx) = self.by_token.get(&token) else {
+            return Ok(());
+        };
+        let c = self.conn(idx);
+        if c.cancelling || c.recv_hold {
+            return Ok(());
+        }
+        c.recv_hold = true;
+        match c.recv {
+            RecvState::Armed => {
+                c.ops += 1;
+                let target = ud(K_RECV, c.gen, idx);
+                let e = opcode::AsyncCancel2::new(CancelBuilder::user_data(target))
+                    .build()
+                    .user_data(ud(K_RECV_CANCEL, c.gen, idx));
+                self.push(e)
+            }
+            RecvState::Starved => {
+                c.recv = RecvState::Held;
+                Ok(())
+            }
+            RecvState::Held | RecvState::Done => Ok(()),
+        }
+    }
+
+    /// Receive again after `pause_recv`.
+    pub fn resume_recv(&mut self, token: u64) -> io::Result<()> {
+        let Some(&idx) = self.by_token.get(&token) else {
+            return Ok(());
+        };
+        let c = self.conn(idx);
+        if !c.recv_hold {
+            return Ok(());
+        }
+        c.recv_hold = false;
+        if c.recv == RecvState::Held && !c.cancelling {
+            self.stats.recv_rearms += 1;
+            self.arm_recv(idx)?;
+        }
+        Ok(())
+    }
+
+    /// Stop accepting (e.g. out of file descriptors): the listeners' accepts are cancelled and not re-armed.
+    pub fn pause_accepts(&mut self) -> io::Result<()> {
+        if std::mem::replace(&mut self.accepts_paused, true) {
+            return Ok(());
+        }
+        for idx in 0..self.listeners.len() as u32 {
+            if self.listeners[idx as usize].armed {
+                let e = opcode::AsyncCancel2::new(CancelBuilder::user_data(ud(K_ACCEPT, 0, idx)))
+                    .build()
+                    .user_data(ud(K_QUIET, 0, 0));
+                self.push(e)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn resume_accepts(&mut self) -> io::Result<()> {
+        if !std::mem::replace(&mut self.accepts_paused, false) {
+            return Ok(());
+        }
+        for idx in 0..self.listeners.len() as u32 {
+            if !self.listeners[idx as usize].armed {
+                self.stats.accept_rearms += 1;
+                self.arm_accept(idx)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Report `Completion::Watched { token }` once `fd` is readable (one-shot; call again to re-arm). The fd
+    /// must outlive the ring or be watched no more (the ring cancels everything when it is dropped).
+    pub fn watch(&mut self, token: u64, fd: RawFd) -> io::Result<()> {
+        let slot = match self.watches.iter().position(|&(t, _)| t == token) {
+            Some(i) => i,
+            None => {
+                self.watches.push((token, fd));
+                self.watches.len() - 1
+            }
+        };
+        let e = opcode::PollAdd::new(Fd(fd), libc::POLLIN as u32)
+            .build()
+            .user_data(ud(K_WATCH, 0, slot as u32));
+        self.push(e)
     }
 }
 
@@ -852,7 +996,7 @@ impl Drop for UringBackend {
             let cqes: Vec<cqueue::Entry> = self.ring.completion().collect();
             for cqe in cqes {
                 let (kind, gen, idx) = ud_parts(cqe.user_data());
-                if matches!(kind, K_RECV | K_SEND | K_POLLOUT | K_CANCEL)
+                if matches!(kind, K_RECV | K_SEND | K_POLLOUT | K_CANCEL | K_RECV_CANCEL)
                     && !cqueue::more(cqe.flags())
                 {
                     if let Some(Some(c)) = self.conns.get_mut(idx as usize) {

@@ -57,9 +57,17 @@ impl Broker {
         let _ = self.child.wait();
     }
 
+    /// Start the broker with exactly `args`, plus `--io $COREMQ_IO` when that is set (CI runs the broker tests
+    /// once per socket backend) and `args` do not choose one.
     pub fn start_args(args: &[&str]) -> Broker {
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        if let Ok(io) = std::env::var("COREMQ_IO") {
+            if !io.is_empty() && !args.iter().any(|a| a == "--io") {
+                args.extend(["--io".to_string(), io]);
+            }
+        }
         let mut child = Command::new(env!("CARGO_BIN_EXE_coremq"))
-            .args(args)
+            .args(&args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

@@ -6,25 +6,50 @@ use super::*;
 /// What became of a layered connection's pending wire bytes.
 pub(super) enum WireFlush {
     Drained,
+    /// The socket is full.
     Blocked,
+    /// An earlier send is still in flight (io_uring).
+    Busy,
     Failed,
 }
 
 /// Send a layered connection's pending wire bytes, in order, until the socket stops taking them.
-pub(super) fn flush_wire(fd: RawFd, cs: &mut ConnStream, sent: &Cell<u64>) -> WireFlush {
+pub(super) fn flush_wire(
+    net: &RefCell<Net>,
+    token: u64,
+    fd: RawFd,
+    cs: &mut ConnStream,
+    sent: &Cell<u64>,
+) -> WireFlush {
     while !cs.wire_out.is_empty() {
-        match netpoll::send(fd, &cs.wire_out) {
-            IoResult::Done(n) => {
+        let r = net.borrow_mut().send(token, fd, &cs.wire_out);
+        match r {
+            SendResult::Done(n) => {
                 sent.set(sent.get() + n as u64);
                 cs.wire_out.advance(n)
             }
-            IoResult::WouldBlock => return WireFlush::Blocked,
-            IoResult::Closed | IoResult::Error(_) => return WireFlush::Failed,
+            SendResult::WouldBlock => return WireFlush::Blocked,
+            SendResult::Busy => return WireFlush::Busy,
+            SendResult::Failed => return WireFlush::Failed,
         }
     }
     // Idle layered connections hold no output buffer.
     cs.wire_out = BytesMut::new();
     WireFlush::Drained
+}
+
+/// Before a close: what `flush_wire` can send, and (io_uring) the rest queued behind the send in flight.
+pub(super) fn flush_wire_last(
+    net: &RefCell<Net>,
+    token: u64,
+    fd: RawFd,
+    cs: &mut ConnStream,
+    sent: &Cell<u64>,
+) {
+    if let WireFlush::Busy = flush_wire(net, token, fd, cs, sent) {
+        let n = net.borrow_mut().send_last(token, fd, &cs.wire_out);
+        sent.set(sent.get() + n as u64);
+    }
 }
 
 impl ShardIo {
@@ -66,7 +91,8 @@ impl ShardIo {
                 return did;
             }
             scratch.clear();
-            let n = match netpoll::recv_into(fd, scratch, SCRATCH) {
+            let got = self.net.borrow_mut().recv(token(key), fd, scratch, SCRATCH);
+            let n = match got {
                 IoResult::Done(0) => continue,
                 IoResult::Done(n) => {
                     self.bytes_in.set(self.bytes_in.get() + n as u64);
@@ -99,7 +125,7 @@ impl ShardIo {
                 // Handshake answers, alerts and pongs leave now, ahead of anything the core adds.
                 (
                     r,
-                    flush_wire(fd, cs, &self.bytes_out),
+                    flush_wire(&self.net, token(key), fd, cs, &self.bytes_out),
                     cs.layer.peer_closed(),
                 )
             };
@@ -111,7 +137,7 @@ impl ShardIo {
             }
             match flushed {
                 WireFlush::Drained => {}
-                WireFlush::Blocked => {
+                WireFlush::Blocked | WireFlush::Busy => {
                     self.set_flags(key, |f| *f |= F_WANT_WRITE);
                 }
                 WireFlush::Failed => {
@@ -135,7 +161,10 @@ impl ShardIo {
                 return true;
             }
             match outcome {
-                ReadOutcome::Continue if n < SCRATCH && self.flags_of(key) & F_HUP == 0 => {
+                ReadOutcome::Continue
+                    if self.net.borrow().drained(token(key), n, SCRATCH)
+                        && self.flags_of(key) & F_HUP == 0 =>
+                {
                     self.set_flags(key, |f| *f &= !F_READABLE);
                     return did;
                 }
@@ -168,11 +197,16 @@ impl ShardIo {
             return;
         };
         loop {
-            match flush_wire(fd, cs, &self.bytes_out) {
+            match flush_wire(&self.net, token(key), fd, cs, &self.bytes_out) {
                 WireFlush::Drained => {}
                 WireFlush::Blocked => {
                     drop(streams);
                     core.send_blocked(key);
+                    self.set_flags(key, |f| *f |= F_WANT_WRITE);
+                    return;
+                }
+                WireFlush::Busy => {
+                    drop(streams);
                     self.set_flags(key, |f| *f |= F_WANT_WRITE);
                     return;
                 }

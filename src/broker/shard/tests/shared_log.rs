@@ -118,6 +118,7 @@ fn a_copy_the_publisher_waits_for_is_not_forwarded_again() {
             origin: Some(crate::broker::message::Origin {
                 shard: 0,
                 conn: ConnKey { idx: 99, gen: 0 },
+                packet_id: 1,
             }),
             received_at: 0,
         }),

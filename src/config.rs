@@ -78,6 +78,9 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// Seconds between `$SYS/broker/...` retained updates; 0 = off.
     pub sys_interval: u32,
+    /// MQTT bridges to other brokers (`[[bridge]]` tables, `src/bridge`).
+    #[serde(default)]
+    pub bridge: Vec<crate::bridge::BridgeConfig>,
 }
 
 /// What a listener speaks above TCP.
@@ -348,6 +351,9 @@ impl Config {
                 "log_level",
                 format!("{:?} is not a valid log filter", self.log_level),
             );
+        }
+        if let Err(reason) = crate::bridge::config::validate(&self.bridge) {
+            return bad("bridge", reason);
         }
         Ok(())
     }

@@ -308,6 +308,7 @@ impl World {
         }
         let connect = Connect {
             protocol: V,
+            bridge: false,
             clean_start: clean,
             keep_alive: 0,
             client_id: cl.id.as_str().into(),

@@ -514,6 +514,7 @@ impl Shard {
             closing: false,
             out_blocked: false,
             reason_strings: false,
+            bridge: false,
         });
         self.wheel
             .insert(key, self.now + self.cfg.connect_timeout_secs, self.now);

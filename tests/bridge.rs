@@ -418,3 +418,32 @@ fn bad_bridge_config_refuses_start_with_the_key() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bridge") && err.contains("direction"), "{err}");
 }
+
+#[test]
+fn coremq_to_coremq_over_tls_with_a_client_certificate() {
+    let pki = common::certs::TestPki::new();
+    let local_dir = tempfile::tempdir().unwrap();
+    let remote_dir = tempfile::tempdir().unwrap();
+    let (lport, rport, tport) = (free_port(), free_port(), free_port());
+    let p = |p: &Path| p.display().to_string();
+    let remote_cfg = format!(
+        "[[listeners]]\naddress = \"127.0.0.1:{tport}\"\ncertfile = \"{}\"\nkeyfile = \"{}\"\n\
+         cafile = \"{}\"\nrequire_certificate = true\n",
+        p(&pki.server.cert),
+        p(&pki.server.key),
+        p(&pki.ca)
+    );
+    let _remote = coremq(remote_dir.path(), rport, &remote_cfg);
+    let sink = sink(rport, "sink", "t/#", 20, Arc::new(AtomicBool::new(false)));
+    let local_cfg = format!(
+        "[[bridge]]\nname = \"tls\"\naddresses = [\"localhost:{tport}\"]\ntopic = [\"t/# out 1\"]\n\
+         cafile = \"{}\"\ncertfile = \"{}\"\nkeyfile = \"{}\"\nrestart_timeout = [0.2, 1.0]\n",
+        p(&pki.ca),
+        p(&pki.alice.cert),
+        p(&pki.alice.key)
+    );
+    let _local = coremq(local_dir.path(), lport, &local_cfg);
+    std::thread::sleep(Duration::from_millis(700));
+    publish_acked(lport, "t/s", "s", 20, |_| {});
+    assert_all_arrived(&sink.join().unwrap(), "s", 20);
+}

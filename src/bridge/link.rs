@@ -11,6 +11,9 @@ use crate::codec::{
     ReasonCode, RetainHandling, Subscribe, SubscribeFilter, SubscriptionOptions,
 };
 
+/// A peer that accepts the TCP connection but never answers CONNECT is given up on after this.
+const CONNACK_TIMEOUT_MS: u64 = 10_000;
+
 /// Who the link is and what it subscribes to.
 #[derive(Debug, Clone)]
 pub struct LinkParams {
@@ -369,6 +372,9 @@ impl Link {
     /// Keep-alive: a PINGREQ after `keep_alive` seconds without sending; an error when no packet came back
     /// within half a keep-alive more.
     pub fn tick(&mut self, now_ms: u64) -> Result<(), LinkError> {
+        if self.state == LinkState::Connecting && now_ms >= self.last_sent_ms + CONNACK_TIMEOUT_MS {
+            return Err(LinkError::Protocol("no CONNACK within 10 s"));
+        }
         if self.state != LinkState::Up || self.keep_alive_ms == 0 {
             return Ok(());
         }
@@ -385,6 +391,9 @@ impl Link {
 
     /// When `tick` next has something to do.
     pub fn next_deadline(&self) -> Option<u64> {
+        if self.state == LinkState::Connecting {
+            return Some(self.last_sent_ms + CONNACK_TIMEOUT_MS);
+        }
         if self.state != LinkState::Up || self.keep_alive_ms == 0 {
             return None;
         }
@@ -415,8 +424,8 @@ mod tests {
     }
 
     /// What the link wrote, decoded as a server would.
-    fn sent(link: &mut Link) -> Vec<Packet> {
-        let mut d = Decoder::new_server(1 << 20);
+    /// `d` is the server's decoder for this link (it learns the version from CONNECT).
+    fn sent(link: &mut Link, d: &mut Decoder) -> Vec<Packet> {
         let mut out = std::mem::take(&mut link.out);
         std::iter::from_fn(|| d.decode(&mut out).unwrap()).collect()
     }
@@ -439,8 +448,9 @@ mod tests {
     #[test]
     fn connects_with_the_bridge_flag_then_subscribes_and_tracks_acks() {
         let mut l = Link::new(params(ProtocolVersion::V3_1_1));
+        let mut d = Decoder::new_server(1 << 20);
         l.on_connected(0);
-        match &sent(&mut l)[..] {
+        match &sent(&mut l, &mut d)[..] {
             [Packet::Connect(c)] => {
                 assert!(c.bridge && !c.clean_start);
                 assert_eq!(&*c.client_id, "b");
@@ -454,7 +464,7 @@ mod tests {
                 session_present: true
             }]
         );
-        let sub_pid = match &sent(&mut l)[..] {
+        let sub_pid = match &sent(&mut l, &mut d)[..] {
             [Packet::Subscribe(s)] => {
                 assert_eq!(&*s.filters[0].filter, "in/#");
                 s.packet_id
@@ -480,8 +490,9 @@ mod tests {
             receive_maximum: 100,
             ..params(ProtocolVersion::V5)
         });
+        let mut d = Decoder::new_server(1 << 20);
         l.on_connected(0);
-        match &sent(&mut l)[..] {
+        match &sent(&mut l, &mut d)[..] {
             [Packet::Connect(c)] => {
                 assert!(!c.bridge, "v5 has no bridge flag");
                 let p = c.properties.as_deref().unwrap();
@@ -498,7 +509,7 @@ mod tests {
             })),
         });
         feed(&mut l, ca, 1).unwrap();
-        match &sent(&mut l)[..] {
+        match &sent(&mut l, &mut d)[..] {
             [Packet::Subscribe(s)] => {
                 assert!(s.filters[0].options.no_local);
                 assert!(s.filters[0].options.retain_as_published);
@@ -518,13 +529,14 @@ mod tests {
             Err(LinkError::Refused(ReasonCode::NotAuthorized))
         );
         let mut l = Link::new(params(ProtocolVersion::V3_1_1));
+        let mut d = Decoder::new_server(1 << 20);
         l.on_connected(0);
         feed(&mut l, connack(ReasonCode::Success, false), 0).unwrap();
-        sent(&mut l);
+        sent(&mut l, &mut d);
         l.tick(9_000).unwrap();
-        assert!(sent(&mut l).is_empty(), "not idle long enough");
+        assert!(sent(&mut l, &mut d).is_empty(), "not idle long enough");
         l.tick(10_000).unwrap();
-        assert_eq!(sent(&mut l), vec![Packet::PingReq]);
+        assert_eq!(sent(&mut l, &mut d), vec![Packet::PingReq]);
         assert_eq!(l.next_deadline(), Some(16_000));
         l.tick(15_000).unwrap();
         assert_eq!(l.tick(16_000), Err(LinkError::KeepAliveTimeout));

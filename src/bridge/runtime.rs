@@ -178,7 +178,8 @@ pub fn run(mut b: Bridge, local: SocketAddr, tls: Option<TlsClient>, shutdown: A
     let now = || start.elapsed().as_millis() as u64;
     let sides = [Side::Local, Side::Remote];
     let mut conns: [Option<Transport>; 2] = [None, None];
-    let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+    // Per side: bytes of a frame that is not complete yet stay until the rest arrives.
+    let mut rbufs = [BytesMut::new(), BytesMut::new()];
     let local_addr = local.to_string();
 
     let close = |b: &mut Bridge, conns: &mut [Option<Transport>; 2], i: usize, t: u64| {
@@ -200,6 +201,7 @@ pub fn run(mut b: Bridge, local: SocketAddr, tls: Option<TlsClient>, shutdown: A
             match open(&addr, tls) {
                 Ok(tr) => {
                     conns[i] = Some(tr);
+                    rbufs[i].clear();
                     b.on_connected(side, now());
                 }
                 Err(e) => {
@@ -263,19 +265,20 @@ pub fn run(mut b: Bridge, local: SocketAddr, tls: Option<TlsClient>, shutdown: A
                 continue;
             }
             let side = sides[i];
-            let r = conns[i].as_mut().expect("open").read_into(&mut rbuf);
+            let rbuf = &mut rbufs[i];
+            let r = conns[i].as_mut().expect("open").read_into(rbuf);
             let mut failed = match r {
                 Ok(true) => None,
                 Ok(false) => Some("closed by the peer".to_string()),
                 Err(e) => Some(e.to_string()),
             };
             if !rbuf.is_empty() {
-                if let Err(e) = b.on_bytes(side, &mut rbuf, t) {
+                if let Err(e) = b.on_bytes(side, rbuf, t) {
                     failed = Some(e.to_string());
                 }
             }
-            rbuf.clear();
             if let Some(why) = failed {
+                rbuf.clear();
                 tracing::warn!(bridge = %b.name, side = ?side, "bridge: connection lost: {why}");
                 close(&mut b, &mut conns, i, t);
             }

@@ -174,7 +174,7 @@ fn connect(r: &mut Reader<'_>) -> Result<Connect, DecodeError> {
         (b"MQTT", 5) if !bridge => ProtocolVersion::V5,
         (b"MQIsdp", 3) => ProtocolVersion::V3_1,
         // Right name, unknown level: the server answers CONNACK 0x84 / return code 1 [MQTT-3.1.2-2].
-        (b"MQTT", l) | (b"MQIsdp", l) => return Err(DecodeError::UnsupportedProtocolVersion(l)),
+        // The error carries the level as sent (0x85, not 5).
         _ => return Err(DecodeError::UnsupportedProtocolVersion(level)),
     };
     let v5 = protocol.is_v5();

@@ -447,3 +447,49 @@ fn coremq_to_coremq_over_tls_with_a_client_certificate() {
     publish_acked(lport, "t/s", "s", 20, |_| {});
     assert_all_arrived(&sink.join().unwrap(), "s", 20);
 }
+
+/// The retained `$SYS/broker/connection/NAME/state` (mosquitto's topic) and the metrics follow the remote link.
+#[test]
+fn state_is_published_in_sys_and_metrics() {
+    let local_dir = tempfile::tempdir().unwrap();
+    let remote_dir = tempfile::tempdir().unwrap();
+    let (lport, rport, mport) = (free_port(), free_port(), free_port());
+    let mut remote = coremq(remote_dir.path(), rport, "");
+    let cfg = format!(
+        "sys_interval = 1\nmetrics_listen = \"127.0.0.1:{mport}\"\n{}",
+        bridge_config("r", rport, "3.1.1")
+    );
+    let _local = coremq(local_dir.path(), lport, &cfg);
+    let state = |want: &str| {
+        let deadline = Instant::now() + Duration::from_secs(8);
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            let (mut c, _) = Raw::connect(addr(lport), Raw::connect_packet("st", true, 30, V));
+            c.subscribe(1, "$SYS/broker/connection/r/state", QoS::AtMostOnce);
+            c.set_timeout(Duration::from_millis(1500));
+            if let Some(Packet::Publish(p)) = c.recv() {
+                last = String::from_utf8_lossy(&p.payload).into_owned();
+                if last == want {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        panic!("state never became {want} (last {last:?})");
+    };
+    let metric = || {
+        use std::io::{Read, Write};
+        let mut s = TcpStream::connect(addr(mport)).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        body.lines()
+            .find(|l| l.starts_with("coremq_bridge_connected{bridge=\"r\"}"))
+            .map(|l| l.rsplit(' ').next().unwrap().to_string())
+    };
+    state("1");
+    assert_eq!(metric().as_deref(), Some("1"));
+    remote.kill9();
+    state("0");
+    assert_eq!(metric().as_deref(), Some("0"));
+}

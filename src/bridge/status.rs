@@ -96,3 +96,45 @@ pub fn render(bridges: &[std::sync::Arc<BridgeStatus>], out: &mut String) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn renders_one_series_per_bridge_and_the_sys_state() {
+        let a = Arc::new(BridgeStatus::new("a"));
+        let b = Arc::new(BridgeStatus::new("we\"ird"));
+        a.connected.store(true, Relaxed);
+        b.reconnects.store(3, Relaxed);
+        let mut out = String::new();
+        render(&[a.clone(), b.clone()], &mut out);
+        assert!(
+            out.contains("coremq_bridge_connected{bridge=\"a\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("coremq_bridge_connected{bridge=\"we\\\"ird\"} 0\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("coremq_bridge_reconnects_total{bridge=\"we\\\"ird\"} 3\n"),
+            "{out}"
+        );
+        assert_eq!(
+            out.matches("# TYPE coremq_bridge_connected gauge").count(),
+            1
+        );
+        assert_eq!(
+            a.sys_topics(),
+            vec![(
+                "$SYS/broker/connection/a/state".to_string(),
+                "1".to_string()
+            )]
+        );
+        let mut none = String::new();
+        render(&[], &mut none);
+        assert!(none.is_empty());
+    }
+}

@@ -23,8 +23,6 @@ pub(super) struct Conn {
     pub(super) out_blocked: bool,
     /// v5 client allows reason strings (Request Problem Information is not 0).
     pub(super) reason_strings: bool,
-    /// Connected with the bridge flag (0x80 | level): its subscriptions are No Local and Retain As Published.
-    pub(super) bridge: bool,
 }
 
 #[derive(Debug)]

@@ -25,7 +25,7 @@ impl Shard {
             );
         }
         let v5 = self.session(sidx).protocol == ProtocolVersion::V5;
-        let bridge = self.conns.get(key).is_some_and(|c| c.bridge);
+        let bridge = self.bridge_conns.contains(&key);
         let sub_id = sub
             .properties
             .as_ref()

@@ -41,6 +41,7 @@ fn connect(v: ProtocolVersion) -> Packet {
     });
     Packet::Connect(Box::new(Connect {
         protocol: v,
+        bridge: false,
         clean_start: false,
         keep_alive: 60,
         client_id: ByteString::from_static("loadgen-client-000123"),

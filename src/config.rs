@@ -81,6 +81,9 @@ pub struct Config {
     /// Socket backend of the shards (`server::net`).
     #[serde(default)]
     pub io: IoMode,
+    /// MQTT bridges to other brokers (`[[bridge]]` tables, `src/bridge`).
+    #[serde(default)]
+    pub bridge: Vec<crate::bridge::BridgeConfig>,
 }
 
 /// `io`: which socket backend the shards run.
@@ -376,6 +379,9 @@ impl Config {
                 "log_level",
                 format!("{:?} is not a valid log filter", self.log_level),
             );
+        }
+        if let Err(reason) = crate::bridge::config::validate(&self.bridge) {
+            return bad("bridge", reason);
         }
         Ok(())
     }

@@ -1,5 +1,6 @@
 //! coremq: a thread-per-core MQTT broker on io_uring.
 pub mod auth;
+pub mod bridge;
 pub mod broker;
 pub mod codec;
 pub mod config;

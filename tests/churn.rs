@@ -59,6 +59,7 @@ fn cycle(addr: SocketAddr, source: std::net::IpAddr, id: &str, n: usize) {
     let v = ProtocolVersion::V3_1_1;
     let c = Connect {
         protocol: v,
+        bridge: false,
         clean_start: true,
         keep_alive: 60,
         client_id: id.into(),

@@ -29,6 +29,7 @@ fn sample_packets(v: ProtocolVersion) -> Vec<Packet> {
     vec![
         Packet::Connect(Box::new(Connect {
             protocol: v,
+            bridge: false,
             clean_start: true,
             keep_alive: 30,
             client_id: s("client-1"),
@@ -181,6 +182,7 @@ fn partial_input_needs_more_and_consumes_nothing() {
 fn server_decoder_learns_version_from_connect() {
     let connect = Packet::Connect(Box::new(Connect {
         protocol: ProtocolVersion::V5,
+        bridge: false,
         clean_start: true,
         keep_alive: 0,
         client_id: s(""),

@@ -258,6 +258,7 @@ fn connect(v: ProtocolVersion) -> BoxedStrategy<Packet> {
                 };
                 Packet::Connect(Box::new(Connect {
                     protocol: v,
+                    bridge: false,
                     clean_start,
                     keep_alive,
                     client_id,

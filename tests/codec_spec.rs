@@ -75,6 +75,7 @@ fn connect_v3_1_1() {
         V3_1_1,
         Packet::Connect(Box::new(Connect {
             protocol: V3_1_1,
+            bridge: false,
             clean_start: true,
             keep_alive: 60,
             client_id: s("abc"),
@@ -94,6 +95,7 @@ fn connect_v3_1_mqisdp() {
     ];
     let want = Packet::Connect(Box::new(Connect {
         protocol: V3_1,
+        bridge: false,
         clean_start: true,
         keep_alive: 10,
         client_id: s("x"),
@@ -122,6 +124,7 @@ fn connect_v5_with_will_and_properties() {
         V5,
         Packet::Connect(Box::new(Connect {
             protocol: V5,
+            bridge: false,
             clean_start: true,
             keep_alive: 10,
             client_id: s("c"),
@@ -970,4 +973,73 @@ fn encoder_refuses_what_the_wire_cannot_carry() {
         Err(EncodeError::Invalid(_))
     ));
     assert!(out.is_empty());
+}
+
+// ---------------------------------------------------------------- bridge flag (0x80 | level)
+
+/// mosquitto's `try_private`: a bridge sends level 0x84 (3.1.1) or 0x83 (3.1); it decodes as that version with
+/// `bridge` set, and encodes back to the same byte.
+#[test]
+fn connect_with_the_bridge_flag() {
+    for (name, level, v) in [(&b"MQTT"[..], 0x84u8, V3_1_1), (&b"MQIsdp"[..], 0x83, V3_1)] {
+        let mut bytes = vec![0x10, 0];
+        bytes.extend_from_slice(&[0, name.len() as u8]);
+        bytes.extend_from_slice(name);
+        bytes.extend_from_slice(&[level, 0x00, 0x00, 0x3C, 0x00, 0x03, b'b', b'r', b'1']);
+        bytes[1] = (bytes.len() - 2) as u8;
+        canonical(
+            &bytes,
+            v,
+            Packet::Connect(Box::new(Connect {
+                protocol: v,
+                bridge: true,
+                clean_start: false,
+                keep_alive: 60,
+                client_id: s("br1"),
+                will: None,
+                username: None,
+                password: None,
+                properties: None,
+            })),
+        );
+    }
+    // The same packet without the flag is a plain client.
+    let plain = [
+        0x10, 0x0F, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x3C, 0x00, 0x03, b'b',
+        b'r', b'1',
+    ];
+    match decode(&plain, V3_1_1) {
+        Ok(Some(Packet::Connect(c))) => assert!(!c.bridge),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn the_bridge_flag_is_not_a_v5_level() {
+    // v5 has No Local instead: 0x85 stays an unknown level, and so does 0x80 | an unknown level.
+    for level in [0x85u8, 0x86, 0x80] {
+        let bytes = [
+            0x10, 0x0F, 0x00, 0x04, b'M', b'Q', b'T', b'T', level, 0x02, 0x00, 0x3C, 0x00, 0x03,
+            b'b', b'r', b'1',
+        ];
+        assert_eq!(
+            err(&bytes, V3_1_1),
+            DecodeError::UnsupportedProtocolVersion(level)
+        );
+    }
+    // A v5 CONNECT with `bridge` set is written without the flag (it cannot carry one).
+    let c = Packet::Connect(Box::new(Connect {
+        protocol: V5,
+        bridge: true,
+        clean_start: true,
+        keep_alive: 10,
+        client_id: s("b"),
+        will: None,
+        username: None,
+        password: None,
+        properties: None,
+    }));
+    let mut out = BytesMut::new();
+    encode(&c, V5, &mut out).unwrap();
+    assert_eq!(out[8], 5);
 }

@@ -19,6 +19,7 @@ const BURST: u32 = 12_000;
 fn connect_packet(id: &str) -> Connect {
     Connect {
         protocol: V,
+        bridge: false,
         clean_start: true,
         keep_alive: 60,
         client_id: id.into(),

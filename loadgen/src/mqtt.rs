@@ -36,6 +36,7 @@ pub fn connect_packet(p: &ConnectParams, client_id: &str) -> Packet {
     };
     Packet::Connect(Box::new(Connect {
         protocol: p.version,
+        bridge: false,
         clean_start: p.clean_start,
         keep_alive: p.keep_alive,
         client_id: ByteString::from(client_id),

@@ -166,12 +166,15 @@ fn props(r: &mut Reader<'_>, v5: bool, ctx: PropCtx) -> Result<Props, DecodeErro
 fn connect(r: &mut Reader<'_>) -> Result<Connect, DecodeError> {
     let name = r.binary()?;
     let level = r.u8()?;
-    let protocol = match (&name[..], level) {
+    // 0x80 | level is mosquitto's bridge flag (`try_private`): the peer is a bridge, not a plain client.
+    // v5 has no such flag (it has No Local), so 0x85 stays an unknown level.
+    let bridge = level & 0x80 != 0;
+    let protocol = match (&name[..], level & 0x7F) {
         (b"MQTT", 4) => ProtocolVersion::V3_1_1,
-        (b"MQTT", 5) => ProtocolVersion::V5,
+        (b"MQTT", 5) if !bridge => ProtocolVersion::V5,
         (b"MQIsdp", 3) => ProtocolVersion::V3_1,
         // Right name, unknown level: the server answers CONNACK 0x84 / return code 1 [MQTT-3.1.2-2].
-        (b"MQTT", l) | (b"MQIsdp", l) => return Err(DecodeError::UnsupportedProtocolVersion(l)),
+        // The error carries the level as sent (0x85, not 5).
         _ => return Err(DecodeError::UnsupportedProtocolVersion(level)),
     };
     let v5 = protocol.is_v5();
@@ -224,6 +227,7 @@ fn connect(r: &mut Reader<'_>) -> Result<Connect, DecodeError> {
     };
     Ok(Connect {
         protocol,
+        bridge,
         clean_start,
         keep_alive,
         client_id,

@@ -270,7 +270,13 @@ fn write(packet: &Packet, version: ProtocolVersion, plan: &Plan, buf: &mut Bytes
         Packet::Connect(c) => {
             write_header(buf, 0x10, plan);
             put_field(buf, protocol_name(c.protocol));
-            buf.put_u8(c.protocol.level());
+            // The bridge flag exists for 3.1 / 3.1.1 only; a v5 bridge uses No Local instead.
+            let bridge = if c.bridge && !c.protocol.is_v5() {
+                0x80
+            } else {
+                0
+            };
+            buf.put_u8(c.protocol.level() | bridge);
             let mut flags = 0u8;
             if c.clean_start {
                 flags |= 0x02;

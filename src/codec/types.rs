@@ -149,6 +149,9 @@ pub struct Will {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Connect {
     pub protocol: ProtocolVersion,
+    /// Protocol level sent as 0x80 | level (mosquitto's bridge flag, 3.1 / 3.1.1 only): the peer is a bridge, so
+    /// its subscriptions are No Local and Retain As Published.
+    pub bridge: bool,
     /// "Clean Session" in 3.1/3.1.1, "Clean Start" in 5.0.
     pub clean_start: bool,
     pub keep_alive: u16,

@@ -259,6 +259,8 @@ pub struct Metrics {
     ready: AtomicBool,
     started: Instant,
     start_unix: f64,
+    /// The configured bridges' status (registered once at start, `crate::bridge`).
+    bridges: std::sync::RwLock<Vec<Arc<crate::bridge::BridgeStatus>>>,
 }
 
 impl Metrics {
@@ -271,7 +273,16 @@ impl Metrics {
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs_f64())
                 .unwrap_or(0.0),
+            bridges: Default::default(),
         })
+    }
+
+    pub fn add_bridge(&self, b: Arc<crate::bridge::BridgeStatus>) {
+        self.bridges.write().expect("bridge table").push(b);
+    }
+
+    pub fn bridges(&self) -> Vec<Arc<crate::bridge::BridgeStatus>> {
+        self.bridges.read().expect("bridge table").clone()
     }
 
     pub fn shard_count(&self) -> usize {

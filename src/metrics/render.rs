@@ -110,6 +110,7 @@ pub fn render(m: &Metrics) -> String {
         "Time the owning shard spent handling a CONNECT.",
         shards.iter().map(|s| &s.connect_time),
     );
+    crate::bridge::status::render(&m.bridges(), o);
     out
 }
 

@@ -102,6 +102,9 @@ impl SysTopics {
                 out.push((format!("{p}/heap/current"), rss.to_string()));
             }
             figures(p, t, &mut out);
+            for b in m.bridges() {
+                out.extend(b.sys_topics());
+            }
             for ((name, _), load) in load_sources(t).iter().zip(&self.loads) {
                 for ((_, window), v) in Load::WINDOWS.iter().zip(load.avg) {
                     out.push((format!("{p}/load/{name}/{window}"), format!("{v:.2}")));

@@ -354,6 +354,9 @@ pub fn run(
         shutdown.clone(),
     )?;
     on_bound(&bound, shards);
+    // Bridges connect to a bound listener; until the shards run, their CONNECT waits in the accept backlog.
+    let bridges =
+        crate::bridge::spawn(&cfg, &bound, &metrics, shutdown.clone()).map_err(io::Error::other)?;
 
     let online = CpuSet::online().map_err(|e| io::Error::other(e.to_string()))?;
     let placement: Vec<CpuSet> = (0..shards)
@@ -476,6 +479,7 @@ pub fn run(
         }
     }
     metrics.set_ready(false);
+    bridges.join();
     if let Some(m) = metrics_server {
         m.join();
     }

@@ -396,7 +396,7 @@ fn pem_error(path: &Path, what: &str, e: pem::Error) -> String {
 }
 
 /// Every certificate of a PEM file, in order; at least one.
-fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+pub(crate) fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let what = "certificate file";
     let bytes = read_file(path, what)?;
     let certs = CertificateDer::pem_slice_iter(&bytes)
@@ -412,7 +412,7 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 }
 
 /// The first private key of a PEM file (PKCS#8, PKCS#1 RSA or SEC1 EC).
-fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+pub(crate) fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
     let what = "keyfile";
     let bytes = read_file(path, what)?;
     PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {

@@ -173,6 +173,7 @@ impl Raw {
     ) -> Connect {
         Connect {
             protocol: version,
+            bridge: false,
             clean_start: clean,
             keep_alive,
             client_id: client_id.into(),

@@ -316,6 +316,7 @@ impl World {
         });
         let connect = Connect {
             protocol: v,
+            bridge: false,
             clean_start: clean,
             keep_alive: 0,
             client_id: cl.id.as_str().into(),

@@ -369,6 +369,7 @@ impl Shard {
 fn empty_connect() -> Connect {
     Connect {
         protocol: ProtocolVersion::V5,
+        bridge: false,
         clean_start: true,
         keep_alive: 0,
         client_id: ByteString::new(),

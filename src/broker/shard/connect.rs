@@ -85,6 +85,7 @@ impl Shard {
         assigned_id: bool,
     ) -> ReadOutcome {
         let acl = self.session_acl(&connect);
+        let bridge = connect.bridge;
         let Connect {
             protocol,
             clean_start,
@@ -185,6 +186,11 @@ impl Shard {
         conn.reason_strings = protocol == ProtocolVersion::V5
             && props.and_then(|p| p.request_problem_information) != Some(0);
         conn.last_seen = now;
+        if bridge {
+            let conns = &self.conns;
+            self.bridge_conns.retain(|k| conns.get(*k).is_some());
+            self.bridge_conns.push(key);
+        }
         // The CONNECT-timeout entry filed at accept (due by `now + connect_timeout_secs`) re-files itself at the
         // keep-alive deadline when it fires: a second entry is needed only for a deadline earlier than that.
         let deadline = now + (keep_alive as u32 * 3).div_ceil(2);

@@ -398,6 +398,10 @@ pub struct Shard {
     wheel: Wheel,
     now: Secs,
     pending_subacks: HashMap<u64, PendingSubAck>,
+    /// Connections that sent the bridge flag (0x80 | level): their subscriptions are No Local and Retain As
+    /// Published. A list on the shard, not a flag per connection, so idle connections pay nothing for it;
+    /// pruned of closed connections whenever one is added (bounded by the live bridges).
+    bridge_conns: Vec<ConnKey>,
     next_token: u64,
     next_generated_id: u64,
     last_drop_log: u64,
@@ -462,6 +466,7 @@ impl Shard {
             sys_retained: (0, 0),
             now: 0,
             pending_subacks: HashMap::new(),
+            bridge_conns: Vec::new(),
             next_token: 1,
             next_generated_id: 0,
             last_drop_log: 0,

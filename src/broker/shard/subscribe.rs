@@ -25,6 +25,7 @@ impl Shard {
             );
         }
         let v5 = self.session(sidx).protocol == ProtocolVersion::V5;
+        let bridge = self.bridge_conns.contains(&key);
         let sub_id = sub
             .properties
             .as_ref()
@@ -55,7 +56,13 @@ impl Shard {
                 });
                 continue;
             }
-            let options = f.options;
+            let mut options = f.options;
+            if bridge && !shared {
+                // What mosquitto does for a bridge: what it published is not sent back (no loop), and the
+                // RETAIN flag passes through so the other side's retained store stays in step.
+                options.no_local = true;
+                options.retain_as_published = true;
+            }
             let entry = Subscriber {
                 session: sidx,
                 options,

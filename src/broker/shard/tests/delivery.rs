@@ -13,6 +13,7 @@ fn connect(shard: &mut Shard, io: u64, id: &str) -> ConnKey {
     let key = shard.accept(io);
     let c = Connect {
         protocol: V,
+        bridge: false,
         clean_start: true,
         keep_alive: 0,
         client_id: id.into(),

@@ -30,6 +30,7 @@ pub(super) fn connect_as(
     };
     let c = Connect {
         protocol,
+        bridge: false,
         clean_start: clean,
         keep_alive: 0,
         client_id: id.into(),

@@ -3,6 +3,7 @@ use super::*;
 fn connect(keep_alive: u16) -> BytesMut {
     let c = Connect {
         protocol: ProtocolVersion::V3_1_1,
+        bridge: false,
         clean_start: true,
         keep_alive,
         client_id: format!("ka-{keep_alive}").into(),

@@ -1,6 +1,7 @@
 //! Unit tests of the shard core, one file per flow (the persistence tests are in `durable`).
 use super::*;
 
+mod bridge;
 mod burst;
 mod conn;
 mod delivery;

@@ -18,6 +18,7 @@ fn a_peer_that_does_not_read_stops_being_read() {
     let key = shard.accept(7);
     let connect = Connect {
         protocol: v,
+        bridge: false,
         clean_start: true,
         keep_alive: 0,
         client_id: "flood".into(),

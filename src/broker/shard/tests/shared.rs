@@ -26,6 +26,7 @@ fn connect_v(shard: &mut Shard, io: u64, id: &str, clean: bool, v: ProtocolVersi
     let key = shard.accept(io);
     let c = Connect {
         protocol: v,
+        bridge: false,
         clean_start: clean,
         keep_alive: 0,
         client_id: id.into(),

@@ -11,6 +11,7 @@ fn connect(shard: &mut Shard, io: u64, id: &str, v: ProtocolVersion) -> ConnKey 
     let key = shard.accept(io);
     let c = Connect {
         protocol: v,
+        bridge: false,
         clean_start: true,
         keep_alive: 0,
         client_id: id.into(),

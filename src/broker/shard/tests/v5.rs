@@ -14,6 +14,7 @@ fn frame(p: &Packet, v: ProtocolVersion) -> BytesMut {
 fn connect_packet(id: &str, clean: bool, props: Properties, will: Option<Will>) -> Packet {
     Packet::Connect(Box::new(Connect {
         protocol: V5,
+        bridge: false,
         clean_start: clean,
         keep_alive: 0,
         client_id: id.into(),

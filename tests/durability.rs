@@ -116,15 +116,24 @@ struct Received {
 }
 
 /// Reconnect a persistent subscriber and take everything it is sent, acknowledging as a correct client would
-/// (QoS 2 receiver keeps its packet ids until PUBREL). Stops after `quiet` without traffic.
-fn drain(b: &Broker, id: &str, quiet: Duration) -> Received {
+/// (QoS 2 receiver keeps its packet ids until PUBREL). Until `expect` messages arrived it waits up to
+/// `STALL` for each packet (a loaded machine's fsync can stall a round for seconds: a short quiet window there
+/// reads as loss that is not); after that it stops at `quiet` without traffic, which catches extras.
+fn drain(b: &Broker, id: &str, quiet: Duration, expect: usize) -> Received {
+    const STALL: Duration = Duration::from_secs(30);
     let (mut s, ack) = Raw::connect(b.addr, Raw::connect_packet(id, false, 60, V));
     assert_eq!(ack.reason, ReasonCode::Success);
     assert!(ack.session_present, "{id}: the session must survive");
-    s.set_timeout(quiet);
     let mut got = Received::default();
     let mut qos2_pending: HashSet<u16> = HashSet::new();
-    while let Some(p) = s.recv() {
+    loop {
+        let arrived: usize = got.seqs.values().map(Vec::len).sum();
+        s.set_timeout(if arrived < expect || !qos2_pending.is_empty() {
+            STALL
+        } else {
+            quiet
+        });
+        let Some(p) = s.recv() else { break };
         match p {
             Packet::Publish(p) => {
                 let seq = u32::from_be_bytes(p.payload[..4].try_into().unwrap());
@@ -219,7 +228,7 @@ fn acknowledged_messages_survive_kill_9() {
 
     let b = Broker::start_in(dir.path(), &[]);
     for who in [&far, &near] {
-        let got = drain(&b, who, Duration::from_secs(3));
+        let got = drain(&b, who, Duration::from_secs(3), 2 * n as usize);
         let dups = check(who, &got, "dur/q1", n, false);
         check(who, &got, "dur/q2", n, true);
         eprintln!(
@@ -267,7 +276,12 @@ fn acknowledged_messages_survive_kill_9_during_the_stream() {
 
     let b = Broker::start_in(dir.path(), &["--max-queued-messages", QUEUE]);
     for who in [&far, &near] {
-        let got = drain(&b, who, Duration::from_secs(3));
+        let got = drain(
+            &b,
+            who,
+            Duration::from_secs(3),
+            (done[0] + done[1]) as usize,
+        );
         let dups = check(who, &got, "mid/q1", done[0], false);
         check(who, &got, "mid/q2", done[1], true);
         eprintln!(
@@ -470,7 +484,7 @@ fn a_full_log_refuses_qos1_publishes_with_quota_exceeded_and_loses_nothing_ackno
     assert!(!accepted.is_empty());
 
     // Everything acknowledged is delivered.
-    let got = drain(&b, &sub, Duration::from_secs(2));
+    let got = drain(&b, &sub, Duration::from_secs(2), accepted.len());
     let seqs: HashSet<u32> = got
         .seqs
         .get("full/t")
@@ -536,7 +550,7 @@ fn a_full_persistent_session_refuses_with_quota_exceeded_and_loses_nothing_ackno
     b.kill9();
 
     let b = Broker::start_in(&data, &["--config", &cfg]);
-    let got = drain(&b, &sub, Duration::from_secs(2));
+    let got = drain(&b, &sub, Duration::from_secs(2), accepted.len());
     let seqs: HashSet<u32> = got
         .seqs
         .get("tiny/t")

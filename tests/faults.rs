@@ -345,3 +345,37 @@ fn a_data_dir_that_turns_read_only_loses_nothing_acknowledged() {
     }
     check_all(&got, &specs, &acked);
 }
+
+/// A data directory without room for the first log segment refuses the start with the reason, promptly; the
+/// store used to wait for a syncer that was never started, so the broker hung (ignoring SIGTERM) instead.
+#[test]
+fn a_disk_too_small_for_the_first_segment_refuses_the_start() {
+    let test = "a_disk_too_small_for_the_first_segment_refuses_the_start";
+    let Some(fs) = Ext4::mount(16, test) else {
+        return;
+    };
+    let data = fs.data();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_coremq"))
+        .args(["--listen", "127.0.0.1:0", "--shards", "1", "--data-dir"])
+        .arg(&data)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the broker neither started nor exited within 30 s on a disk without room for a segment");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "the start must be refused");
+    assert!(err.contains("disk full"), "the reason must be given: {err}");
+}

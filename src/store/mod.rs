@@ -1301,7 +1301,12 @@ impl Drop for Store {
     fn drop(&mut self) {
         // A clean shutdown makes everything committed durable (except under `Never`, which still flushes
         // nothing: the page cache writes it back).
-        if self.cfg.fsync != FsyncPolicy::Never && !self.shared.failed.load(Ordering::Acquire) {
+        // A store whose open failed before its syncer started (a data directory without room for the first
+        // segment, say) has nothing to sync, and nobody would answer the flush: waiting hung the start.
+        if self.syncer.is_some()
+            && self.cfg.fsync != FsyncPolicy::Never
+            && !self.shared.failed.load(Ordering::Acquire)
+        {
             let _ = self.sync();
         }
         let _ = self.sync_tx.send(SyncMsg::Shutdown);

@@ -66,6 +66,7 @@ impl Conn {
             username: None,
             password: None,
             properties,
+            bridge: false,
         };
         if !c.send(&Packet::Connect(Box::new(connect))) {
             return None;

@@ -746,6 +746,7 @@ impl World {
                     username: None,
                     password: None,
                     properties: None,
+                    bridge: false,
                 })),
                 v,
             );

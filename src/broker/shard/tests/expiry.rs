@@ -27,6 +27,7 @@ fn connect(shard: &mut Shard, io: u64, id: &str, clean: bool, expiry: u32) -> Co
             session_expiry_interval: Some(expiry),
             ..Default::default()
         })),
+        bridge: false,
     };
     shard.on_bytes(key, &mut frame(&Packet::Connect(Box::new(c))));
     key

@@ -31,6 +31,7 @@ fn connect_v(
         username: None,
         password: None,
         properties: props.map(Box::new),
+        bridge: false,
     };
     let out = shard.on_bytes(key, &mut frame(&Packet::Connect(Box::new(c)), protocol));
     assert_eq!(out, ReadOutcome::Continue);

@@ -17,11 +17,12 @@ const END: &str = "<!-- END config-keys -->";
 fn default_keys() -> Vec<(String, String, bool, String)> {
     let mut out = Vec::new();
     let mut section = String::new();
-    let mut listener_example = false;
+    // A commented `[[listeners]]` / `[[bridge]]` example: its keys belong to that table.
+    let mut example: Option<&str> = None;
     for line in DEFAULT_CONFIG.lines() {
         let t = line.trim();
         if t.is_empty() {
-            listener_example = false;
+            example = None;
             continue;
         }
         if let Some(s) = t.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
@@ -32,8 +33,12 @@ fn default_keys() -> Vec<(String, String, bool, String)> {
             Some(b) => (true, b.trim_start()),
             None => (false, t),
         };
-        if commented && body == "[[listeners]]" {
-            listener_example = true;
+        if commented && (body == "[[listeners]]" || body == "[[bridge]]") {
+            example = Some(if body == "[[bridge]]" {
+                "bridge"
+            } else {
+                "listeners"
+            });
             continue;
         }
         let Some((key, value)) = body.split_once(" = ") else {
@@ -48,10 +53,9 @@ fn default_keys() -> Vec<(String, String, bool, String)> {
         }
         // An inline comment starts after two or more blanks.
         let value = value.split("  #").next().unwrap().trim().to_string();
-        let section = if listener_example {
-            "listeners".to_string()
-        } else {
-            section.clone()
+        let section = match example {
+            Some(table) => table.to_string(),
+            None => section.clone(),
         };
         out.push((section, key.to_string(), commented, value));
     }
@@ -65,10 +69,12 @@ fn render_table() -> String {
         let name = match section.as_str() {
             "" => format!("`{key}`"),
             "listeners" => format!("`[[listeners]]` `{key}`"),
+            "bridge" => format!("`[[bridge]]` `{key}`"),
             other => format!("`[{other}]` `{key}`"),
         };
         let default = match (section.as_str(), commented) {
             ("listeners", _) => format!("per listener, e.g. `{value}`"),
+            ("bridge", _) => format!("per bridge, e.g. `{value}`"),
             (_, true) => format!("unset (e.g. `{value}`)"),
             (_, false) => format!("`{value}`"),
         };
@@ -113,6 +119,7 @@ fn every_key_of_the_default_config_is_accepted_by_the_parser() {
             "" => format!("{key} = {value}\n"),
             "listeners" if key == "address" => format!("[[listeners]]\n{key} = {value}\n"),
             "listeners" => format!("[[listeners]]\naddress = \"127.0.0.1:0\"\n{key} = {value}\n"),
+            "bridge" => format!("[[bridge]]\n{key} = {value}\n"),
             s => format!("[{s}]\n{key} = {value}\n"),
         };
         if let Err(e) = Config::from_toml_str(&text) {

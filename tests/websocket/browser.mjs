@@ -44,7 +44,13 @@ function finish(code, message) {
   (code === 0 ? console.log : console.error)(`browser.mjs: ${message}`);
   chromium.kill("SIGTERM"); // the browser this script started, by its handle
   chromium.once("exit", () => {
-    rmSync(profile, { recursive: true, force: true });
+    // Chromium's helper processes may still write into the profile as it exits: retry, and never let cleanup
+    // turn a received message into a failure.
+    try {
+      rmSync(profile, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 });
+    } catch (e) {
+      console.error(`browser.mjs: could not remove ${profile}: ${e.message}`);
+    }
     process.exit(code);
   });
   setTimeout(() => { chromium.kill("SIGKILL"); }, 3000).unref();

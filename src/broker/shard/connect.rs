@@ -187,9 +187,7 @@ impl Shard {
             && props.and_then(|p| p.request_problem_information) != Some(0);
         conn.last_seen = now;
         if bridge {
-            let conns = &self.conns;
-            self.bridge_conns.retain(|k| conns.get(*k).is_some());
-            self.bridge_conns.push(key);
+            self.bridge_conns.insert(key);
         }
         // The CONNECT-timeout entry filed at accept (due by `now + connect_timeout_secs`) re-files itself at the
         // keep-alive deadline when it fires: a second entry is needed only for a deadline earlier than that.

@@ -399,9 +399,10 @@ pub struct Shard {
     now: Secs,
     pending_subacks: HashMap<u64, PendingSubAck>,
     /// Connections that sent the bridge flag (0x80 | level): their subscriptions are No Local and Retain As
-    /// Published. A list on the shard, not a flag per connection, so idle connections pay nothing for it;
-    /// pruned of closed connections whenever one is added (bounded by the live bridges).
-    bridge_conns: Vec<ConnKey>,
+    /// Published. A set on the shard, not a flag per connection, so idle connections pay nothing for it; a key
+    /// leaves it when its connection is released (bounded by the live connections; O(1) per SUBSCRIBE, where a
+    /// list pruned on every bridge connect was quadratic in a fleet of clients that all send the flag).
+    bridge_conns: std::collections::HashSet<ConnKey>,
     next_token: u64,
     next_generated_id: u64,
     last_drop_log: u64,
@@ -466,7 +467,7 @@ impl Shard {
             sys_retained: (0, 0),
             now: 0,
             pending_subacks: HashMap::new(),
-            bridge_conns: Vec::new(),
+            bridge_conns: std::collections::HashSet::new(),
             next_token: 1,
             next_generated_id: 0,
             last_drop_log: 0,
@@ -687,6 +688,7 @@ impl Shard {
             }
         }
         if self.conns.remove(key).is_some() {
+            self.bridge_conns.remove(&key);
             self.send_full.set(key.idx, false);
             self.stats.connections_closed += 1;
         }

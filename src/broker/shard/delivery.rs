@@ -345,6 +345,12 @@ impl Shard {
                 // Restored message whose subscription was downgraded to QoS 0: sent, so done.
                 self.persist_done(sidx, &q);
             } else {
+                // A clean session never sends an in-flight message again (it ends with its connection), unless
+                // a shared group takes it back when the member leaves: its body goes now, while still in cache,
+                // not when the acknowledgement comes (a cache miss per message at high rates).
+                if q.shared.is_none() && self.session(sidx).is_clean() {
+                    q.msg = None;
+                }
                 let state = if q.qos == QoS::AtLeastOnce {
                     InflightState::AwaitPubAck
                 } else {

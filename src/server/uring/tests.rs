@@ -5,6 +5,7 @@ use super::*;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, IntoRawFd};
+use std::time::Duration;
 
 /// A backend, or None (with the reason printed) where this kernel or process cannot run io_uring, unless
 /// `COREMQ_REQUIRE_URING` is set.

@@ -177,7 +177,14 @@ pub fn accept(listener: RawFd) -> io::Result<Option<RawFd>> {
             _ => Err(e),
         };
     }
+    set_nodelay(fd);
+    Ok(Some(fd))
+}
+
+/// TCP_NODELAY on an accepted socket (best effort: a failure only costs latency).
+pub fn set_nodelay(fd: RawFd) {
     let one: libc::c_int = 1;
+    // SAFETY: fd is a socket the caller owns; the option value is a valid c_int.
     unsafe {
         libc::setsockopt(
             fd,
@@ -187,7 +194,6 @@ pub fn accept(listener: RawFd) -> io::Result<Option<RawFd>> {
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
-    Ok(Some(fd))
 }
 
 pub fn close(fd: RawFd) {

@@ -29,6 +29,8 @@ mod conns;
 mod send;
 mod setup;
 #[cfg(test)]
+pub(crate) mod testing;
+#[cfg(test)]
 mod tests;
 mod wait;
 

@@ -2,7 +2,6 @@
 //! results, and the steps of a cancel.
 
 use std::io;
-use std::os::fd::RawFd;
 
 use io_uring::cqueue;
 
@@ -11,6 +10,7 @@ use super::{
     ud_parts, Completion, RecvBuf, RecvState, UringBackend, K_ACCEPT, K_CANCEL, K_DOORBELL,
     K_POLLOUT, K_RECV, K_RECV_CANCEL, K_SEND, K_TIMER, K_WATCH,
 };
+use crate::server::netpoll::set_nodelay;
 
 impl UringBackend {
     pub(super) fn harvest(&mut self, out: &mut Vec<Completion>) -> io::Result<()> {
@@ -182,18 +182,4 @@ impl UringBackend {
         }
         Ok(())
     }
-}
-
-fn set_nodelay(fd: RawFd) {
-    let one: libc::c_int = 1;
-    // SAFETY: fd is the socket just accepted; the option value is a valid c_int.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_NODELAY,
-            &one as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
 }

@@ -74,6 +74,13 @@ impl Ext4 {
         )
     }
 
+    /// The broker (2 shards, small segments) on this file system's data directory; its config lives beside the
+    /// image, off the file system under test.
+    fn start_broker(&self) -> Broker {
+        let cfg = write_config(self.dir.path(), SMALL_SEGMENTS);
+        Broker::start_in(&self.data(), &["--config", &cfg])
+    }
+
     fn data(&self) -> PathBuf {
         let d = self.mnt.join("data");
         std::fs::create_dir_all(&d).unwrap();
@@ -136,7 +143,6 @@ impl Drop for Ext4 {
         if !run("umount", &[m]) {
             let _ = run("umount", &["-l", m]);
         }
-        let _ = &self.dir;
     }
 }
 
@@ -227,10 +233,7 @@ fn a_disk_that_fills_up_refuses_and_loses_nothing_acknowledged() {
     ) else {
         return;
     };
-    let cfg_dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(cfg_dir.path(), SMALL_SEGMENTS);
-    let data = fs.data();
-    let mut b = Broker::start_in(&data, &["--config", &cfg]);
+    let mut b = fs.start_broker();
     let subs = [
         id_on_shard("full-far", 1, 2),
         id_on_shard("full-near", 0, 2),
@@ -263,7 +266,7 @@ fn a_disk_that_fills_up_refuses_and_loses_nothing_acknowledged() {
     assert!(acked.iter().all(|a| !a.is_empty()));
 
     b.kill9();
-    let b = Broker::start_in(&data, &["--config", &cfg]);
+    let b = fs.start_broker();
     check_all(&drain_all(&b, &subs), &specs, &acked);
 
     // Room again: the same publisher is acknowledged again.
@@ -294,10 +297,7 @@ fn a_data_dir_that_turns_read_only_loses_nothing_acknowledged() {
     ) else {
         return;
     };
-    let cfg_dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(cfg_dir.path(), SMALL_SEGMENTS);
-    let data = fs.data();
-    let mut b = Broker::start_in(&data, &["--config", &cfg]);
+    let mut b = fs.start_broker();
     let subs = [id_on_shard("ro-far", 1, 2), id_on_shard("ro-near", 0, 2)];
     for id in &subs {
         subscribe_persistent(b.addr, id, "ro/#", V3);
@@ -328,7 +328,7 @@ fn a_data_dir_that_turns_read_only_loses_nothing_acknowledged() {
 
     b.kill9();
     fs.remount_repaired();
-    let b = Broker::start_in(&data, &["--config", &cfg]);
+    let b = fs.start_broker();
     check_all(&drain_all(&b, &subs), &specs, &acked);
 }
 

@@ -90,38 +90,24 @@ fn mosquitto_clients_pub_sub_retained_and_v5() {
         );
     }
     // Retained: a late subscriber gets the last value.
-    run(
-        "mosquitto_pub",
-        &[
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-t",
-            "interop/state",
-            "-r",
-            "-q",
-            "1",
-            "-m",
-            "old",
-        ],
-    );
-    run(
-        "mosquitto_pub",
-        &[
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-t",
-            "interop/state",
-            "-r",
-            "-q",
-            "1",
-            "-m",
-            "new",
-        ],
-    );
+    for value in ["old", "new"] {
+        run(
+            "mosquitto_pub",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-t",
+                "interop/state",
+                "-r",
+                "-q",
+                "1",
+                "-m",
+                value,
+            ],
+        );
+    }
     let got = run(
         "mosquitto_sub",
         &[

@@ -173,7 +173,11 @@ fn redirection_sends_the_server_reference() {
 }
 
 fn run_paho(script: &str) {
-    let b = Broker::start(&[]);
+    run_paho_against(&Broker::start(&[]), script);
+}
+
+/// `python3 tests/mqtt5/SCRIPT PORT` against `b` must print OK.
+fn run_paho_against(b: &Broker, script: &str) {
     let path = format!("{}/tests/mqtt5/{script}", env!("CARGO_MANIFEST_DIR"));
     let out = Command::new("python3")
         .args([&path, &b.port().to_string()])
@@ -205,21 +209,7 @@ fn paho_v5_qos1_over_the_receive_maximum_reads_0x93() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = common::write_config(dir.path(), "max_inbound_qos2 = 4\n");
     let b = Broker::start(&["--config", &cfg, "--fsync", "interval:2000ms"]);
-    let path = format!(
-        "{}/tests/mqtt5/paho_receive_max.py",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let out = Command::new("python3")
-        .args([&path, &b.port().to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
+    run_paho_against(&b, "paho_receive_max.py");
 }
 
 #[test]

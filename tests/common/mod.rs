@@ -12,6 +12,8 @@ pub mod certs;
 pub mod resilient;
 pub mod tools;
 
+pub use resilient::Recv;
+
 use bytes::BytesMut;
 use coremq::codec::{
     self, Connect, Decoder, Packet, ProtocolVersion, Publish, QoS, Subscribe, SubscribeFilter,
@@ -224,26 +226,10 @@ impl Raw {
 
     /// Next packet, or None when the broker closed the connection (or nothing came within the timeout).
     pub fn recv(&mut self) -> Option<Packet> {
-        loop {
-            match self.decoder.decode(&mut self.buf) {
-                Ok(Some(p)) => return Some(p),
-                Ok(None) => {}
-                Err(e) => panic!("broker sent a bad packet: {e}"),
-            }
-            let mut chunk = [0u8; 65536];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return None
-                }
-                Err(_) => return None,
-            }
+        match read_packet(&mut self.stream, &mut self.decoder, &mut self.buf) {
+            Ok(Recv::Packet(p)) => Some(p),
+            Ok(Recv::Timeout | Recv::Closed) => None,
+            Err(e) => panic!("broker sent a bad packet: {e}"),
         }
     }
 
@@ -313,6 +299,35 @@ impl Raw {
             properties: None,
             payload: bytes::Bytes::copy_from_slice(payload),
         }));
+    }
+}
+
+/// Next packet from `stream` through `decoder`, bytes read ahead kept in `buf`: `Timeout` when nothing came
+/// within the socket's read timeout, `Closed` at EOF or an I/O error; Err when the broker sent bytes that do not
+/// decode.
+pub fn read_packet(
+    stream: &mut TcpStream,
+    decoder: &mut Decoder,
+    buf: &mut BytesMut,
+) -> Result<Recv, codec::DecodeError> {
+    loop {
+        if let Some(p) = decoder.decode(buf)? {
+            return Ok(Recv::Packet(p));
+        }
+        let mut chunk = [0u8; 65536];
+        match stream.read(&mut chunk) {
+            Ok(0) => return Ok(Recv::Closed),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Ok(Recv::Timeout)
+            }
+            Err(_) => return Ok(Recv::Closed),
+        }
     }
 }
 

@@ -3,6 +3,7 @@ pub mod client_index;
 pub mod durability;
 pub mod keepalive;
 pub mod lazy_deque;
+pub mod match_cache;
 pub mod message;
 pub mod session;
 pub mod shard;

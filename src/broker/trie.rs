@@ -5,7 +5,10 @@
 //! other filters, and removal returns nodes for reuse. Matching follows the spec: `+` matches one level, `#` the
 //! parent and any number of levels, and neither matches a first level that starts with `$`.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
+
+use super::match_cache::{MatchCache, MAX_NODES};
 
 type NodeId = u32;
 const ROOT: NodeId = 0;
@@ -45,6 +48,10 @@ pub struct Trie<V> {
     nodes: Vec<Node<V>>,
     free: Vec<NodeId>,
     filters: usize,
+    /// Changes whenever a filter gains or loses its value (the matching nodes of a topic may change).
+    gen: u32,
+    /// Recent matches (`with_match_cache`); `None` for tries walked rarely.
+    cache: Option<RefCell<MatchCache>>,
 }
 
 impl<V> Default for Trie<V> {
@@ -53,6 +60,8 @@ impl<V> Default for Trie<V> {
             nodes: vec![Node::new(ROOT, "")],
             free: Vec::new(),
             filters: 0,
+            gen: 0,
+            cache: None,
         }
     }
 }
@@ -71,6 +80,20 @@ fn split_level(rest: &str) -> (&str, Option<&str>) {
 impl<V> Trie<V> {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A trie whose `for_each_match` remembers recent topics (`match_cache.rs`), in `slots` entries.
+    pub fn with_match_cache(slots: usize) -> Self {
+        Trie {
+            cache: Some(RefCell::new(MatchCache::new(slots))),
+            ..Self::default()
+        }
+    }
+
+    /// A filter gained or lost its value.
+    fn changed(&mut self) {
+        // `u32::MAX` marks an empty cache slot.
+        self.gen = (self.gen + 1) % u32::MAX;
     }
 
     /// Number of filters holding a value.
@@ -106,6 +129,7 @@ impl<V> Trie<V> {
         let slot = Self::slot(&mut self.nodes, &mut self.free, filter);
         if slot.is_none() {
             *filters += 1;
+            self.gen = (self.gen + 1) % u32::MAX;
         }
         slot.get_or_insert_with(make)
     }
@@ -175,6 +199,7 @@ impl<V> Trie<V> {
         let old = slot.replace(value);
         if old.is_none() {
             self.filters += 1;
+            self.changed();
         }
         old
     }
@@ -184,6 +209,7 @@ impl<V> Trie<V> {
         let node = self.find(filter)?;
         let old = self.nodes[node as usize].value.take()?;
         self.filters -= 1;
+        self.changed();
         self.prune(node);
         Some(old)
     }
@@ -215,35 +241,68 @@ impl<V> Trie<V> {
         }
     }
 
-    /// Visit the value of every filter that matches topic name `topic`. Allocation-free.
+    /// Visit the value of every filter that matches topic name `topic`. Allocation-free (the match cache
+    /// allocates when it keeps a topic).
     pub fn for_each_match<'a>(&'a self, topic: &str, mut f: impl FnMut(&'a V)) {
         if self.filters == 0 {
             return;
         }
         let dollar = topic.starts_with('$');
-        self.walk(ROOT, Some(topic), true, dollar, &mut f);
+        let Some(cache) = &self.cache else {
+            self.walk(ROOT, Some(topic), true, dollar, &mut |id| {
+                self.visit(id, &mut f)
+            });
+            return;
+        };
+        let hash = cache.borrow().hash(topic);
+        let hit = cache.borrow().get(hash, topic, self.gen);
+        if let Some((nodes, n)) = hit {
+            for &id in &nodes[..n] {
+                self.visit(id, &mut f);
+            }
+            return;
+        }
+        let mut nodes = [0; MAX_NODES];
+        let mut n = 0;
+        self.walk(ROOT, Some(topic), true, dollar, &mut |id| {
+            if let Some(slot) = nodes.get_mut(n) {
+                *slot = id;
+            }
+            n += 1;
+            self.visit(id, &mut f);
+        });
+        if n <= MAX_NODES {
+            cache.borrow_mut().offer(hash, topic, self.gen, &nodes[..n]);
+        }
     }
 
-    /// `rest` is the unmatched remainder of the topic (`None` once every level is consumed).
-    fn walk<'a>(
-        &'a self,
+    fn visit<'a>(&'a self, id: NodeId, f: &mut impl FnMut(&'a V)) {
+        if let Some(v) = self.nodes[id as usize].value.as_ref() {
+            f(v);
+        }
+    }
+
+    /// `rest` is the unmatched remainder of the topic (`None` once every level is consumed). Calls `f` with each
+    /// node that holds a value and matches.
+    fn walk(
+        &self,
         node: NodeId,
         rest: Option<&str>,
         first: bool,
         dollar: bool,
-        f: &mut impl FnMut(&'a V),
+        f: &mut impl FnMut(NodeId),
     ) {
         let n = &self.nodes[node as usize];
         let wild_ok = !(first && dollar);
         // `#` matches the parent level and everything below it.
         if wild_ok {
-            if let Some(v) = n.hash.and_then(|h| self.nodes[h as usize].value.as_ref()) {
-                f(v);
+            if let Some(h) = n.hash.filter(|&h| self.nodes[h as usize].value.is_some()) {
+                f(h);
             }
         }
         let Some(rest) = rest else {
-            if let Some(v) = &n.value {
-                f(v);
+            if n.value.is_some() {
+                f(node);
             }
             return;
         };
@@ -474,6 +533,54 @@ mod tests {
                 let mut want: Vec<u32> = live.iter().filter(|(f, _)| topic_matches(f, topic)).map(|(_, v)| *v).collect();
                 want.sort();
                 prop_assert_eq!(matches(&t, topic), want, "topic {}", topic);
+            }
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Insert(String),
+        Remove(prop::sample::Index),
+        Match(String),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            filter().prop_map(Op::Insert),
+            any::<prop::sample::Index>().prop_map(Op::Remove),
+            topic().prop_map(Op::Match),
+            topic().prop_map(Op::Match),
+        ]
+    }
+
+    proptest! {
+        // With the match cache, every answer (cached or walked, asked once or repeatedly) agrees with the
+        // reference matcher while filters come and go.
+        #[test]
+        fn cached_trie_agrees_with_topic_matches(ops in proptest::collection::vec(op(), 1..60)) {
+            let mut t = Trie::with_match_cache(4);
+            let mut live: Vec<(String, u32)> = Vec::new();
+            for (i, op) in ops.into_iter().enumerate() {
+                match op {
+                    Op::Insert(f) => {
+                        t.insert(&f, i as u32);
+                        live.retain(|(g, _)| *g != f);
+                        live.push((f, i as u32));
+                    }
+                    Op::Remove(r) if !live.is_empty() => {
+                        let (f, _) = live.remove(r.index(live.len()));
+                        prop_assert!(t.remove(&f).is_some());
+                    }
+                    Op::Remove(_) => {}
+                    Op::Match(topic) => {
+                        let mut want: Vec<u32> =
+                            live.iter().filter(|(f, _)| topic_matches(f, &topic)).map(|(_, v)| *v).collect();
+                        want.sort();
+                        for _ in 0..3 {
+                            prop_assert_eq!(matches(&t, &topic), want.clone(), "topic {}", topic);
+                        }
+                    }
+                }
             }
         }
     }

@@ -448,6 +448,9 @@ pub struct Shard {
     shared_forwarded: Option<(u16, u64)>,
 }
 
+/// Topics remembered by the subscription and interest tries' match caches (~64 B each, per shard and trie).
+const MATCH_CACHE_SLOTS: usize = 4096;
+
 /// Upper bound on the slots `Shard::new` reserves per table (2^20 sessions of ~150 B: ~150 MB of address space).
 const MAX_RESERVED_SLOTS: usize = 1 << 20;
 
@@ -466,8 +469,8 @@ impl Shard {
             cfg,
             free_sessions: Vec::new(),
             by_client: ClientIndex::new(),
-            subs: Trie::new(),
-            interest: Trie::new(),
+            subs: Trie::with_match_cache(MATCH_CACHE_SLOTS),
+            interest: Trie::with_match_cache(MATCH_CACHE_SLOTS),
             shared: SharedGroups::new(cfg_shards),
             retained: Trie::new(),
             retained_bytes: 0,

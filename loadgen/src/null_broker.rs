@@ -7,7 +7,9 @@
 //! and `$share/` filters are refused in the SUBACK), no sessions, retained messages, wills, keep-alive timeouts,
 //! topic aliases or authentication. PUBLISH frames are forwarded byte for byte, so every client of one topic
 //! must speak the same MQTT version. Framing and control packets go through coremq's codec; a PUBLISH is only
-//! framed and its topic read, so relaying a message allocates nothing.
+//! framed and its topic read, so relaying a message allocates nothing. A subscriber more than `HIGH_WATER` behind
+//! holds every publisher back (their bytes wait in the kernel, where TCP slows them) until it drains: the floor
+//! delivers what the subscribers can take, and loses nothing, so a fan-out against it is a fair comparison.
 
 use std::collections::HashMap;
 use std::io::{self, ErrorKind, Read, Write};
@@ -31,6 +33,10 @@ const SCRATCH_LEN: usize = 64 * 1024;
 const MAX_FRAME: u32 = 16 << 20;
 /// Unsent output beyond which a subscriber is too slow and is closed: bytes are never dropped silently.
 const MAX_PENDING: usize = 16 << 20;
+/// Unsent output at which a subscriber holds every publisher back (their reads wait, so TCP slows them), and
+/// below which it lets them go again: the floor relays what the subscribers take instead of closing them.
+const HIGH_WATER: usize = 1 << 20;
+const LOW_WATER: usize = HIGH_WATER / 2;
 /// Exact topics one connection may subscribe to (the scenarios use one); more are refused in the SUBACK, so the
 /// topic table is bounded by connections times this.
 const MAX_TOPICS_PER_CONN: usize = 64;
@@ -48,6 +54,10 @@ struct Conn {
     blocked: bool,
     dirty: bool,
     closing: bool,
+    /// Its unsent output is past `HIGH_WATER` (counted in `NullBroker::backlogged`).
+    backlogged: bool,
+    /// Readable, but not read while some subscriber is backlogged (in `NullBroker::paused`).
+    paused: bool,
     /// Its exact topic filters, to remove from the table when it closes.
     topics: Vec<Box<[u8]>>,
 }
@@ -76,6 +86,10 @@ pub struct NullBroker {
     scratch: Vec<u8>,
     dirty: Vec<usize>,
     closing: Vec<usize>,
+    /// Subscribers past `HIGH_WATER`; while any, no connection is read.
+    backlogged: usize,
+    /// Connections that became readable while reads were held back: read once the backlog clears.
+    paused: Vec<usize>,
     warned_qos: bool,
 }
 
@@ -93,6 +107,8 @@ impl NullBroker {
             scratch: vec![0; SCRATCH_LEN],
             dirty: Vec::new(),
             closing: Vec::new(),
+            backlogged: 0,
+            paused: Vec::new(),
             warned_qos: false,
         };
         b.epoll.add_listener(b.listener.as_raw_fd(), LISTENER)?;
@@ -175,6 +191,8 @@ impl NullBroker {
             blocked: false,
             dirty: false,
             closing: false,
+            backlogged: false,
+            paused: false,
             topics: Vec::new(),
         });
         Ok(())
@@ -186,6 +204,14 @@ impl NullBroker {
     fn read(&mut self, idx: usize, hangup: bool) {
         let mut scratch = std::mem::take(&mut self.scratch);
         while let Some(c) = self.conns[idx].as_mut().filter(|c| !c.closing) {
+            if self.backlogged > 0 {
+                // Hold back until the subscribers drain; the bytes wait in the kernel.
+                if !c.paused {
+                    c.paused = true;
+                    self.paused.push(idx);
+                }
+                break;
+            }
             // EOF, reset or a bad frame mark the connection closing, which ends the loop.
             let n = match (&c.stream).read(&mut scratch) {
                 Ok(n) if n > 0 => n,
@@ -274,6 +300,10 @@ impl NullBroker {
                 continue;
             }
             c.out.extend_from_slice(frame);
+            if c.out.len() >= HIGH_WATER && !c.backlogged {
+                c.backlogged = true;
+                self.backlogged += 1;
+            }
             c.queue(s, &mut self.dirty);
         }
         Ok(())
@@ -361,9 +391,30 @@ impl NullBroker {
         while !c.closing && !c.out.is_empty() {
             match (&c.stream).write(&c.out) {
                 Ok(n) => c.out.advance(n),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return c.blocked = true,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    c.blocked = true;
+                    break;
+                }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(_) => return self.close_later(idx, None),
+            }
+        }
+        if c.backlogged && c.out.len() < LOW_WATER {
+            c.backlogged = false;
+            self.unbacklog();
+        }
+    }
+
+    /// One subscriber less past `HIGH_WATER`; at none, read what waited.
+    fn unbacklog(&mut self) {
+        self.backlogged -= 1;
+        if self.backlogged > 0 {
+            return;
+        }
+        for idx in std::mem::take(&mut self.paused) {
+            if let Some(c) = self.conns[idx].as_mut() {
+                c.paused = false;
+                self.read(idx, false);
             }
         }
     }
@@ -378,9 +429,18 @@ impl NullBroker {
         }
     }
 
+    /// A closing subscriber holds nobody back.
+    fn forget_backlog(&mut self, idx: usize) {
+        if let Some(c) = self.conns[idx].as_mut().filter(|c| c.backlogged) {
+            c.backlogged = false;
+            self.unbacklog();
+        }
+    }
+
     /// Closing the socket also removes it from the epoll set.
     fn close_pending(&mut self) {
         for idx in std::mem::take(&mut self.closing) {
+            self.forget_backlog(idx);
             for t in self.conns[idx].take().map(|c| c.topics).unwrap_or_default() {
                 self.unsubscribe(idx, &t);
             }

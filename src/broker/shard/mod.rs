@@ -451,7 +451,8 @@ pub struct Shard {
 /// Topics remembered by the subscription and interest tries' match caches (~64 B each, per shard and trie).
 const MATCH_CACHE_SLOTS: usize = 4096;
 
-/// Upper bound on the slots `Shard::new` reserves per table (2^20 sessions of ~150 B: ~150 MB of address space).
+/// Upper bound on the slots `Shard::new` reserves per table (2^20 sessions and connections: at most ~300 MB of
+/// address space).
 const MAX_RESERVED_SLOTS: usize = 1 << 20;
 
 impl Shard {

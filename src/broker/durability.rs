@@ -49,6 +49,14 @@ struct Hold {
     acks: u32,
 }
 
+/// A connection's unreleased holds, oldest first, and the sum of their `acks` (kept here so counting a held
+/// acknowledgement costs no second lookup on the hot path).
+#[derive(Default)]
+struct Marks {
+    holds: VecDeque<Hold>,
+    acks: u32,
+}
+
 /// What this shard knows about the messages it numbered for one peer.
 #[derive(Default)]
 struct SentTo {
@@ -105,11 +113,9 @@ pub struct Durability {
     received_from: Vec<ReceivedFrom>,
     /// Peer messages numbered since the last `hold`/`start_publish`: what the next hold vouches for.
     pending: Vec<PeerNeed>,
-    /// Connection -> its unreleased holds, oldest first. Only connections with a hold have an entry, so idle
-    /// connections cost nothing here.
-    held: HashMap<ConnKey, VecDeque<Hold>>,
-    /// Connection -> sum of its holds' `acks` (only connections with a held ack have an entry).
-    acks_held: HashMap<ConnKey, u32>,
+    /// Connection -> its unreleased holds. Only connections with a hold have an entry, so idle connections cost
+    /// nothing here.
+    held: HashMap<ConnKey, Marks>,
     /// Records appended plus sequence numbers sent: a publish that changed neither needs no hold.
     work: u64,
     /// Records appended: a publish that appended none needs no local durability, only its peers'.
@@ -131,7 +137,6 @@ impl Durability {
             received_from: (0..n).map(|_| ReceivedFrom::default()).collect(),
             pending: Vec::new(),
             held: HashMap::new(),
-            acks_held: HashMap::new(),
             work: 0,
             appends: 0,
             polled: Lsn(0),
@@ -193,7 +198,7 @@ impl Durability {
     pub fn hold(&mut self, conn: ConnKey, out_len: usize, local: bool) {
         self.local_hold_this_round |= local;
         let peers = std::mem::take(&mut self.pending);
-        let marks = self.held.entry(conn).or_default();
+        let marks = &mut self.held.entry(conn).or_default().holds;
         // An earlier hold of this round already covers everything after it: it now needs what both need.
         if let Some(last) = marks.back_mut().filter(|h| h.round == self.round) {
             last.local |= local;
@@ -220,20 +225,22 @@ impl Durability {
     /// A PUBACK or PUBCOMP was written to `conn`: if it waits behind a hold, the client's publish is not yet
     /// acknowledged (it still counts against the Receive Maximum we announced).
     pub fn note_ack(&mut self, conn: ConnKey) {
-        if let Some(h) = self.held.get_mut(&conn).and_then(|m| m.back_mut()) {
-            h.acks += 1;
-            *self.acks_held.entry(conn).or_default() += 1;
+        if let Some(m) = self.held.get_mut(&conn) {
+            if let Some(h) = m.holds.back_mut() {
+                h.acks += 1;
+                m.acks += 1;
+            }
         }
     }
 
     /// PUBACKs/PUBCOMPs written to `conn` that wait for the log or a peer.
     pub fn held_acks(&self, conn: ConnKey) -> usize {
-        self.acks_held.get(&conn).map_or(0, |&n| n as usize)
+        self.held.get(&conn).map_or(0, |m| m.acks as usize)
     }
 
     /// How many leading bytes of a `out_len`-byte output may be written now.
     pub fn writable(&self, conn: ConnKey, out_len: usize) -> usize {
-        match self.held.get(&conn).and_then(|m| m.front()) {
+        match self.held.get(&conn).and_then(|m| m.holds.front()) {
             Some(h) => h.offset.min(out_len),
             None => out_len,
         }
@@ -242,7 +249,7 @@ impl Durability {
     /// The I/O layer removed `n` bytes from the front of the output (never past the first hold).
     pub fn consumed(&mut self, conn: ConnKey, n: usize) {
         if let Some(marks) = self.held.get_mut(&conn) {
-            for h in marks.iter_mut() {
+            for h in marks.holds.iter_mut() {
                 h.offset = h.offset.saturating_sub(n);
             }
         }
@@ -259,7 +266,7 @@ impl Durability {
     /// it move with the bytes they mark.
     pub fn shift(&mut self, conn: ConnKey, at: usize, delta: isize) {
         if let Some(marks) = self.held.get_mut(&conn) {
-            for h in marks.iter_mut().filter(|h| h.offset > at) {
+            for h in marks.holds.iter_mut().filter(|h| h.offset > at) {
                 h.offset = h.offset.saturating_add_signed(delta);
             }
         }
@@ -272,7 +279,6 @@ impl Durability {
     /// The connection is gone: its held bytes go with it (the client retransmits what was not acknowledged).
     pub fn forget(&mut self, conn: ConnKey) {
         self.held.remove(&conn);
-        self.acks_held.remove(&conn);
     }
 
     /// A numbered message from `from` was handled; `appended` says whether it wrote any record to our log.
@@ -389,7 +395,7 @@ impl Durability {
         if !moved {
             return;
         }
-        let (lsn_round, sent_to, acks_held) = (self.lsn_round, &self.sent_to, &mut self.acks_held);
+        let (lsn_round, sent_to) = (self.lsn_round, &self.sent_to);
         let ready = |h: &Hold| {
             (!h.local || h.round <= lsn_round)
                 && h.peers
@@ -399,22 +405,15 @@ impl Durability {
         self.held.retain(|&conn, marks| {
             let mut freed = false;
             // In order: a hold that is ready still waits behind an earlier one that is not.
-            while marks.front().is_some_and(ready) {
-                let h = marks.pop_front().expect("front exists");
-                if h.acks > 0 {
-                    if let Some(n) = acks_held.get_mut(&conn) {
-                        *n -= h.acks;
-                        if *n == 0 {
-                            acks_held.remove(&conn);
-                        }
-                    }
-                }
+            while marks.holds.front().is_some_and(ready) {
+                let h = marks.holds.pop_front().expect("front exists");
+                marks.acks -= h.acks;
                 freed = true;
             }
             if freed {
                 writable(conn);
             }
-            !marks.is_empty()
+            !marks.holds.is_empty()
         });
     }
 

@@ -414,7 +414,9 @@ impl Shard {
         for mut q in queue {
             // Restored from the log, or given back while offline: the body is read back (and, if restored,
             // whether it came through the group is known once it is).
-            if q.msg.is_none() && (q.restored || q.shared.is_some()) && !self.load_body(sidx, &mut q)
+            if q.msg.is_none()
+                && (q.restored || q.shared.is_some())
+                && !self.load_body(sidx, &mut q)
             {
                 continue;
             }
@@ -559,7 +561,14 @@ impl Shard {
                 let placed = match parse_shared(name) {
                     Ok(Some((group, filter))) => {
                         let (group, filter) = (group.to_owned(), filter.to_owned());
-                        self.deliver_shared_here(&msg.clone(), &group, &filter, u8::MAX, false, None)
+                        self.deliver_shared_here(
+                            &msg.clone(),
+                            &group,
+                            &filter,
+                            u8::MAX,
+                            false,
+                            None,
+                        )
                     }
                     _ => Placed::NoMember,
                 };

@@ -22,7 +22,13 @@ pub(super) fn id_on(prefix: &str, shard: u16) -> String {
         .unwrap()
 }
 
-pub(super) fn connect_v(shard: &mut Shard, io: u64, id: &str, clean: bool, v: ProtocolVersion) -> ConnKey {
+pub(super) fn connect_v(
+    shard: &mut Shard,
+    io: u64,
+    id: &str,
+    clean: bool,
+    v: ProtocolVersion,
+) -> ConnKey {
     let key = shard.accept(io);
     let c = Connect {
         protocol: v,

@@ -145,7 +145,11 @@ fn a_refused_redispatch_survives_a_restart_and_reaches_a_member_after_it() {
         assert_eq!(logged_queue(&s[1], &a_id), 1);
     }
     let mut s = [on_log(dir.path(), 0), on_log(dir.path(), 1)];
-    assert_eq!(logged_queue(&s[1], &a_id), 1, "in the log after the restart");
+    assert_eq!(
+        logged_queue(&s[1], &a_id),
+        1,
+        "in the log after the restart"
+    );
     let names = s[1].shared_names();
     s[0].add_peer_interest(1, &names);
     let c = connect(&mut s[0], 5, &id_on("c", 0), true);
@@ -184,7 +188,11 @@ fn a_redispatched_message_whose_peer_member_left_comes_back() {
         assert_eq!(s[0].stats.dropped_shared, 0);
     }
     let mut s = [on_log(dir.path(), 0), on_log(dir.path(), 1)];
-    assert_eq!(logged_queue(&s[1], &a_id), 1, "in the log after the restart");
+    assert_eq!(
+        logged_queue(&s[1], &a_id),
+        1,
+        "in the log after the restart"
+    );
     let a = connect(&mut s[1], 6, &a_id, false);
     let [x, y] = &mut s;
     shuttle(x, y);

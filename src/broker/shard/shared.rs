@@ -17,7 +17,7 @@
 //!   (at most min(`MAX_HOPS`, shards) hops, never straight back to itself); at the last hop, or when no other
 //!   shard has a member, it queues it on a local member anyway (the usual overflow policy applies: backpressure to the publisher, or
 //!   queued for an offline persistent member). It is dropped (counted in `dropped_shared`) only when the group has
-//!   no member left on the shard it reached.
+//!   no member left on the shard it reached and nobody waits for it; a numbered copy is refused instead (below).
 //! - Strategy: round-robin rather than least-inflight: it needs no cross-shard load information (which would be
 //!   stale by the time it arrives), and skipping full members already steers messages away from slow ones. So
 //!   there is no `shared_strategy` setting.
@@ -39,8 +39,17 @@
 //! - Re-dispatch of a departing member's messages: taken on the same shard, the new entry and the old one's
 //!   acknowledgement are in one log group (atomic across a crash). Taken by a peer, the old entry's
 //!   acknowledgement is written only once the peer confirmed the copy (`DeferredAck`): a crash in between leaves
-//!   it with both members (at worst delivered twice), never lost. A copy a full peer session refuses is not
-//!   reported back (no publisher to tell).
+//!   it with both members (at worst delivered twice), never lost. A departing member's message goes only to an
+//!   online member with room below its hard bound (here or on the peer): if there is none, or the chosen queue
+//!   does not take it, the peer answers `SharedRefused` (before its confirmation) and the message goes back to
+//!   the member that left, as it was: its log entry was never acknowledged, it survives a restart, and it is
+//!   tried again every tick while another member is online (`shared_kept` counts each time). A session that is
+//!   gone meanwhile (clean, expired) hands it to a member here, or it is dropped, counted and logged.
+//! - A publisher's numbered copy that reaches a shard whose members all left is refused to the publisher
+//!   (`LogRefused`: v5 PUBACK/PUBREC 0x97, 3.1.1 closed unacknowledged), as a full persistent session refuses a
+//!   plain copy; a full session there follows `persistent_queue_full` like any copy.
+//! - With persistence off nothing is numbered: a re-dispatched copy a peer cannot take is dropped there
+//!   (counted), as everything in memory is lost on a crash anyway.
 //! - Messages restored from the log stay the group's: once a restored entry's body is read, it is marked shared
 //!   if only a shared subscription matches it; a member restored offline gives its queue to the online members
 //!   as soon as the group has one (`redispatch_restored`, checked every tick while any is left).

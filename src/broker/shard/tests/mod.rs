@@ -17,3 +17,4 @@ mod shared_log;
 mod shared_refused;
 mod sys;
 mod v5;
+mod v5_connect;

@@ -489,6 +489,11 @@ impl Shard {
                     self.stats.shared_redispatched += 1;
                     self.persist_done(sidx, &q);
                 }
+                // A clean session ends now: nobody is left to keep it for.
+                Placed::Declined | Placed::NoMember if self.session(sidx).is_clean() => {
+                    self.stats.dropped_shared += 1;
+                    self.persist_done(sidx, &q);
+                }
                 Placed::Declined | Placed::NoMember => {
                     self.stats.shared_kept += 1;
                     self.give_back(sidx, q, sent);

@@ -343,3 +343,32 @@ fn an_earlier_queue_full_refusal_does_not_refuse_later_shared_copies() {
     );
     assert_eq!(payloads(&output(&mut s[1], y, V)), ["c1"]);
 }
+
+/// A publisher's copy reaching a member whose queue is truly full follows `persistent_queue_full` as a plain copy
+/// does: refused (the default), so the v5 publisher reads 0x97 and nothing is acknowledged that was not queued.
+#[test]
+fn a_publishers_copy_a_full_peer_member_refuses_gets_0x97() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = [on_log(dir.path(), 0), on_log(dir.path(), 1)];
+    s[1].cfg.max_offline_messages_per_session = 1;
+    let y_id = id_on("y", 1);
+    let y = connect(&mut s[1], 1, &y_id, false);
+    s[1].on_bytes(y, &mut subscribe("$share/g/f", QoS::AtLeastOnce, V));
+    gone(&mut s[1], y);
+    let v5 = ProtocolVersion::V5;
+    let p = connect_v(&mut s[0], 2, &id_on("p", 0), true, v5);
+    let [a, c] = &mut s;
+    shuttle(a, c);
+    output(&mut s[0], p, v5);
+    for (id, m) in [(1, "m1"), (2, "m2")] {
+        s[0].on_bytes(p, &mut publish_v5("f", id, m));
+        let [a, c] = &mut s;
+        shuttle(a, c);
+    }
+    assert_eq!(
+        puback_reasons(&output(&mut s[0], p, v5)),
+        [ReasonCode::Success, ReasonCode::QuotaExceeded]
+    );
+    assert_eq!(logged_queue(&s[1], &y_id), 1);
+    assert_eq!(s[1].stats.refused_queue_full, 1);
+}

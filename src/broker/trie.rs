@@ -57,6 +57,17 @@ impl<V> Default for Trie<V> {
     }
 }
 
+/// The first level of `rest` and what follows its `/`. A plain byte scan: levels are short, and `split_once`'s
+/// searcher costs more to set up than the scan takes.
+#[inline]
+fn split_level(rest: &str) -> (&str, Option<&str>) {
+    match rest.bytes().position(|b| b == b'/') {
+        // `/` is ASCII, so both sides are on character boundaries.
+        Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+        None => (rest, None),
+    }
+}
+
 impl<V> Trie<V> {
     pub fn new() -> Self {
         Self::default()
@@ -206,6 +217,9 @@ impl<V> Trie<V> {
 
     /// Visit the value of every filter that matches topic name `topic`. Allocation-free.
     pub fn for_each_match<'a>(&'a self, topic: &str, mut f: impl FnMut(&'a V)) {
+        if self.filters == 0 {
+            return;
+        }
         let dollar = topic.starts_with('$');
         self.walk(ROOT, Some(topic), true, dollar, &mut f);
     }
@@ -233,10 +247,7 @@ impl<V> Trie<V> {
             }
             return;
         };
-        let (level, next) = match rest.split_once('/') {
-            Some((l, r)) => (l, Some(r)),
-            None => (rest, None),
-        };
+        let (level, next) = split_level(rest);
         if let Some(&c) = n.children.get(level) {
             self.walk(c, next, false, dollar, f);
         }
@@ -267,10 +278,7 @@ impl<V> Trie<V> {
             }
             return;
         };
-        let (level, next) = match rest.split_once('/') {
-            Some((l, r)) => (l, Some(r)),
-            None => (rest, None),
-        };
+        let (level, next) = split_level(rest);
         match level {
             "#" => {
                 // The parent itself ("a/#" matches "a"), then the whole subtree.

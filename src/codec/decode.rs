@@ -311,13 +311,44 @@ fn publish_fast_layout(frame: &[u8], start: usize, qos: QoS, v5: bool) -> Option
     })
 }
 
-fn publish(mut frame: Bytes, start: usize, flags: u8, v5: bool) -> Result<Publish, DecodeError> {
+/// DUP, QoS and RETAIN of a PUBLISH's fixed header.
+fn publish_flags(flags: u8) -> Result<(bool, QoS, bool), DecodeError> {
     let dup = flags & 0x08 != 0;
     let qos = QoS::from_u8((flags >> 1) & 0x03).ok_or(DecodeError::Malformed("PUBLISH QoS 3"))?;
     let retain = flags & 0x01 != 0;
     if dup && qos == QoS::AtMostOnce {
         return Err(DecodeError::Malformed("DUP set on a QoS 0 PUBLISH"));
     }
+    Ok((dup, qos, retain))
+}
+
+/// PUBLISH frames up to this size in the common layout come out of `Decoder::decode` as exact-size copies.
+pub const OWNED_PUBLISH_MAX: usize = 1024;
+
+/// A small PUBLISH in the common layout (`publish_fast_layout`), copied out of the read buffer: its topic and
+/// payload own exact-size allocations (what a broker keeps anyway), and the buffer is not split, so no reference
+/// count is touched. `None`: take the general path.
+fn small_publish(frame: &[u8], h: FixedHeader, v5: bool) -> Result<Option<Publish>, DecodeError> {
+    let (dup, qos, retain) = publish_flags(h.byte1 & 0x0F)?;
+    let Some(l) = publish_fast_layout(frame, h.header_len, qos, v5) else {
+        return Ok(None);
+    };
+    // SAFETY: `publish_fast_layout` checked that the topic bytes are all ASCII, hence valid UTF-8.
+    let topic =
+        unsafe { ByteString::from_bytes_unchecked(Bytes::copy_from_slice(&frame[l.topic])) };
+    Ok(Some(Publish {
+        dup,
+        qos,
+        retain,
+        topic,
+        packet_id: l.packet_id,
+        properties: None,
+        payload: Bytes::copy_from_slice(&frame[l.payload_start..]),
+    }))
+}
+
+fn publish(mut frame: Bytes, start: usize, flags: u8, v5: bool) -> Result<Publish, DecodeError> {
+    let (dup, qos, retain) = publish_flags(flags)?;
     if let Some(l) = publish_fast_layout(&frame, start, qos, v5) {
         // SAFETY: `publish_fast_layout` checked that the topic bytes are all ASCII, hence valid UTF-8.
         let topic = unsafe { ByteString::from_bytes_unchecked(frame.slice(l.topic.clone())) };
@@ -622,8 +653,9 @@ impl Decoder {
         }
     }
 
-    /// Decode the next packet from `buf`. `Ok(Some)`: the frame was split off the front of `buf` and the packet's
-    /// strings and payload are slices of it. `Ok(None)`: need more bytes, nothing consumed. `Err`: close the
+    /// Decode the next packet from `buf`. `Ok(Some)`: the frame was taken off the front of `buf`; the packet's
+    /// strings and payload are slices of it, except a small common PUBLISH's (`OWNED_PUBLISH_MAX`), which are
+    /// exact-size copies. `Ok(None)`: need more bytes, nothing consumed. `Err`: close the
     /// connection (after a CONNACK/DISCONNECT with `err.reason_code()` for v5); the frame may have been consumed.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Packet>, DecodeError> {
         let Some(&byte1) = buf.first() else {
@@ -635,6 +667,17 @@ impl Decoder {
         };
         if buf.len() < h.frame_len() {
             return Ok(None);
+        }
+        if let Some(p) = short_ack(buf, h)? {
+            buf.advance(h.frame_len());
+            return Ok(Some(p));
+        }
+        if h.packet_type() == PacketType::Publish as u8 && h.frame_len() <= OWNED_PUBLISH_MAX {
+            let v5 = self.version.is_some_and(|v| v.is_v5());
+            if let Some(p) = small_publish(&buf[..h.frame_len()], h, v5)? {
+                buf.advance(h.frame_len());
+                return Ok(Some(Packet::Publish(p)));
+            }
         }
         let frame = buf.split_to(h.frame_len()).freeze();
         // CONNECT is decoded by its own protocol level; before it, the version is irrelevant.
@@ -657,6 +700,31 @@ impl Decoder {
         }
         Ok(packet)
     }
+}
+
+/// PUBACK/PUBREC/PUBREL/PUBCOMP with only a packet id (every version's common form; v5's reason Success
+/// omitted), decoded in place: half the frames of QoS 1 traffic, and splitting them off the read buffer would
+/// cost two reference-count updates on it each. `None`: any other frame, for the general path.
+fn short_ack(buf: &[u8], h: FixedHeader) -> Result<Option<Packet>, DecodeError> {
+    if h.remaining_len != 2 || !(4..=7).contains(&h.packet_type()) {
+        return Ok(None);
+    }
+    let at = h.header_len;
+    let packet_id = u16::from_be_bytes([buf[at], buf[at + 1]]);
+    if packet_id == 0 {
+        return Err(DecodeError::Protocol("packet identifier 0"));
+    }
+    let r = PubResp {
+        packet_id,
+        reason: ReasonCode::Success,
+        properties: None,
+    };
+    Ok(Some(match h.packet_type() {
+        4 => Packet::PubAck(r),
+        5 => Packet::PubRec(r),
+        6 => Packet::PubRel(r),
+        _ => Packet::PubComp(r),
+    }))
 }
 
 impl Decoder {

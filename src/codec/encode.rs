@@ -63,7 +63,7 @@ fn protocol_name(v: ProtocolVersion) -> &'static [u8] {
     }
 }
 
-fn publish_plan(p: &Publish, v5: bool) -> Result<Plan, EncodeError> {
+fn publish_plan(p: &PublishRef, v5: bool) -> Result<Plan, EncodeError> {
     let mut plan = Plan::default();
     let mut n = field_len(p.topic.len())?;
     if p.qos != QoS::AtMostOnce {
@@ -71,13 +71,9 @@ fn publish_plan(p: &Publish, v5: bool) -> Result<Plan, EncodeError> {
         n += 2;
     }
     if v5 {
-        plan.props =
-            properties::content_len(props_ref(&p.properties), PropCtx::Publish, Strip::default())?;
+        plan.props = properties::content_len(p.properties, PropCtx::Publish, Strip::default())?;
         n += properties::block_len(plan.props);
-        let alias = p
-            .properties
-            .as_ref()
-            .is_some_and(|pr| pr.topic_alias.is_some());
+        let alias = p.properties.is_some_and(|pr| pr.topic_alias.is_some());
         if p.topic.is_empty() && !alias {
             return Err(EncodeError::Invalid("empty topic name without topic alias"));
         }
@@ -132,7 +128,7 @@ fn plan(packet: &Packet, version: ProtocolVersion, strip: Strip) -> Result<Plan,
             check_reason(v5, ReasonCtx::ConnAck, a.reason)?;
             2 + block(&a.properties, PropCtx::ConnAck, &mut plan)?
         }
-        Packet::Publish(p) => return publish_plan(p, v5),
+        Packet::Publish(p) => return publish_plan(&p.as_ref(), v5),
         Packet::PubAck(r) => pub_resp_len(r, v5, ReasonCtx::PubAck, strip, &mut plan)?,
         Packet::PubRec(r) => pub_resp_len(r, v5, ReasonCtx::PubRec, strip, &mut plan)?,
         Packet::PubRel(r) => pub_resp_len(r, v5, ReasonCtx::PubRel, strip, &mut plan)?,
@@ -323,7 +319,7 @@ fn write(packet: &Packet, version: ProtocolVersion, plan: &Plan, buf: &mut Bytes
             });
             write_props(buf, v5, &a.properties, plan);
         }
-        Packet::Publish(p) => write_publish(p, v5, plan, buf),
+        Packet::Publish(p) => write_publish(&p.as_ref(), v5, plan, buf),
         Packet::PubAck(r) => write_pub_resp(buf, 0x40, r, v5, plan),
         Packet::PubRec(r) => write_pub_resp(buf, 0x50, r, v5, plan),
         Packet::PubRel(r) => write_pub_resp(buf, 0x62, r, v5, plan),
@@ -396,7 +392,7 @@ fn write_pub_resp(buf: &mut BytesMut, byte1: u8, r: &PubResp, v5: bool, plan: &P
 }
 
 #[inline]
-fn write_publish(p: &Publish, v5: bool, plan: &Plan, buf: &mut BytesMut) {
+fn write_publish(p: &PublishRef, v5: bool, plan: &Plan, buf: &mut BytesMut) {
     let mut byte1 = 0x30 | ((p.qos as u8) << 1) | u8::from(p.retain);
     // DUP must be 0 on QoS 0 [MQTT-3.3.1-2].
     if p.dup && p.qos != QoS::AtMostOnce {
@@ -407,8 +403,10 @@ fn write_publish(p: &Publish, v5: bool, plan: &Plan, buf: &mut BytesMut) {
     if p.qos != QoS::AtMostOnce {
         buf.put_u16(p.packet_id);
     }
-    write_props(buf, v5, &p.properties, plan);
-    buf.put_slice(&p.payload);
+    if v5 {
+        properties::write(buf, p.properties, plan.props, plan.strip);
+    }
+    buf.put_slice(p.payload);
 }
 
 fn check_size(plan: &Plan, max_packet_size: u32) -> Result<(), EncodeError> {
@@ -442,12 +440,28 @@ pub fn encode_publish_limited(
     max_packet_size: u32,
     buf: &mut BytesMut,
 ) -> Result<(), EncodeError> {
+    encode_publish_ref(&p.as_ref(), version, max_packet_size, buf)
+}
+
+/// Encode a PUBLISH from borrowed parts (the broker encodes queued messages without cloning their topic and
+/// payload), within a peer's maximum packet size (0 = protocol maximum). Nothing is written on error.
+pub fn encode_publish_ref(
+    p: &PublishRef,
+    version: ProtocolVersion,
+    max_packet_size: u32,
+    buf: &mut BytesMut,
+) -> Result<(), EncodeError> {
     let plan = publish_plan(p, version.is_v5())?;
     check_size(&plan, max_packet_size)?;
     let start = buf.len();
     write_publish(p, version.is_v5(), &plan, buf);
     debug_assert_eq!(buf.len() - start, plan.total());
     Ok(())
+}
+
+/// Exact encoded size of a PUBLISH for `version`, or 0 if it cannot be encoded.
+pub fn publish_len(p: &PublishRef, version: ProtocolVersion) -> usize {
+    publish_plan(p, version.is_v5()).map_or(0, |p| p.total())
 }
 
 /// Encode any packet for `version` (a CONNECT is written in its own `protocol`). v3 drops v5-only fields and

@@ -19,7 +19,10 @@ pub mod types;
 pub mod wire;
 
 pub use decode::{decode_frame, decode_packet, fixed_header, frame_len, Decoder, FixedHeader};
-pub use encode::{encode, encode_limited, encode_publish, encode_publish_limited, encoded_len};
+pub use encode::{
+    encode, encode_limited, encode_publish, encode_publish_limited, encode_publish_ref,
+    encoded_len, publish_len,
+};
 pub use error::{DecodeError, EncodeError};
 pub use types::*;
 pub use wire::MAX_FRAME_LEN;

@@ -183,6 +183,32 @@ pub struct Publish {
     pub payload: Bytes,
 }
 
+/// A PUBLISH to encode, borrowing its parts (`encode_publish_ref`).
+#[derive(Debug, Clone, Copy)]
+pub struct PublishRef<'a> {
+    pub dup: bool,
+    pub qos: QoS,
+    pub retain: bool,
+    pub topic: &'a str,
+    pub packet_id: u16,
+    pub properties: Option<&'a Properties>,
+    pub payload: &'a [u8],
+}
+
+impl Publish {
+    pub fn as_ref(&self) -> PublishRef<'_> {
+        PublishRef {
+            dup: self.dup,
+            qos: self.qos,
+            retain: self.retain,
+            topic: &self.topic,
+            packet_id: self.packet_id,
+            properties: self.properties.as_deref(),
+            payload: &self.payload,
+        }
+    }
+}
+
 /// PUBACK, PUBREC, PUBREL and PUBCOMP share one shape.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PubResp {

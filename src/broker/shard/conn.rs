@@ -52,9 +52,9 @@ pub(super) struct Slab<T> {
 }
 
 impl<T> Slab<T> {
-    pub(super) fn new() -> Self {
+    pub(super) fn with_capacity(n: usize) -> Self {
         Slab {
-            slots: Vec::new(),
+            slots: Vec::with_capacity(n),
             free: Vec::new(),
             len: 0,
         }

@@ -338,36 +338,7 @@ impl Shard {
             } else {
                 s.alloc_packet_id()
             };
-            let Some(mut publish) = build_publish(&q, packet_id, false, version) else {
-                continue;
-            };
-            self.set_remaining_expiry(&q, &mut publish);
-            if client_max_packet > 0
-                && codec::encoded_len(&Packet::Publish(publish.clone()), version)
-                    > client_max_packet as usize
-            {
-                // [MQTT-3.1.2-25]: a packet over the client's maximum is discarded as if delivered.
-                self.stats.dropped_too_large += 1;
-                self.persist_done(sidx, &q);
-                continue;
-            }
-            let new_alias = self.outbound_alias(key, &mut publish);
-            let persisted = q.msg_id != 0
-                && q.qos != QoS::AtMostOnce
-                && self.persist_sent(sidx, &mut q, packet_id);
-            if persisted && q.qos == QoS::ExactlyOnce {
-                // A QoS 2 PUBLISH leaves only once its packet id is durable: after a restart it is resent with
-                // the same id, so the client can tell it is the same message.
-                self.hold_output(key, true);
-            }
-            let conn = self.conns.get_mut(key).expect("connection checked above");
-            if codec::encode_publish(&publish, version, conn.out_mut()).is_err() {
-                if new_alias {
-                    let topic = q.msg.as_ref().map(|m| m.topic.clone()).unwrap_or_default();
-                    self.forget_alias(key, &topic);
-                }
-                self.stats.dropped_too_large += 1;
-                self.persist_done(sidx, &q);
+            if !self.write_queued(sidx, key, &mut q, packet_id, version, client_max_packet) {
                 continue;
             }
             self.stats.publishes_out += 1;
@@ -376,6 +347,12 @@ impl Shard {
                 // Restored message whose subscription was downgraded to QoS 0: sent, so done.
                 self.persist_done(sidx, &q);
             } else {
+                // A clean session never sends an in-flight message again (it ends with its connection), unless
+                // a shared group takes it back when the member leaves: its body goes now, while still in cache,
+                // not when the acknowledgement comes (a cache miss per message at high rates).
+                if q.shared.is_none() && self.session(sidx).is_clean() {
+                    q.msg = None;
+                }
                 let state = if q.qos == QoS::AtLeastOnce {
                     InflightState::AwaitPubAck
                 } else {

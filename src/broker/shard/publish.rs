@@ -59,9 +59,10 @@ impl Shard {
             Box::new(owned)
         });
         let msg = Message {
-            // Exact-size copies: the decoded slices point into the shared read buffer.
-            topic: ByteString::from(&*p.topic),
-            payload: bytes::Bytes::copy_from_slice(&p.payload),
+            // Exact-size copies, so a kept message does not pin the read buffer: small PUBLISHes are decoded as
+            // such already (`codec::OWNED_PUBLISH_MAX`), other slices still point into the shared read buffer.
+            topic: owned_topic(p.topic),
+            payload: owned_bytes(p.payload),
             qos: p.qos,
             retain: p.retain,
             properties,
@@ -303,4 +304,19 @@ impl Shard {
         self.send_pub_resp(key, qos, packet_id, reason);
         ReadOutcome::Continue
     }
+}
+
+/// `b` itself if it owns its allocation alone, else an exact-size copy.
+fn owned_bytes(b: bytes::Bytes) -> bytes::Bytes {
+    if b.is_unique() {
+        b
+    } else {
+        bytes::Bytes::copy_from_slice(&b)
+    }
+}
+
+fn owned_topic(t: ByteString) -> ByteString {
+    let b = owned_bytes(t.into_bytes());
+    // SAFETY: the same bytes as the ByteString they came from (or a copy of them): valid UTF-8.
+    unsafe { ByteString::from_bytes_unchecked(b) }
 }

@@ -12,6 +12,8 @@
 #   WINDOW=32 benches/bridge.sh                           # the default max_inflight (QoS 1 throughput bound)
 set -u
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
+# shellcheck source=benches/lib.sh
+. benches/lib.sh
 COREMQ="${COREMQ:-target/release/coremq}"
 LG="${LOADGEN:-target/release/coremq-loadgen}"
 MOSQUITTO="${MOSQUITTO:-/usr/sbin/mosquitto}"
@@ -31,15 +33,6 @@ stop_all() {
   PIDS=()
 }
 trap 'stop_all; rm -rf "$TMP"' EXIT
-
-wait_port() {
-  for _ in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "nothing listens on $1" >&2
-  return 1
-}
 
 start_brokers() {
   rm -rf "$TMP/a" "$TMP/b"

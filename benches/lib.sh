@@ -17,11 +17,28 @@ stop_broker() {
   fi
 }
 
+# loadgen_line LABEL SCENARIO ARGS...: one run (ARGS name the broker) measuring the broker of pid $BPID; its
+# result line is appended to $OUT and printed.
+loadgen_line() {
+  local label=$1; shift
+  "${LG_PIN[@]}" "$LG" "$@" --threads 1 --broker-pid "$BPID" --label "$label" --json 2>/dev/null |
+    tail -1 | tee -a "$OUT"
+}
+
 # loadgen_json LABEL SCENARIO ARGS...: one run against the broker on $PORT (pid $BPID), result line to $OUT.
 loadgen_json() {
   local label=$1; shift
-  "${LG_PIN[@]}" "$LG" "$@" --broker "127.0.0.1:$PORT" --threads 1 --broker-pid "$BPID" --label "$label" --json 2>/dev/null |
-    tail -1 | tee -a "$OUT"
+  loadgen_line "$label" "$@" --broker "127.0.0.1:$PORT"
+}
+
+# wait_port PORT [TRIES]: wait (TRIES x 0.1 s, default 100) until something accepts on 127.0.0.1:PORT; 1 if not.
+wait_port() {
+  for _ in $(seq "${2:-100}"); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "nothing listens on $1" >&2
+  return 1
 }
 
 # mosquitto_conf PORT [MAX_QUEUED] [PERSIST_DIR]: the mosquitto config every comparison uses, on stdout: defaults
@@ -56,8 +73,5 @@ start_one_core_broker() {
   BPID=$!
   sleep 0.7
   # A loaded machine can take longer to start a broker: wait (bounded) until it accepts.
-  for _ in $(seq 50); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
-    sleep 0.1
-  done
+  wait_port "$PORT" 50 || true
 }

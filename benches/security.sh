@@ -104,9 +104,7 @@ start() {
 
 # lg LABEL ARGS...: one load generator run against this broker (pid $BPID); its JSON line to $OUT, and on stdout.
 lg() {
-  local label=$1; shift
-  "$LG" "$@" --threads 1 --broker-pid "$BPID" --label "$label" --json --quiet 2>/dev/null | tail -1 | tee -a "$OUT" >/dev/null
-  tail -1 "$OUT"
+  loadgen_line "$@" --quiet
 }
 
 # field JSON PATH...: print fields of a JSON line.

@@ -95,13 +95,12 @@ impl Drop for Mosquitto {
 
 /// coremq on a fixed port with a config file (so it can be restarted on the same port and data directory).
 fn coremq(dir: &Path, port: u16, config: &str) -> Broker {
-    let cfg = dir.join("coremq.toml");
-    std::fs::write(&cfg, config).unwrap();
+    let cfg = common::write_config(dir, config);
     let data = dir.join("data");
     let listen = format!("127.0.0.1:{port}");
     Broker::start_args(&[
         "--config",
-        cfg.to_str().unwrap(),
+        &cfg,
         "--listen",
         &listen,
         "--shards",
@@ -404,14 +403,12 @@ fn mosquitto_bridging_into_coremq_is_treated_as_a_bridge() {
 #[test]
 fn bad_bridge_config_refuses_start_with_the_key() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("bad.toml");
-    std::fs::write(
-        &cfg,
+    let cfg = common::write_config(
+        dir.path(),
         "[[bridge]]\nname = \"x\"\naddresses = [\"127.0.0.1:1\"]\ntopic = [\"t/# sideways 1\"]\n",
-    )
-    .unwrap();
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_coremq"))
-        .args(["--config", cfg.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+        .args(["--config", &cfg, "--listen", "127.0.0.1:0"])
         .output()
         .unwrap();
     assert!(!out.status.success());

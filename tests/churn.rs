@@ -11,8 +11,8 @@ use std::time::Duration;
 use bytes::BytesMut;
 use common::Broker;
 use coremq::codec::{
-    self, Connect, Disconnect, Packet, ProtocolVersion, QoS, ReasonCode, Subscribe,
-    SubscribeFilter, SubscriptionOptions,
+    self, Disconnect, Packet, ProtocolVersion, QoS, ReasonCode, Subscribe, SubscribeFilter,
+    SubscriptionOptions,
 };
 
 const THREADS: usize = 8;
@@ -57,17 +57,7 @@ fn cycle(addr: SocketAddr, source: std::net::IpAddr, id: &str, n: usize) {
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut out = BytesMut::new();
     let v = ProtocolVersion::V3_1_1;
-    let c = Connect {
-        protocol: v,
-        bridge: false,
-        clean_start: true,
-        keep_alive: 60,
-        client_id: id.into(),
-        will: None,
-        username: None,
-        password: None,
-        properties: None,
-    };
+    let c = common::Raw::connect_packet(id, true, 60, v);
     codec::encode(&Packet::Connect(Box::new(c)), v, &mut out).unwrap();
     let sub = Subscribe {
         packet_id: 1,

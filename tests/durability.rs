@@ -432,36 +432,28 @@ fn unacknowledged_deliveries_are_resent_with_dup_after_kill_9() {
     assert_eq!((resent, pubrel), (9, 1));
 }
 
-#[test]
-fn a_full_log_refuses_qos1_publishes_with_quota_exceeded_and_loses_nothing_acknowledged() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("small.toml");
-    // Two 64 KiB segments per shard: full after a few hundred 200-byte messages.
-    std::fs::write(
-        &cfg,
-        "[store]\nsegment_size = 65536\nmax_segments = 2\nmax_record_size = 16384\nmax_group_bytes = 65536\n",
-    )
-    .unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let cfg = cfg.to_str().unwrap().to_string();
-    let b = Broker::start_in(&data, &["--config", &cfg, "--max-queued-messages", QUEUE]);
-    let sub = id_on_shard("full-sub", 0, 2);
-    persistent_subscriber(&b, &sub, "full/#");
-
-    let v5 = ProtocolVersion::V5;
+/// A v5 publisher `NAME-pub` sends up to `max` QoS 1 messages of 200 bytes (sequence number first) to
+/// `NAME/t`, one at a time, until ten are refused with 0x97: the sequence numbers acknowledged with Success, and
+/// how many were refused.
+fn publish_until_refused(b: &Broker, name: &str, max: u32) -> (Vec<u32>, u32) {
     let (mut p, _) = Raw::connect(
         b.addr,
-        Raw::connect_packet(&id_on_shard("full-pub", 0, 2), true, 60, v5),
+        Raw::connect_packet(
+            &id_on_shard(&format!("{name}-pub"), 0, 2),
+            true,
+            60,
+            ProtocolVersion::V5,
+        ),
     );
     p.set_timeout(Duration::from_secs(10));
+    let topic = format!("{name}/t");
     let mut accepted = Vec::new();
     let mut refused = 0;
-    for i in 0..2_000u32 {
+    for i in 0..max {
         let mut payload = i.to_be_bytes().to_vec();
         payload.resize(200, 0);
         p.publish(
-            "full/t",
+            &topic,
             QoS::AtLeastOnce,
             (i % 60_000) as u16 + 1,
             &payload,
@@ -480,20 +472,37 @@ fn a_full_log_refuses_qos1_publishes_with_quota_exceeded_and_loses_nothing_ackno
             other => panic!("expected PUBACK, got {other:?}"),
         }
     }
+    (accepted, refused)
+}
+
+/// Every sequence number in `accepted` arrived on `topic`.
+fn assert_all_arrived(got: &Received, topic: &str, accepted: &[u32]) {
+    let seqs: HashSet<u32> = got.seqs.get(topic).into_iter().flatten().copied().collect();
+    let lost: Vec<&u32> = accepted.iter().filter(|s| !seqs.contains(s)).collect();
+    assert!(lost.is_empty(), "{} acknowledged messages lost", lost.len());
+}
+
+#[test]
+fn a_full_log_refuses_qos1_publishes_with_quota_exceeded_and_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two 64 KiB segments per shard: full after a few hundred 200-byte messages.
+    let cfg = common::write_config(
+        dir.path(),
+        "[store]\nsegment_size = 65536\nmax_segments = 2\nmax_record_size = 16384\nmax_group_bytes = 65536\n",
+    );
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let b = Broker::start_in(&data, &["--config", &cfg, "--max-queued-messages", QUEUE]);
+    let sub = id_on_shard("full-sub", 0, 2);
+    persistent_subscriber(&b, &sub, "full/#");
+
+    let (accepted, refused) = publish_until_refused(&b, "full", 2_000);
     assert!(refused > 0, "the log never filled up");
     assert!(!accepted.is_empty());
 
     // Everything acknowledged is delivered.
     let got = drain(&b, &sub, Duration::from_secs(2), accepted.len());
-    let seqs: HashSet<u32> = got
-        .seqs
-        .get("full/t")
-        .into_iter()
-        .flatten()
-        .copied()
-        .collect();
-    let lost: Vec<&u32> = accepted.iter().filter(|s| !seqs.contains(s)).collect();
-    assert!(lost.is_empty(), "{} acknowledged messages lost", lost.len());
+    assert_all_arrived(&got, "full/t", &accepted);
     eprintln!(
         "log full after {} accepted messages; {refused} refused with 0x97",
         accepted.len()
@@ -505,61 +514,21 @@ fn a_full_log_refuses_qos1_publishes_with_quota_exceeded_and_loses_nothing_ackno
 #[test]
 fn a_full_persistent_session_refuses_with_quota_exceeded_and_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("tiny.toml");
-    std::fs::write(&cfg, "max_offline_bytes_per_session = 20000\n").unwrap();
+    let cfg = common::write_config(dir.path(), "max_offline_bytes_per_session = 20000\n");
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
-    let cfg = cfg.to_str().unwrap().to_string();
     let mut b = Broker::start_in(&data, &["--config", &cfg]);
     let sub = id_on_shard("tiny-sub", 0, 2);
     persistent_subscriber(&b, &sub, "tiny/#");
 
-    let v5 = ProtocolVersion::V5;
-    let (mut p, _) = Raw::connect(
-        b.addr,
-        Raw::connect_packet(&id_on_shard("tiny-pub", 0, 2), true, 60, v5),
-    );
-    p.set_timeout(Duration::from_secs(10));
-    let mut accepted = Vec::new();
-    let mut refused = 0;
-    for i in 0..1_000u32 {
-        let mut payload = i.to_be_bytes().to_vec();
-        payload.resize(200, 0);
-        p.publish(
-            "tiny/t",
-            QoS::AtLeastOnce,
-            (i % 60_000) as u16 + 1,
-            &payload,
-            false,
-            false,
-        );
-        match p.recv() {
-            Some(Packet::PubAck(r)) if r.reason == ReasonCode::Success => accepted.push(i),
-            Some(Packet::PubAck(r)) => {
-                assert_eq!(r.reason, ReasonCode::QuotaExceeded);
-                refused += 1;
-                if refused == 10 {
-                    break;
-                }
-            }
-            other => panic!("expected PUBACK, got {other:?}"),
-        }
-    }
+    let (accepted, refused) = publish_until_refused(&b, "tiny", 1_000);
     assert!(refused > 0, "the session bound was never reached");
     assert!(!accepted.is_empty());
     b.kill9();
 
     let b = Broker::start_in(&data, &["--config", &cfg]);
     let got = drain(&b, &sub, Duration::from_secs(2), accepted.len());
-    let seqs: HashSet<u32> = got
-        .seqs
-        .get("tiny/t")
-        .into_iter()
-        .flatten()
-        .copied()
-        .collect();
-    let lost: Vec<&u32> = accepted.iter().filter(|s| !seqs.contains(s)).collect();
-    assert!(lost.is_empty(), "{} acknowledged messages lost", lost.len());
+    assert_all_arrived(&got, "tiny/t", &accepted);
     eprintln!(
         "session full after {} accepted messages; {refused} refused with 0x97",
         accepted.len()

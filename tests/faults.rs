@@ -18,8 +18,9 @@ use std::time::Duration;
 
 use coremq::codec::{ProtocolVersion, QoS};
 
+use common::resilient::Published;
 use common::resilient::{drain_session, publish_until, subscribe_persistent, PubSpec, Received};
-use common::{id_on_shard, Broker};
+use common::{id_on_shard, write_config, Broker};
 
 const V3: ProtocolVersion = ProtocolVersion::V3_1_1;
 const V5: ProtocolVersion = ProtocolVersion::V5;
@@ -71,6 +72,13 @@ impl Ext4 {
                 self.mnt.to_str().unwrap(),
             ],
         )
+    }
+
+    /// The broker (2 shards, small segments) on this file system's data directory; its config lives beside the
+    /// image, off the file system under test.
+    fn start_broker(&self) -> Broker {
+        let cfg = write_config(self.dir.path(), SMALL_SEGMENTS);
+        Broker::start_in(&self.data(), &["--config", &cfg])
     }
 
     fn data(&self) -> PathBuf {
@@ -135,22 +143,19 @@ impl Drop for Ext4 {
         if !run("umount", &[m]) {
             let _ = run("umount", &["-l", m]);
         }
-        let _ = &self.dir;
     }
 }
 
-fn config(dir: &Path, text: &str) -> String {
-    let p = dir.join("coremq.toml");
-    std::fs::write(&p, text).unwrap();
-    p.to_str().unwrap().to_string()
-}
+/// Small segments: the default 64 MiB segment would not fit these disks (see the start-up note in the README).
+const SMALL_SEGMENTS: &str =
+    "[store]\nsegment_size = 1048576\nmax_record_size = 65536\nmax_group_bytes = 1048576\n";
 
 /// Publishers of `specs` against `addr` until `stop`, each in its own thread.
 fn start_publishers(
     specs: &[PubSpec],
     addr: std::net::SocketAddr,
     stop: &Arc<AtomicBool>,
-) -> Vec<std::thread::JoinHandle<common::resilient::Published>> {
+) -> Vec<std::thread::JoinHandle<Published>> {
     specs
         .iter()
         .cloned()
@@ -173,6 +178,30 @@ fn spec(id: &str, shard: u16, version: ProtocolVersion, topic: &str, qos: QoS) -
         window: 32,
         size: 1000,
     }
+}
+
+fn report(specs: &[PubSpec], results: &[Published]) {
+    for (s, r) in specs.iter().zip(results) {
+        eprintln!(
+            "{}: sent {}, acknowledged {}, refused {}, connections broken {}",
+            s.topic,
+            r.sent,
+            r.acked.len(),
+            r.refused,
+            r.broken
+        );
+    }
+}
+
+/// What each persistent subscriber in `subs` has waiting on `b`.
+fn drain_all(b: &Broker, subs: &[String]) -> Vec<(String, Received)> {
+    subs.iter()
+        .map(|id| {
+            let mut r = Received::default();
+            drain_session(b.addr, id, V3, &mut r, Duration::from_secs(3));
+            (id.clone(), r)
+        })
+        .collect()
 }
 
 /// Every acknowledged message of every spec arrived at every subscriber; QoS 2 exactly once.
@@ -204,13 +233,7 @@ fn a_disk_that_fills_up_refuses_and_loses_nothing_acknowledged() {
     ) else {
         return;
     };
-    let cfg_dir = tempfile::tempdir().unwrap();
-    let cfg = config(
-        cfg_dir.path(),
-        "[store]\nsegment_size = 1048576\nmax_record_size = 65536\nmax_group_bytes = 1048576\n",
-    );
-    let data = fs.data();
-    let mut b = Broker::start_in(&data, &["--config", &cfg]);
+    let mut b = fs.start_broker();
     let subs = [
         id_on_shard("full-far", 1, 2),
         id_on_shard("full-near", 0, 2),
@@ -230,16 +253,7 @@ fn a_disk_that_fills_up_refuses_and_loses_nothing_acknowledged() {
     stop.store(true, Ordering::SeqCst);
     let results: Vec<_> = pubs.into_iter().map(|h| h.join().unwrap()).collect();
     assert!(b.is_running(), "the broker died when the disk filled up");
-    for (s, r) in specs.iter().zip(&results) {
-        eprintln!(
-            "{}: sent {}, acknowledged {}, refused {}, connections broken {}",
-            s.topic,
-            r.sent,
-            r.acked.len(),
-            r.refused,
-            r.broken
-        );
-    }
+    report(&specs, &results);
     assert!(
         results[0].refused + results[1].refused > 0,
         "the disk never filled up"
@@ -252,14 +266,8 @@ fn a_disk_that_fills_up_refuses_and_loses_nothing_acknowledged() {
     assert!(acked.iter().all(|a| !a.is_empty()));
 
     b.kill9();
-    let b = Broker::start_in(&data, &["--config", &cfg]);
-    let mut got = Vec::new();
-    for id in &subs {
-        let mut r = Received::default();
-        drain_session(b.addr, id, V3, &mut r, Duration::from_secs(3));
-        got.push((id.clone(), r));
-    }
-    check_all(&got, &specs, &acked);
+    let b = fs.start_broker();
+    check_all(&drain_all(&b, &subs), &specs, &acked);
 
     // Room again: the same publisher is acknowledged again.
     std::fs::remove_file(ballast).unwrap();
@@ -289,14 +297,7 @@ fn a_data_dir_that_turns_read_only_loses_nothing_acknowledged() {
     ) else {
         return;
     };
-    let cfg_dir = tempfile::tempdir().unwrap();
-    // Small segments: the default 64 MiB segment would not fit this disk (see the start-up note in the README).
-    let cfg = config(
-        cfg_dir.path(),
-        "[store]\nsegment_size = 1048576\nmax_record_size = 65536\nmax_group_bytes = 1048576\n",
-    );
-    let data = fs.data();
-    let mut b = Broker::start_in(&data, &["--config", &cfg]);
+    let mut b = fs.start_broker();
     let subs = [id_on_shard("ro-far", 1, 2), id_on_shard("ro-near", 0, 2)];
     for id in &subs {
         subscribe_persistent(b.addr, id, "ro/#", V3);
@@ -320,30 +321,15 @@ fn a_data_dir_that_turns_read_only_loses_nothing_acknowledged() {
     stop.store(true, Ordering::SeqCst);
     let results: Vec<_> = pubs.into_iter().map(|h| h.join().unwrap()).collect();
     let alive = b.is_running();
-    for (s, r) in specs.iter().zip(&results) {
-        eprintln!(
-            "{}: sent {}, acknowledged {}, refused {}, connections broken {}",
-            s.topic,
-            r.sent,
-            r.acked.len(),
-            r.refused,
-            r.broken
-        );
-    }
+    report(&specs, &results);
     assert!(alive, "the broker died when its data dir turned read-only");
     let acked: Vec<Vec<u32>> = results.iter().map(|r| r.acked.clone()).collect();
     assert!(acked.iter().all(|a| !a.is_empty()));
 
     b.kill9();
     fs.remount_repaired();
-    let b = Broker::start_in(&data, &["--config", &cfg]);
-    let mut got = Vec::new();
-    for id in &subs {
-        let mut r = Received::default();
-        drain_session(b.addr, id, V3, &mut r, Duration::from_secs(3));
-        got.push((id.clone(), r));
-    }
-    check_all(&got, &specs, &acked);
+    let b = fs.start_broker();
+    check_all(&drain_all(&b, &subs), &specs, &acked);
 }
 
 /// A data directory without room for the first log segment refuses the start with the reason, promptly; the

@@ -7,23 +7,8 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::tools::{have, have_paho};
 use common::Broker;
-
-fn have(cmd: &str, probe: &[&str]) -> bool {
-    let ok = Command::new(cmd)
-        .args(probe)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !ok {
-        if std::env::var_os("CI").is_some() {
-            panic!("{cmd} is required in CI (see .ci/run)");
-        }
-        eprintln!("SKIPPED: {cmd} not installed");
-    }
-    ok
-}
 
 fn run(cmd: &str, args: &[&str]) -> String {
     let out = Command::new(cmd)
@@ -105,38 +90,24 @@ fn mosquitto_clients_pub_sub_retained_and_v5() {
         );
     }
     // Retained: a late subscriber gets the last value.
-    run(
-        "mosquitto_pub",
-        &[
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-t",
-            "interop/state",
-            "-r",
-            "-q",
-            "1",
-            "-m",
-            "old",
-        ],
-    );
-    run(
-        "mosquitto_pub",
-        &[
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-t",
-            "interop/state",
-            "-r",
-            "-q",
-            "1",
-            "-m",
-            "new",
-        ],
-    );
+    for value in ["old", "new"] {
+        run(
+            "mosquitto_pub",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-t",
+                "interop/state",
+                "-r",
+                "-q",
+                "1",
+                "-m",
+                value,
+            ],
+        );
+    }
     let got = run(
         "mosquitto_sub",
         &[
@@ -196,16 +167,7 @@ print("OK")
 
 #[test]
 fn paho_python_persistent_session_round_trip() {
-    let ok = Command::new("python3")
-        .args(["-c", "import paho.mqtt.client"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
-        if std::env::var_os("CI").is_some() {
-            panic!("paho-mqtt is required in CI (see .ci/run)");
-        }
-        eprintln!("SKIPPED: python3 paho-mqtt not installed");
+    if !have_paho() {
         return;
     }
     let b = Broker::start(&[]);

@@ -50,9 +50,8 @@ fn free_port() -> u16 {
 fn start() -> (Broker, SocketAddr, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let cfg = dir.path().join("coremq.toml");
-    std::fs::write(&cfg, format!("metrics_listen = \"{metrics}\"\n")).unwrap();
-    let b = Broker::start(&["--config", cfg.to_str().unwrap()]);
+    let cfg = common::write_config(dir.path(), &format!("metrics_listen = \"{metrics}\"\n"));
+    let b = Broker::start(&["--config", &cfg]);
     (b, metrics, dir)
 }
 
@@ -190,23 +189,12 @@ fn promtool_check(text: &str) {
 /// sees mosquitto's topic names with values, per-shard topics, and an uptime that changes between updates.
 #[test]
 fn sys_topics_appear_and_change() {
-    let ok = Command::new("mosquitto_sub")
-        .arg("--help")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !ok {
-        if std::env::var_os("CI").is_some() {
-            panic!("mosquitto_sub is required in CI (see .ci/run)");
-        }
-        eprintln!("SKIPPED: mosquitto_sub not installed");
+    if !common::tools::have("mosquitto_sub", &["--help"]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("coremq.toml");
-    std::fs::write(&cfg, "sys_interval = 1\n").unwrap();
-    let broker = Broker::start(&["--config", cfg.to_str().unwrap()]);
+    let cfg = common::write_config(dir.path(), "sys_interval = 1\n");
+    let broker = Broker::start(&["--config", &cfg]);
     let port = broker.port().to_string();
     let out = Command::new("mosquitto_sub")
         .args([

@@ -8,21 +8,11 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
+use common::tools::{have as tool, have_paho};
 use common::{id_on_shard, Broker, Raw};
 use coremq::codec::{Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode};
 
 const V5: ProtocolVersion = ProtocolVersion::V5;
-
-fn tool(cmd: &str, probe: &[&str]) -> bool {
-    let ok = Command::new(cmd).args(probe).output().is_ok();
-    if !ok {
-        if std::env::var_os("CI").is_some() {
-            panic!("{cmd} is required in CI (see .ci/run)");
-        }
-        eprintln!("SKIPPED: {cmd} not usable");
-    }
-    ok
-}
 
 fn connect_v5(b: &Broker, id: &str, props: Properties) -> Raw {
     let mut c = Raw::connect_packet(id, true, 30, V5);
@@ -144,9 +134,8 @@ fn mosquitto_pub_v5_with_a_topic_alias_is_accepted() {
 #[test]
 fn receive_maximum_exceeded_client_reads_0x93() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("coremq.toml");
-    std::fs::write(&cfg, "max_inbound_qos2 = 2\n").unwrap();
-    let b = Broker::start(&["--config", cfg.to_str().unwrap()]);
+    let cfg = common::write_config(dir.path(), "max_inbound_qos2 = 2\n");
+    let b = Broker::start(&["--config", &cfg]);
     let mut c = Raw::connect_packet("rm", true, 30, V5);
     c.properties = Some(Box::new(Properties::default()));
     let (mut raw, ack) = Raw::connect(b.addr, c);
@@ -168,13 +157,11 @@ fn receive_maximum_exceeded_client_reads_0x93() {
 #[test]
 fn redirection_sends_the_server_reference() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("coremq.toml");
-    std::fs::write(
-        &cfg,
+    let cfg = common::write_config(
+        dir.path(),
         "server_reference = \"box2:1883\"\nredirect = \"moved\"\n",
-    )
-    .unwrap();
-    let b = Broker::start(&["--config", cfg.to_str().unwrap()]);
+    );
+    let b = Broker::start(&["--config", &cfg]);
     let mut c = Raw::connect_packet("moving", true, 30, V5);
     c.properties = Some(Box::new(Properties::default()));
     let (_raw, ack) = Raw::connect(b.addr, c);
@@ -185,23 +172,12 @@ fn redirection_sends_the_server_reference() {
     );
 }
 
-fn have_paho() -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import paho.mqtt.client"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
-        if std::env::var_os("CI").is_some() {
-            panic!("paho-mqtt is required in CI (see .ci/run)");
-        }
-        eprintln!("SKIPPED: python3 paho-mqtt not installed");
-    }
-    ok
+fn run_paho(script: &str) {
+    run_paho_against(&Broker::start(&[]), script);
 }
 
-fn run_paho(script: &str) {
-    let b = Broker::start(&[]);
+/// `python3 tests/mqtt5/SCRIPT PORT` against `b` must print OK.
+fn run_paho_against(b: &Broker, script: &str) {
     let path = format!("{}/tests/mqtt5/{script}", env!("CARGO_MANIFEST_DIR"));
     let out = Command::new("python3")
         .args([&path, &b.port().to_string()])
@@ -231,29 +207,9 @@ fn paho_v5_qos1_over_the_receive_maximum_reads_0x93() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("coremq.toml");
-    std::fs::write(&cfg, "max_inbound_qos2 = 4\n").unwrap();
-    let b = Broker::start(&[
-        "--config",
-        cfg.to_str().unwrap(),
-        "--fsync",
-        "interval:2000ms",
-    ]);
-    let path = format!(
-        "{}/tests/mqtt5/paho_receive_max.py",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let out = Command::new("python3")
-        .args([&path, &b.port().to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
+    let cfg = common::write_config(dir.path(), "max_inbound_qos2 = 4\n");
+    let b = Broker::start(&["--config", &cfg, "--fsync", "interval:2000ms"]);
+    run_paho_against(&b, "paho_receive_max.py");
 }
 
 /// paho v5 against a broker with the v5 options set, and a second one that redirects: see the script's header.

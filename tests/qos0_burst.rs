@@ -17,17 +17,7 @@ const V: ProtocolVersion = ProtocolVersion::V3_1_1;
 const BURST: u32 = 12_000;
 
 fn connect_packet(id: &str) -> Connect {
-    Connect {
-        protocol: V,
-        bridge: false,
-        clean_start: true,
-        keep_alive: 60,
-        client_id: id.into(),
-        will: None,
-        username: None,
-        password: None,
-        properties: None,
-    }
+    Raw::connect_packet(id, true, 60, V)
 }
 
 /// A subscriber on `topic` whose socket has a 4 MiB receive buffer (set before connecting, so the window can

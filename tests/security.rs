@@ -26,17 +26,15 @@ fn start(acl: &str, extra_config: &str) -> Setup {
     }
     let acl_path = dir.path().join("acl");
     std::fs::write(&acl_path, acl).unwrap();
-    let conf = dir.path().join("coremq.toml");
-    std::fs::write(
-        &conf,
-        format!(
+    let conf = common::write_config(
+        dir.path(),
+        &format!(
             "password_file = {:?}\nacl_file = {:?}\n{extra_config}\n",
             pw.to_str().unwrap(),
             acl_path.to_str().unwrap()
         ),
-    )
-    .unwrap();
-    let broker = Broker::start(&["--config", conf.to_str().unwrap()]);
+    );
+    let broker = Broker::start(&["--config", &conf]);
     Setup { broker, _dir: dir }
 }
 
@@ -243,19 +241,12 @@ fn a_bad_password_or_acl_file_refuses_the_start_with_file_and_line() {
         .unwrap()
         .to_line("alice");
     std::fs::write(&pw, format!("{good}\nbob:$2y$10$whatever\n")).unwrap();
-    let conf = dir.path().join("c.toml");
-    std::fs::write(
-        &conf,
-        format!("password_file = {:?}\n", pw.to_str().unwrap()),
-    )
-    .unwrap();
+    let conf = common::write_config(
+        dir.path(),
+        &format!("password_file = {:?}\n", pw.to_str().unwrap()),
+    );
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_coremq"))
-        .args([
-            "--config",
-            conf.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ])
+        .args(["--config", &conf, "--listen", "127.0.0.1:0"])
         .args(["--data-dir", dir.path().join("d").to_str().unwrap()])
         .output()
         .unwrap();

@@ -175,15 +175,7 @@ for i in ids: print(i, granted.get(i), avail.get(i), ",".join(got[i]))
 
 #[test]
 fn paho_v5_members_share_the_messages() {
-    let has_paho = std::process::Command::new("python3")
-        .args(["-c", "import paho.mqtt.client"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !has_paho {
-        if std::env::var_os("CI").is_some() {
-            panic!("paho-mqtt is required in CI (see .ci/run)");
-        }
-        eprintln!("SKIPPED: python3 paho-mqtt not installed");
+    if !common::tools::have_paho() {
         return;
     }
     let b = Broker::start(&[]);

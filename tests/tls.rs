@@ -4,30 +4,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::certs::TestPki;
-
-fn have_mosquitto_clients() -> bool {
-    let ok = ["mosquitto_pub", "mosquitto_sub"].iter().all(|c| {
-        Command::new(c)
-            .arg("--help")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok()
-    });
-    if !ok {
-        if std::env::var_os("CI").is_some() {
-            panic!("mosquitto_pub/mosquitto_sub are required in CI (see .ci/run)");
-        }
-        eprintln!("SKIPPED: mosquitto-clients not installed");
-    }
-    ok
-}
+use common::certs::{CertFiles, TestPki};
+use common::tools::{have_mosquitto_clients, have_paho};
+use common::{spawn_listening, write_config};
 
 /// The broker with a plain listener and two TLS listeners: server-only TLS, and mutual TLS.
 struct TlsBroker {
@@ -40,38 +24,16 @@ struct TlsBroker {
 
 impl TlsBroker {
     fn start(pki: &TestPki) -> TlsBroker {
-        let p = |p: &std::path::Path| p.display().to_string();
-        Self::start_with(
-            &format!(
-                r#"
-[[listeners]]
-address = "127.0.0.1:0"
-certfile = "{cert}"
-keyfile = "{key}"
-
-[[listeners]]
-address = "127.0.0.1:0"
-certfile = "{cert}"
-keyfile = "{key}"
-cafile = "{ca}"
-require_certificate = true
-"#,
-                cert = p(&pki.server.cert),
-                key = p(&pki.server.key),
-                ca = p(&pki.ca),
-            ),
-            "",
-        )
+        Self::start_with(&pki.listeners_toml(""), "")
     }
 
     /// The broker with `listen` on a free port, then `listeners` (two `[[listeners]]` tables: `tls`, `mtls`);
     /// `global` goes before them (top-level keys).
     fn start_with(listeners: &str, global: &str) -> TlsBroker {
         let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("coremq.toml");
-        std::fs::write(
-            &config,
-            format!(
+        let config = write_config(
+            dir.path(),
+            &format!(
                 r#"listen = ["127.0.0.1:0"]
 shards = 2
 persistence = false
@@ -79,29 +41,10 @@ max_connections = 1000
 {global}
 {listeners}"#
             ),
-        )
-        .unwrap();
+        );
         let level = std::env::var("COREMQ_TEST_LOG").unwrap_or_else(|_| "warn".into());
-        let mut child = Command::new(env!("CARGO_BIN_EXE_coremq"))
-            .arg("--config")
-            .arg(&config)
-            .args(["--log-level", &level])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start coremq");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        // One line per listener: `listen` first, then the [[listeners]] tables in order.
-        let mut addrs = Vec::new();
-        for _ in 0..3 {
-            let line = lines.next().expect("coremq printed too little").unwrap();
-            let addr = line
-                .strip_prefix("coremq listening on ")
-                .and_then(|r| r.split_whitespace().next())
-                .unwrap_or_else(|| panic!("unexpected line: {line}"));
-            addrs.push(addr.parse().unwrap());
-        }
-        std::thread::spawn(move || for _ in lines {});
+        // `listen` first, then the [[listeners]] tables in order.
+        let (child, addrs) = spawn_listening(&["--config", &config, "--log-level", &level], 3);
         TlsBroker {
             child,
             plain: addrs[0],
@@ -132,6 +75,18 @@ fn conn_args(addr: SocketAddr, tls: &[(&str, &std::path::Path)]) -> Vec<String> 
         a.push(path.display().to_string());
     }
     a
+}
+
+/// Connection arguments with the test CA and the client certificate `client`.
+fn cert_args(addr: SocketAddr, pki: &TestPki, client: &CertFiles) -> Vec<String> {
+    conn_args(
+        addr,
+        &[
+            ("--cafile", &pki.ca),
+            ("--cert", &client.cert),
+            ("--key", &client.key),
+        ],
+    )
 }
 
 /// mosquitto_pub of one message; whether it succeeded, and its stderr.
@@ -194,14 +149,7 @@ fn mutual_tls_with_a_client_certificate() {
     }
     let pki = TestPki::new();
     let b = TlsBroker::start(&pki);
-    let alice = conn_args(
-        b.mtls,
-        &[
-            ("--cafile", &pki.ca),
-            ("--cert", &pki.alice.cert),
-            ("--key", &pki.alice.key),
-        ],
-    );
+    let alice = cert_args(b.mtls, &pki, &pki.alice);
     let sub = subscribe(&alice, "mtls/a", 1);
     let (ok, err) = publish(&alice, "mtls/a", "hi");
     assert!(ok, "{err}");
@@ -215,41 +163,17 @@ fn clients_without_a_valid_certificate_are_refused_on_the_mtls_listener() {
     }
     let pki = TestPki::new();
     let b = TlsBroker::start(&pki);
-    let good = conn_args(
-        b.mtls,
-        &[
-            ("--cafile", &pki.ca),
-            ("--cert", &pki.alice.cert),
-            ("--key", &pki.alice.key),
-        ],
-    );
+    let good = cert_args(b.mtls, &pki, &pki.alice);
     let sub = subscribe(&good, "mtls/b", 1);
     let refused: [(&str, Vec<String>); 3] = [
         (
             "no certificate",
             conn_args(b.mtls, &[("--cafile", &pki.ca)]),
         ),
-        (
-            "expired certificate",
-            conn_args(
-                b.mtls,
-                &[
-                    ("--cafile", &pki.ca),
-                    ("--cert", &pki.expired.cert),
-                    ("--key", &pki.expired.key),
-                ],
-            ),
-        ),
+        ("expired certificate", cert_args(b.mtls, &pki, &pki.expired)),
         (
             "certificate from an unknown CA",
-            conn_args(
-                b.mtls,
-                &[
-                    ("--cafile", &pki.ca),
-                    ("--cert", &pki.untrusted.cert),
-                    ("--key", &pki.untrusted.key),
-                ],
-            ),
+            cert_args(b.mtls, &pki, &pki.untrusted),
         ),
     ];
     for (what, conn) in &refused {
@@ -312,21 +236,6 @@ fn plain_client_on_tls_port_and_tls_client_on_plain_port_are_refused_others_unaf
     let (ok, err) = publish(&conn_args(b.plain, &[]), "mixed/t", "after tls");
     assert!(ok, "{err}");
     assert_eq!(received(sub), "after plain\nafter tls\n");
-}
-
-fn have_paho() -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import paho.mqtt.client"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
-        if std::env::var_os("CI").is_some() {
-            panic!("paho-mqtt is required in CI (see .ci/run)");
-        }
-        eprintln!("SKIPPED: python3 paho-mqtt not installed");
-    }
-    ok
 }
 
 /// paho-mqtt (python3) over TLS: `python3 -c SCRIPT ARGS...` must print OK.
@@ -449,25 +358,7 @@ fn use_identity_as_username_makes_the_certificate_cn_the_acl_user() {
     .unwrap();
     let p = |p: &std::path::Path| p.display().to_string();
     let b = TlsBroker::start_with(
-        &format!(
-            r#"
-[[listeners]]
-address = "127.0.0.1:0"
-certfile = "{cert}"
-keyfile = "{key}"
-
-[[listeners]]
-address = "127.0.0.1:0"
-certfile = "{cert}"
-keyfile = "{key}"
-cafile = "{ca}"
-require_certificate = true
-use_identity_as_username = true
-"#,
-            cert = p(&pki.server.cert),
-            key = p(&pki.server.key),
-            ca = p(&pki.ca),
-        ),
+        &pki.listeners_toml("use_identity_as_username = true\n"),
         &format!("acl_file = \"{}\"\nallow_anonymous = true", p(&acl)),
     );
     let script = format!(
@@ -497,14 +388,7 @@ print("OK")
     // Control: a mosquitto client with the same certificate on the same listener is "alice" too, and reading
     // bob's topics is refused to it (the message published by paho above never reaches it either).
     if have_mosquitto_clients() {
-        let alice = conn_args(
-            b.mtls,
-            &[
-                ("--cafile", &pki.ca),
-                ("--cert", &pki.alice.cert),
-                ("--key", &pki.alice.key),
-            ],
-        );
+        let alice = cert_args(b.mtls, &pki, &pki.alice);
         let sub = subscribe(&alice, "alice/#", 1);
         let mut bob_claim = alice.clone();
         bob_claim.extend(["-u".to_string(), "bob".to_string()]);

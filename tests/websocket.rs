@@ -4,37 +4,17 @@
 //! packages (`npm ci` in tests/websocket), chromium or mosquitto_pub are missing outside CI; with `CI` set a missing
 //! tool fails the test.
 
-#[path = "common/certs.rs"]
-mod certs;
+mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
+
+use common::certs;
+use common::tools::{have, missing};
 
 fn scripts() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/websocket")
-}
-
-/// Whether `cmd` runs; outside CI a missing tool skips the test with a printed reason, in CI it fails.
-fn have(cmd: &str, probe: &[&str]) -> bool {
-    let ok = Command::new(cmd)
-        .args(probe)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok(); // it ran (mosquitto_pub --help exits 1)
-    if !ok {
-        missing(&format!("{cmd} not installed"));
-    }
-    ok
-}
-
-fn missing(why: &str) {
-    if std::env::var_os("CI").is_some() {
-        panic!("{why}: required in CI (see .ci/run)");
-    }
-    eprintln!("SKIPPED: {why}");
 }
 
 fn have_node_packages() -> bool {
@@ -65,41 +45,29 @@ impl Broker {
     /// `ws_extra`: more keys for the WebSocket listener (TLS for `wss://`).
     fn start_with(ws_extra: &str) -> Broker {
         let dir = tempfile::tempdir().expect("temp dir");
-        let config = dir.path().join("coremq.toml");
-        std::fs::write(
-            &config,
-            format!(
+        let config = common::write_config(
+            dir.path(),
+            &format!(
                 "listen = [\"127.0.0.1:0\"]\n\n[[listeners]]\naddress = \"127.0.0.1:0\"\nprotocol = \"websockets\"\n\
                  path = \"/mqtt\"\n{ws_extra}"
             ),
-        )
-        .unwrap();
+        );
         let data = dir.path().join("data");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_coremq"))
-            .arg("--config")
-            .arg(&config)
-            .arg("--data-dir")
-            .arg(&data)
-            .args(["--shards", "2", "--log-level", "warn"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start coremq");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         // One line per listener, `listen` first, then the [[listeners]] tables.
-        let mut addr = || -> SocketAddr {
-            let line = lines
-                .next()
-                .expect("coremq exited before listening (see its stderr)")
-                .unwrap();
-            line.strip_prefix("coremq listening on ")
-                .and_then(|r| r.split_whitespace().next())
-                .unwrap_or_else(|| panic!("unexpected line: {line}"))
-                .parse()
-                .unwrap()
-        };
-        let (tcp, ws) = (addr(), addr());
-        std::thread::spawn(move || for _ in lines {});
+        let (child, addrs) = common::spawn_listening(
+            &[
+                "--config",
+                &config,
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--shards",
+                "2",
+                "--log-level",
+                "warn",
+            ],
+            2,
+        );
+        let (tcp, ws) = (addrs[0], addrs[1]);
         Broker {
             child,
             tcp,

@@ -3,7 +3,6 @@
 //! thread holds tens of thousands of connections.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
@@ -494,12 +493,16 @@ async fn idle_loop(mut conn: Conn, cfg: &ClientConfig, shared: &Shared) -> Resul
     }
 }
 
-/// QoS 1/2 packet ids in flight, bounded by the window.
+/// QoS 1/2 packet ids in flight, bounded by the window: a ring of slots indexed by the id's low bits (ids are
+/// handed out in sequence, so they rarely collide; a colliding id is skipped), not a hash map: the load generator
+/// must cost far less per message than the brokers it measures.
 struct Inflight {
     /// QoS 0: nothing to track, the window never closes (TCP backpressure and OUT_CAP still bound it).
     unbounded: bool,
-    /// Packet id -> when its PUBLISH was queued (run clock, ns), for the acknowledgement latency.
-    ids: HashMap<u16, u64>,
+    /// Slot `id & mask`: (packet id, when its PUBLISH was queued on the run clock, ns); id 0 = free.
+    slots: Vec<(u16, u64)>,
+    mask: usize,
+    len: usize,
     next: u16,
     window: usize,
 }
@@ -507,28 +510,49 @@ struct Inflight {
 impl Inflight {
     fn new(window: usize) -> Self {
         let window = window.min(65_000);
+        // Twice the window, so sequential ids find their slot free unless an acknowledgement is far behind.
+        let cap = if window == 0 {
+            1
+        } else {
+            (window * 2).next_power_of_two().min(65_536)
+        };
         Inflight {
             unbounded: window == 0,
-            ids: HashMap::with_capacity(window.min(1024)),
+            slots: vec![(0, 0); cap],
+            mask: cap - 1,
+            len: 0,
             next: 0,
             window,
         }
     }
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
     fn has_room(&self) -> bool {
-        self.unbounded || self.ids.len() < self.window
+        self.unbounded || self.len < self.window
     }
     fn alloc(&mut self, sent_ns: u64) -> u16 {
+        // `has_room` holds, so fewer than 65,000 ids are taken: this finds a free one.
         loop {
             self.next = self.next % u16::MAX + 1;
-            if let std::collections::hash_map::Entry::Vacant(e) = self.ids.entry(self.next) {
-                e.insert(sent_ns);
+            let slot = &mut self.slots[self.next as usize & self.mask];
+            if slot.0 == 0 {
+                *slot = (self.next, sent_ns);
+                self.len += 1;
                 return self.next;
             }
         }
     }
     /// When the completed message was sent, or None for an id we did not use.
     fn complete(&mut self, id: u16) -> Option<u64> {
-        self.ids.remove(&id)
+        let slot = &mut self.slots[id as usize & self.mask];
+        if id == 0 || slot.0 != id {
+            return None;
+        }
+        let sent = slot.1;
+        *slot = (0, 0);
+        self.len -= 1;
+        Some(sent)
     }
 }
 
@@ -714,7 +738,7 @@ async fn publish_loop(
         }
         if !done
             && schedule.finished(result.sent, now)
-            && inflight.ids.is_empty()
+            && inflight.is_empty()
             && !conn.write_pending()
         {
             done = true;
@@ -731,10 +755,10 @@ async fn publish_loop(
                 // Cut off by the grace period: say what was still owed.
                 let mut st = stats.borrow_mut();
                 st.error("publisher:unfinished_at_close");
-                if !inflight.ids.is_empty() {
+                if !inflight.is_empty() {
                     *st.errors
                         .entry("publisher:unacked_at_close".into())
-                        .or_default() += inflight.ids.len() as u64;
+                        .or_default() += inflight.len as u64;
                 }
                 // Messages still in our own buffer never reached the broker: they are not "sent" (and so
                 // not counted as lost). A partly written QoS 0 message counts as unsent too.

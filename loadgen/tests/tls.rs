@@ -36,28 +36,13 @@ impl Drop for Broker {
 }
 
 fn start(pki: &TestPki) -> Broker {
-    let p = |p: &std::path::Path| p.display().to_string();
     let toml = format!(
         r#"listen = ["127.0.0.1:0"]
 shards = 1
 pin = false
 persistence = false
-
-[[listeners]]
-address = "127.0.0.1:0"
-certfile = "{cert}"
-keyfile = "{key}"
-
-[[listeners]]
-address = "127.0.0.1:0"
-certfile = "{cert}"
-keyfile = "{key}"
-cafile = "{ca}"
-require_certificate = true
-"#,
-        cert = p(&pki.server.cert),
-        key = p(&pki.server.key),
-        ca = p(&pki.ca),
+{}"#,
+        pki.listeners_toml("")
     );
     let cfg = coremq::config::Config::from_toml_str(&toml).expect("config");
     cfg.validate().expect("valid config");

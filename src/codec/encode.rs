@@ -474,6 +474,24 @@ pub fn encode(
     encode_limited(packet, version, 0, buf)
 }
 
+/// The four bytes of a PUBACK/PUBREC/PUBREL/PUBCOMP that is Success without properties: the same in every
+/// version (v5 omits such a reason code), and one per QoS 1 message, so not planned field by field.
+#[inline]
+fn short_ack(packet: &Packet) -> Option<[u8; 4]> {
+    let (byte1, r) = match packet {
+        Packet::PubAck(r) => (0x40, r),
+        Packet::PubRec(r) => (0x50, r),
+        Packet::PubRel(r) => (0x62, r),
+        Packet::PubComp(r) => (0x70, r),
+        _ => return None,
+    };
+    if r.reason != ReasonCode::Success || r.properties.is_some() || r.packet_id == 0 {
+        return None;
+    }
+    let [hi, lo] = r.packet_id.to_be_bytes();
+    Some([byte1, 2, hi, lo])
+}
+
 /// Encode within a peer's maximum packet size (0 = protocol maximum). A v5 packet other than PUBLISH/CONNECT that
 /// is too large is retried without its reason string and user properties, as the spec allows; if it still does
 /// not fit, `PacketTooLarge` is returned and nothing is written.
@@ -485,6 +503,12 @@ pub fn encode_limited(
 ) -> Result<(), EncodeError> {
     if let Packet::Publish(p) = packet {
         return encode_publish_limited(p, version, max_packet_size, buf);
+    }
+    if let Some(bytes) = short_ack(packet) {
+        if max_packet_size == 0 || max_packet_size >= 4 {
+            buf.put_slice(&bytes);
+            return Ok(());
+        }
     }
     let version = wire_version(packet, version);
     let mut plan = plan(packet, version, Strip::default())?;

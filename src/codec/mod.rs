@@ -18,7 +18,9 @@ pub mod topic;
 pub mod types;
 pub mod wire;
 
-pub use decode::{decode_frame, decode_packet, fixed_header, frame_len, Decoder, FixedHeader};
+pub use decode::{
+    decode_frame, decode_packet, fixed_header, frame_len, Decoder, FixedHeader, OWNED_PUBLISH_MAX,
+};
 pub use encode::{
     encode, encode_limited, encode_publish, encode_publish_limited, encode_publish_ref,
     encoded_len, publish_len,

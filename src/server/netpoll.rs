@@ -130,12 +130,17 @@ pub fn recv_into(fd: RawFd, buf: &mut bytes::BytesMut, max: usize) -> IoResult {
     } else if r == 0 {
         IoResult::Closed
     } else {
-        let e = io::Error::last_os_error();
-        match e.kind() {
-            io::ErrorKind::WouldBlock => IoResult::WouldBlock,
-            io::ErrorKind::Interrupted => IoResult::Done(0),
-            _ => IoResult::Error(e),
-        }
+        last_error()
+    }
+}
+
+/// A failed recv/send as an `IoResult`: EAGAIN is `WouldBlock`, EINTR nothing done (the caller tries again).
+fn last_error() -> IoResult {
+    let e = io::Error::last_os_error();
+    match e.kind() {
+        io::ErrorKind::WouldBlock => IoResult::WouldBlock,
+        io::ErrorKind::Interrupted => IoResult::Done(0),
+        _ => IoResult::Error(e),
     }
 }
 
@@ -151,12 +156,7 @@ pub fn send(fd: RawFd, data: &[u8]) -> IoResult {
     if r >= 0 {
         IoResult::Done(r as usize)
     } else {
-        let e = io::Error::last_os_error();
-        match e.kind() {
-            io::ErrorKind::WouldBlock => IoResult::WouldBlock,
-            io::ErrorKind::Interrupted => IoResult::Done(0),
-            _ => IoResult::Error(e),
-        }
+        last_error()
     }
 }
 
@@ -177,7 +177,14 @@ pub fn accept(listener: RawFd) -> io::Result<Option<RawFd>> {
             _ => Err(e),
         };
     }
+    set_nodelay(fd);
+    Ok(Some(fd))
+}
+
+/// TCP_NODELAY on an accepted socket (best effort: a failure only costs latency).
+pub fn set_nodelay(fd: RawFd) {
     let one: libc::c_int = 1;
+    // SAFETY: fd is a socket the caller owns; the option value is a valid c_int.
     unsafe {
         libc::setsockopt(
             fd,
@@ -187,7 +194,6 @@ pub fn accept(listener: RawFd) -> io::Result<Option<RawFd>> {
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
-    Ok(Some(fd))
 }
 
 pub fn close(fd: RawFd) {

@@ -146,6 +146,30 @@ impl TestPki {
         }
     }
 
+    /// Two `[[listeners]]` tables on free ports with the server certificate: server-only TLS, then mutual TLS
+    /// (client certificates from `ca` required) with `mtls_extra` (more keys of that table, one a line).
+    pub fn listeners_toml(&self, mtls_extra: &str) -> String {
+        let p = |p: &Path| p.display().to_string();
+        format!(
+            r#"
+[[listeners]]
+address = "127.0.0.1:0"
+certfile = "{cert}"
+keyfile = "{key}"
+
+[[listeners]]
+address = "127.0.0.1:0"
+certfile = "{cert}"
+keyfile = "{key}"
+cafile = "{ca}"
+require_certificate = true
+{mtls_extra}"#,
+            cert = p(&self.server.cert),
+            key = p(&self.server.key),
+            ca = p(&self.ca),
+        )
+    }
+
     /// A path in the certificate directory (for files a test writes itself, e.g. a broken PEM).
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)

@@ -2,6 +2,7 @@
 //! codec for checks that need byte-level control (malformed input, retransmissions, silence).
 #![allow(dead_code)]
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -9,6 +10,9 @@ use std::time::{Duration, Instant};
 
 pub mod certs;
 pub mod resilient;
+pub mod tools;
+
+pub use resilient::Recv;
 
 use bytes::BytesMut;
 use coremq::codec::{
@@ -66,29 +70,10 @@ impl Broker {
                 args.extend(["--io".to_string(), io]);
             }
         }
-        let mut child = Command::new(env!("CARGO_BIN_EXE_coremq"))
-            .args(&args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start coremq");
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let line = lines
-            .next()
-            .expect("coremq printed nothing")
-            .expect("read stdout");
-        let addr = line
-            .strip_prefix("coremq listening on ")
-            .and_then(|r| r.split_whitespace().next())
-            .unwrap_or_else(|| panic!("unexpected first line: {line}"))
-            .parse()
-            .unwrap();
-        // Keep draining stdout so the broker never blocks on it.
-        std::thread::spawn(move || for _ in lines {});
+        let (child, addrs) = spawn_listening(&args, 1);
         Broker {
             child,
-            addr,
+            addr: addrs[0],
             data: None,
         }
     }
@@ -129,6 +114,41 @@ impl Broker {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// Runs the broker binary with exactly `args` and reads the addresses of its first `listeners` listeners from
+/// its stdout (one line each: `listen` first, then the `[[listeners]]` tables in order); stdout is drained from
+/// then on so the broker never blocks on it. The caller owns (and must kill) the child.
+pub fn spawn_listening<S: AsRef<OsStr>>(args: &[S], listeners: usize) -> (Child, Vec<SocketAddr>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_coremq"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start coremq");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addrs = (0..listeners)
+        .map(|_| {
+            let line = lines
+                .next()
+                .expect("coremq exited before listening (see its stderr)")
+                .expect("read stdout");
+            line.strip_prefix("coremq listening on ")
+                .and_then(|r| r.split_whitespace().next())
+                .unwrap_or_else(|| panic!("unexpected line: {line}"))
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    std::thread::spawn(move || for _ in lines {});
+    (child, addrs)
+}
+
+/// Writes `text` as `coremq.toml` in `dir`; its path, for `--config`.
+pub fn write_config(dir: &std::path::Path, text: &str) -> String {
+    let p = dir.join("coremq.toml");
+    std::fs::write(&p, text).unwrap();
+    p.to_str().expect("utf-8 path").to_string()
 }
 
 impl Drop for Broker {
@@ -206,26 +226,10 @@ impl Raw {
 
     /// Next packet, or None when the broker closed the connection (or nothing came within the timeout).
     pub fn recv(&mut self) -> Option<Packet> {
-        loop {
-            match self.decoder.decode(&mut self.buf) {
-                Ok(Some(p)) => return Some(p),
-                Ok(None) => {}
-                Err(e) => panic!("broker sent a bad packet: {e}"),
-            }
-            let mut chunk = [0u8; 65536];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return None
-                }
-                Err(_) => return None,
-            }
+        match read_packet(&mut self.stream, &mut self.decoder, &mut self.buf) {
+            Ok(Recv::Packet(p)) => Some(p),
+            Ok(Recv::Timeout | Recv::Closed) => None,
+            Err(e) => panic!("broker sent a bad packet: {e}"),
         }
     }
 
@@ -295,6 +299,35 @@ impl Raw {
             properties: None,
             payload: bytes::Bytes::copy_from_slice(payload),
         }));
+    }
+}
+
+/// Next packet from `stream` through `decoder`, bytes read ahead kept in `buf`: `Timeout` when nothing came
+/// within the socket's read timeout, `Closed` at EOF or an I/O error; Err when the broker sent bytes that do not
+/// decode.
+pub fn read_packet(
+    stream: &mut TcpStream,
+    decoder: &mut Decoder,
+    buf: &mut BytesMut,
+) -> Result<Recv, codec::DecodeError> {
+    loop {
+        if let Some(p) = decoder.decode(buf)? {
+            return Ok(Recv::Packet(p));
+        }
+        let mut chunk = [0u8; 65536];
+        match stream.read(&mut chunk) {
+            Ok(0) => return Ok(Recv::Closed),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Ok(Recv::Timeout)
+            }
+            Err(_) => return Ok(Recv::Closed),
+        }
     }
 }
 

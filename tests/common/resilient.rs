@@ -3,7 +3,7 @@
 //! (QoS 2 packet ids awaiting PUBREL included). Payloads start with a big-endian u32 sequence number.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -58,15 +58,8 @@ impl Conn {
             })
         });
         let connect = Connect {
-            protocol: version,
-            clean_start: clean,
-            keep_alive: 60,
-            client_id: id.into(),
-            will: None,
-            username: None,
-            password: None,
             properties,
-            bridge: false,
+            ..super::Raw::connect_packet(id, clean, 60, version)
         };
         if !c.send(&Packet::Connect(Box::new(connect))) {
             return None;
@@ -91,27 +84,9 @@ impl Conn {
     }
 
     pub fn recv(&mut self) -> Recv {
-        loop {
-            match self.decoder.decode(&mut self.buf) {
-                Ok(Some(p)) => return Recv::Packet(p),
-                Ok(None) => {}
-                Err(e) => panic!("broker sent a bad packet: {e}"),
-            }
-            let mut chunk = [0u8; 65536];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return Recv::Closed,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return Recv::Timeout
-                }
-                Err(_) => return Recv::Closed,
-            }
-        }
+        // Bytes that do not decode end the connection like any other failure.
+        super::read_packet(&mut self.stream, &mut self.decoder, &mut self.buf)
+            .unwrap_or(Recv::Closed)
     }
 }
 

@@ -4,33 +4,12 @@
 
 use super::*;
 use crate::server::net::uring::INBOX_CAP;
+use crate::server::uring::testing::{tcp_pair, usable};
 use crate::server::uring::UringConfig;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::os::fd::IntoRawFd;
 
-/// A backend, or None (with the reason printed) where io_uring is not usable, unless `COREMQ_REQUIRE_URING`.
 fn uring() -> Option<UringNet> {
-    match UringNet::new(UringConfig::default()) {
-        Ok(n) => Some(n),
-        Err(e) if e.kind() == io::ErrorKind::Unsupported => {
-            assert!(
-                std::env::var_os("COREMQ_REQUIRE_URING").is_none(),
-                "io_uring required but unsupported: {e}"
-            );
-            eprintln!("skipped: io_uring unsupported here: {e}");
-            None
-        }
-        Err(e) => panic!("io_uring backend: {e}"),
-    }
-}
-
-fn tcp_pair() -> (RawFd, TcpStream) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let peer = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-    let (srv, _) = l.accept().unwrap();
-    srv.set_nonblocking(true).unwrap();
-    (srv.into_raw_fd(), peer)
+    usable(UringNet::new(UringConfig::default()))
 }
 
 /// Poll until `step` says done (it sees every event); fails after ~20 s.

@@ -1,36 +1,15 @@
 //! Real loopback sockets through a real ring. Every wait is bounded (`pump` gives up after 20 s and fails), so
 //! a broken backend fails instead of hanging; nothing asserts on how long anything took.
 
+use super::testing::{tcp_pair, usable};
 use super::*;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, IntoRawFd};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
 
-/// A backend, or None (with the reason printed) where this kernel or process cannot run io_uring, unless
-/// `COREMQ_REQUIRE_URING` is set.
 fn backend(entries: u32, buf_count: u16, buf_size: u32) -> Option<UringBackend> {
-    match UringBackend::new(entries, buf_count, buf_size) {
-        Ok(b) => Some(b),
-        Err(e) if e.kind() == io::ErrorKind::Unsupported => {
-            assert!(
-                std::env::var_os("COREMQ_REQUIRE_URING").is_none(),
-                "io_uring required but unsupported: {e}"
-            );
-            eprintln!("skipped: io_uring unsupported here: {e}");
-            None
-        }
-        Err(e) => panic!("io_uring backend: {e}"),
-    }
-}
-
-/// A connected loopback pair: (broker side as a raw non-blocking fd, peer side).
-fn tcp_pair() -> (RawFd, TcpStream) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let peer = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-    let (srv, _) = l.accept().unwrap();
-    srv.set_nonblocking(true).unwrap();
-    srv.set_nodelay(true).unwrap();
-    (srv.into_raw_fd(), peer)
+    usable(UringBackend::new(entries, buf_count, buf_size))
 }
 
 fn close(fd: RawFd) {

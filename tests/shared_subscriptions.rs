@@ -258,15 +258,9 @@ fn mosquitto_member(
 /// the messages, each once, evenly.
 #[test]
 fn mosquitto_sub_members_v311_and_v5_share_the_messages() {
-    if std::process::Command::new("mosquitto_sub")
-        .arg("--help")
-        .output()
-        .is_err()
+    if !common::tools::have("mosquitto_sub", &["--help"])
+        || !common::tools::have("stdbuf", &["--version"])
     {
-        if std::env::var_os("CI").is_some() {
-            panic!("mosquitto_sub is required in CI (see .ci/run)");
-        }
-        eprintln!("SKIPPED: mosquitto_sub not installed");
         return;
     }
     let b = Broker::start(&[]);

@@ -118,18 +118,33 @@ impl Shard {
             .is_some_and(|s| s.conn.is_some())
     }
 
-    /// Online with room below the hard bound of its queue (what `enqueue` takes without dropping).
-    fn member_has_room(&self, m: &Member) -> bool {
+    /// Online with room for `msg`: below the hard bound of its queue and, if it would go to the log, within the
+    /// log-byte bounds (what `enqueue` takes without refusing or dropping it).
+    fn member_has_room(&self, m: &Member, msg: &Message) -> bool {
         let hard = self.cfg.max_queued_messages.max(1) + self.cfg.max_in_transit;
-        self.sessions
+        let Some(s) = self
+            .sessions
             .get(m.session as usize)
             .and_then(Option::as_ref)
-            .is_some_and(|s| {
-                s.backlog() < hard
-                    && s.conn
-                        .and_then(|k| self.conns.get(k))
-                        .is_some_and(|c| !c.closing)
-            })
+        else {
+            return false;
+        };
+        let online = s
+            .conn
+            .and_then(|k| self.conns.get(k))
+            .is_some_and(|c| !c.closing);
+        if !online || s.backlog() >= hard {
+            return false;
+        }
+        let in_log =
+            self.store.is_some() && s.persisted && msg.qos.min(m.options.qos) != QoS::AtMostOnce;
+        if !in_log {
+            return true;
+        }
+        let size = super::delivery::message_log_bytes(msg) as u64;
+        let shard_max = self.cfg.max_offline_bytes_per_shard;
+        s.log_bytes as u64 + size <= self.cfg.max_offline_bytes_per_session
+            && (shard_max == 0 || self.stats.queued_log_bytes + size <= shard_max)
     }
 
     fn shared_local_counts(&self, group: &str, filter: &str) -> Counts {
@@ -319,7 +334,7 @@ impl Shard {
     /// same holds on the publisher's own shard for a message its PUBACK covers: forwarding only there (not from
     /// the peers) would skew the spread towards the shards with more members.
     /// A message a departing member gave up (`returnable`: re-dispatched here, or numbered by the shard it came
-    /// from) goes only to an online member with room below the hard bound: otherwise it stays with the member
+    /// from) goes only to an online member with room for it (`member_has_room`): otherwise it stays with the member
     /// that left (`NoMember`), rather than being dropped by a full queue or held by an offline member.
     fn deliver_shared_here(
         &mut self,
@@ -350,7 +365,7 @@ impl Shard {
             }
             if returnable {
                 return g
-                    .pick_local(|m| Some(m.session) != skip_session && self.member_has_room(m))
+                    .pick_local(|m| Some(m.session) != skip_session && self.member_has_room(m, msg))
                     .map(Ok);
             }
             g.pick_local(|m| Some(m.session) != skip_session)

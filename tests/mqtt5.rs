@@ -212,6 +212,48 @@ fn paho_v5_qos1_over_the_receive_maximum_reads_0x93() {
     run_paho_against(&b, "paho_receive_max.py");
 }
 
+/// paho v5 against a broker with the v5 options set, and a second one that redirects: see the script's header.
+#[test]
+fn paho_v5_properties_redirection_and_shared_members() {
+    if !have_paho() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("coremq.toml");
+    std::fs::write(
+        &cfg,
+        "max_keepalive = 10\nresponse_information = \"resp/\"\nmax_packet_size = 4096\n",
+    )
+    .unwrap();
+    let b = Broker::start(&["--config", cfg.to_str().unwrap()]);
+    let moved = dir.path().join("moved.toml");
+    std::fs::write(
+        &moved,
+        "server_reference = \"box2:1883\"\nredirect = \"moved\"\n",
+    )
+    .unwrap();
+    let r = Broker::start(&["--config", moved.to_str().unwrap()]);
+    let path = format!(
+        "{}/tests/mqtt5/paho_v5_props.py",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let out = Command::new("python3")
+        .arg(&path)
+        .arg(b.port().to_string())
+        .arg(r.port().to_string())
+        .arg(id_on_shard("paho5-leaver", 0, 2))
+        .arg(id_on_shard("paho5-stays", 1, 2))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
+}
+
 #[test]
 fn paho_mqtt31_end_to_end() {
     if have_paho() {

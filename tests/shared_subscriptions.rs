@@ -209,3 +209,82 @@ fn paho_v5_members_share_the_messages() {
     }
     assert_eq!(all.len(), 40, "{text}");
 }
+
+/// A `mosquitto_sub` member of `$share/mg/ms/+` (QoS 1, `-V` `version`), its stdout read on a thread: returns the
+/// child and a receiver of its payload lines, once its SUBACK arrived.
+fn mosquitto_member(
+    b: &Broker,
+    id: &str,
+    version: &str,
+) -> Option<(std::process::Child, std::sync::mpsc::Receiver<String>)> {
+    use std::io::BufRead;
+    // Line-buffered: its stdout is a pipe.
+    let mut child = std::process::Command::new("stdbuf")
+        .args(["-oL", "mosquitto_sub"])
+        .args(["-h", "127.0.0.1", "-p", &b.port().to_string(), "-i", id])
+        .args([
+            "-V",
+            version,
+            "-q",
+            "1",
+            "-d",
+            "-W",
+            "20",
+            "-t",
+            "$share/mg/ms/+",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .ok()?;
+    let out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in out.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    loop {
+        match rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(l) if l.contains("received SUBACK") => return Some((child, rx)),
+            Ok(_) => continue,
+            Err(e) => panic!("{id}: no SUBACK from mosquitto_sub: {e}"),
+        }
+    }
+}
+
+/// Real clients as members: a `mosquitto_sub -V mqttv311` on shard 0 and a `mosquitto_sub -V 5` on shard 1 share
+/// the messages, each once, evenly.
+#[test]
+fn mosquitto_sub_members_v311_and_v5_share_the_messages() {
+    if !common::tools::have("mosquitto_sub", &["--help"])
+        || !common::tools::have("stdbuf", &["--version"])
+    {
+        return;
+    }
+    let b = Broker::start(&[]);
+    let mut members = Vec::new();
+    for (shard, version) in [(0, "mqttv311"), (1, "5")] {
+        let id = id_on_shard(&format!("mosq-{version}"), shard, 2);
+        members.push(mosquitto_member(&b, &id, version).expect("mosquitto_sub runs"));
+    }
+    publish_acked(&b, "ms/1", 20);
+    let mut per_member = Vec::new();
+    let mut all = BTreeSet::new();
+    for (child, rx) in &mut members {
+        let mut got = Vec::new();
+        // Payloads are numbers; the rest are debug lines.
+        while let Ok(l) = rx.recv_timeout(Duration::from_millis(1500)) {
+            if l.parse::<u32>().is_ok() {
+                assert!(all.insert(l.clone()), "delivered twice: {l}");
+                got.push(l);
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        per_member.push(got.len());
+    }
+    assert_eq!(all.len(), 20, "{all:?}");
+    assert_eq!(per_member, [10, 10], "an even share");
+}

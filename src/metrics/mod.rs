@@ -140,6 +140,8 @@ stats_counters! {
     auth_cache_hits => "coremq_password_cache_hits_total", "", "CONNECTs whose credentials the verified cache knew.";
     acl_subscribe_denied => "coremq_acl_subscribe_denied_total", "", "SUBSCRIBE filters refused by the ACL.";
     acl_delivery_denied => "coremq_acl_delivery_denied_total", "", "Deliveries the ACL kept from a subscriber.";
+    shared_kept => "coremq_shared_kept_total", "",
+        "Shared-subscription messages of a departed member that no other member could take: kept, tried again.";
 }
 
 macro_rules! gauges {

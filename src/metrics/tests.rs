@@ -64,10 +64,11 @@ fn distinct_stats() -> Stats {
         acl_subscribe_denied: 38,
         acl_delivery_denied: 39,
         dropped_qos0_writable: 40,
+        shared_kept: 41,
     };
     assert_eq!(
         stats_fields().len(),
-        40,
+        41,
         "a new Stats field: give it a distinct value here"
     );
     s

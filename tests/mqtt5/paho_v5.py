@@ -23,7 +23,25 @@ def connect(c, expiry=None, clean=True):
     c.loop_start()
 
 
-# --- message expiry: a retained message past its interval is not sent; the live one carries what remains.
+# --- message expiry: a retained message past its interval is not sent; the live one carries what remains. The
+# same two messages queued for an offline persistent subscriber: the expired one is dropped from its queue.
+off_got = []
+off_ev = threading.Event()
+
+
+def on_off_message(c, u, m):
+    off_got.append((m.topic, getattr(m.properties, "MessageExpiryInterval", None)))
+    off_ev.set()
+
+
+off_subacked = threading.Event()
+off = client("paho5-offline")
+off.on_subscribe = lambda c, u, mid, rcs, p: off_subacked.set()
+connect(off, expiry=300)
+off.subscribe("exp/#", qos=1)
+assert off_subacked.wait(5)
+off.disconnect(); off.loop_stop()
+time.sleep(0.3)
 pub = client("paho5-pub")
 connect(pub)
 for topic, secs in (("exp/short", 1), ("exp/long", 100)):
@@ -49,6 +67,14 @@ time.sleep(0.5)
 sub.disconnect(); sub.loop_stop()
 assert len(got) == 1 and got[0][0] == "exp/long", got
 assert 90 <= got[0][1] < 100, got
+off = client("paho5-offline")
+off.on_message = on_off_message
+connect(off, expiry=300, clean=False)
+off_ev.wait(5)
+time.sleep(0.5)
+off.disconnect(); off.loop_stop()
+assert len(off_got) == 1 and off_got[0][0] == "exp/long", off_got
+assert 90 <= off_got[0][1] < 100, off_got
 
 # --- will delay.
 wills = []

@@ -31,8 +31,9 @@ impl Shard {
     ///
     /// QoS 1/2 for a persistent session is bounded by log bytes (per session and per shard) and, offline, by the
     /// count of references; the message count bound (`max_queued_messages`) is for memory: online queues and QoS 0.
-    /// A queue that is truly full follows `persistent_queue_full` (see `queue_full`).
-    pub(super) fn enqueue(&mut self, sidx: u32, mut q: Queued, origin: Option<Origin>) {
+    /// A queue that is truly full follows `persistent_queue_full` (see `queue_full`). False if this message was
+    /// not queued (refused or dropped, counted).
+    pub(super) fn enqueue(&mut self, sidx: u32, mut q: Queued, origin: Option<Origin>) -> bool {
         let soft = self.cfg.max_queued_messages.max(1);
         let hard = soft + self.cfg.max_in_transit;
         let waiting_bound = self.waiting_bound();
@@ -43,7 +44,7 @@ impl Shard {
         if !qos0 {
             if let Some(reason) = self.full_reason(sidx, &q, online, in_log, hard) {
                 if !self.queue_full(sidx, &q, origin, in_log, reason) {
-                    return;
+                    return false;
                 }
             }
         }
@@ -69,13 +70,13 @@ impl Shard {
             match policy {
                 OverflowPolicy::DropNewest => {
                     count_drop(s, &mut self.stats);
-                    return;
+                    return false;
                 }
                 OverflowPolicy::DropOldest => {
                     // Everything in flight: the newest gives way instead.
                     let Some(oldest) = s.queue.pop_front() else {
                         count_drop(s, &mut self.stats);
-                        return;
+                        return false;
                     };
                     dropped = Some(oldest);
                     count_drop(s, &mut self.stats);
@@ -103,6 +104,7 @@ impl Shard {
         }
         let s = self.sessions[sidx as usize].as_mut().expect("live session");
         s.queue.push_back(q);
+        true
     }
 
     /// Messages waiting (not yet sent) in an online session's queue past which its publishers are paused under

@@ -204,6 +204,7 @@ impl Shard {
         self.unschedule_expiry(sidx);
         self.set_session_acl(sidx, None);
         self.release_waiters(sidx);
+        self.forget_handovers(sidx);
         let s = self.sessions[sidx as usize].take().expect("live session");
         self.stats.queued_log_bytes = self
             .stats

@@ -254,6 +254,12 @@ pub enum MeshMsg {
         hops: u8,
         seq: u64,
     },
+    /// The receiver numbered `seq` a message a departing member of a group gave up (a `SharedPublish` with no
+    /// publisher), and the sender could not take it (no member with room): the receiver keeps it. Sent before
+    /// the confirmation of `seq` (channels are FIFO).
+    SharedRefused {
+        seq: u64,
+    },
 }
 
 /// What happened to a connection after its bytes were processed.
@@ -336,6 +342,9 @@ pub struct Stats {
     pub acl_subscribe_denied: u64,
     /// Deliveries (retained ones included) the ACL kept from a subscriber.
     pub acl_delivery_denied: u64,
+    /// Shared-subscription messages a departing member gave up that no other member could take (none online
+    /// with room, here or on the shard picked): kept by that member, in its log, and tried again.
+    pub shared_kept: u64,
 }
 
 impl Stats {
@@ -444,8 +453,6 @@ pub struct Shard {
     shared_restored: Vec<u32>,
     /// Log acknowledgements of re-dispatched messages waiting for the peer that took them (`shared.rs`).
     shared_acks: Vec<shared::DeferredAck>,
-    /// (peer, sequence number) of the last numbered `SharedPublish` sent (`shared.rs`).
-    shared_forwarded: Option<(u16, u64)>,
 }
 
 /// Topics remembered by the subscription and interest tries' match caches (~64 B each, per shard and trie).
@@ -503,7 +510,6 @@ impl Shard {
             sweep_cursor: 0,
             shared_restored: Vec::new(),
             shared_acks: Vec::new(),
-            shared_forwarded: None,
         }
     }
 
@@ -776,6 +782,7 @@ impl Shard {
             }
             MeshMsg::Resume(k) => self.resume(k),
             MeshMsg::SharedCount { groups, token } => self.on_shared_count(from, groups, token),
+            MeshMsg::SharedRefused { seq } => self.on_shared_refused(from, seq),
             MeshMsg::SharedPublish {
                 msg,
                 share,

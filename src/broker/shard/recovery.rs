@@ -231,7 +231,7 @@ impl Shard {
             }
             self.session_mut(sidx).resume_packet_ids();
             let s = self.session(sidx);
-            if !s.queue.is_empty()
+            if s.backlog() > 0
                 && s.subs
                     .iter()
                     .any(|x| x.filter.starts_with(crate::codec::topic::SHARE_PREFIX))

@@ -17,7 +17,7 @@
 //!   (at most min(`MAX_HOPS`, shards) hops, never straight back to itself); at the last hop, or when no other
 //!   shard has a member, it queues it on a local member anyway (the usual overflow policy applies: backpressure to the publisher, or
 //!   queued for an offline persistent member). It is dropped (counted in `dropped_shared`) only when the group has
-//!   no member left on the shard it reached.
+//!   no member left on the shard it reached and nobody waits for it; a numbered copy is refused instead (below).
 //! - Strategy: round-robin rather than least-inflight: it needs no cross-shard load information (which would be
 //!   stale by the time it arrives), and skipping full members already steers messages away from slow ones. So
 //!   there is no `shared_strategy` setting.
@@ -39,8 +39,17 @@
 //! - Re-dispatch of a departing member's messages: taken on the same shard, the new entry and the old one's
 //!   acknowledgement are in one log group (atomic across a crash). Taken by a peer, the old entry's
 //!   acknowledgement is written only once the peer confirmed the copy (`DeferredAck`): a crash in between leaves
-//!   it with both members (at worst delivered twice), never lost. A copy a full peer session refuses is not
-//!   reported back (no publisher to tell).
+//!   it with both members (at worst delivered twice), never lost. A departing member's message goes only to an
+//!   online member with room below its hard bound (here or on the peer): if there is none, or the chosen queue
+//!   does not take it, the peer answers `SharedRefused` (before its confirmation) and the message goes back to
+//!   the member that left, as it was: its log entry was never acknowledged, it survives a restart, and it is
+//!   tried again every tick while another member is online (`shared_kept` counts each time). A session that is
+//!   gone meanwhile (clean, expired) hands it to a member here, or it is dropped, counted and logged.
+//! - A publisher's numbered copy that reaches a shard whose members all left is refused to the publisher
+//!   (`LogRefused`: v5 PUBACK/PUBREC 0x97, 3.1.1 closed unacknowledged), as a full persistent session refuses a
+//!   plain copy; a full session there follows `persistent_queue_full` like any copy.
+//! - With persistence off nothing is numbered: a re-dispatched copy a peer cannot take is dropped there
+//!   (counted), as everything in memory is lost on a crash anyway.
 //! - Messages restored from the log stay the group's: once a restored entry's body is read, it is marked shared
 //!   if only a shared subscription matches it; a member restored offline gives its queue to the online members
 //!   as soon as the group has one (`redispatch_restored`, checked every tick while any is left).
@@ -53,14 +62,34 @@ use crate::broker::shared_group::{Counts, Member};
 /// Forwards of one message between shards when the chosen shard's members cannot take it.
 const MAX_HOPS: u8 = 4;
 
-/// The log acknowledgement of a message a departing member gave up, written once the peer shard that took it
-/// confirmed it (handled, and durable if it wrote records): a crash in between leaves the message with both
-/// members (delivered twice at worst), never with neither.
+/// A message a departing member gave up, sent to the peer shard that was picked for it: its log entry is
+/// acknowledged once that peer confirmed the copy (handled, and durable if it wrote records), so a crash in
+/// between leaves the message with both members (delivered twice at worst), never with neither. If the peer
+/// could not take it (`MeshMsg::SharedRefused`), the entry goes back to the member that left.
 pub(super) struct DeferredAck {
     peer: u16,
     seq: u64,
-    client_id: ByteString,
-    msg_id: u64,
+    /// The member that gave it up, while its session lives (`forget_handovers` clears it when destroyed).
+    session: Option<u32>,
+    q: Queued,
+    /// Packet id and state if it was in flight.
+    sent: Option<(u16, InflightState)>,
+    /// `q` is in the member's log, unacknowledged (its log bytes were unaccounted when it was sent).
+    in_log: bool,
+}
+
+/// Where a message for a group went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Placed {
+    /// Queued on a member of this shard.
+    Here,
+    /// Handed to another member shard, numbered `seq` (0: nobody waits for its confirmation).
+    Sent { peer: u16, seq: u64 },
+    /// The member picked here did not queue it (refused or dropped under the queue-full policies, counted there).
+    Declined,
+    /// No member here could take it: none left or, for a message that can go back to the member that gave it up
+    /// (`returnable`), none online with room.
+    NoMember,
 }
 
 /// `$share/GROUP/FILTER` of a group.
@@ -87,6 +116,35 @@ impl Shard {
             .get(m.session as usize)
             .and_then(Option::as_ref)
             .is_some_and(|s| s.conn.is_some())
+    }
+
+    /// Online with room for `msg`: below the hard bound of its queue and, if it would go to the log, within the
+    /// log-byte bounds (what `enqueue` takes without refusing or dropping it).
+    fn member_has_room(&self, m: &Member, msg: &Message) -> bool {
+        let hard = self.cfg.max_queued_messages.max(1) + self.cfg.max_in_transit;
+        let Some(s) = self
+            .sessions
+            .get(m.session as usize)
+            .and_then(Option::as_ref)
+        else {
+            return false;
+        };
+        let online = s
+            .conn
+            .and_then(|k| self.conns.get(k))
+            .is_some_and(|c| !c.closing);
+        if !online || s.backlog() >= hard {
+            return false;
+        }
+        let in_log =
+            self.store.is_some() && s.persisted && msg.qos.min(m.options.qos) != QoS::AtMostOnce;
+        if !in_log {
+            return true;
+        }
+        let size = super::delivery::message_log_bytes(msg) as u64;
+        let shard_max = self.cfg.max_offline_bytes_per_shard;
+        s.log_bytes as u64 + size <= self.cfg.max_offline_bytes_per_session
+            && (shard_max == 0 || self.stats.queued_log_bytes + size <= shard_max)
     }
 
     fn shared_local_counts(&self, group: &str, filter: &str) -> Counts {
@@ -200,7 +258,7 @@ impl Shard {
         group: &str,
         filter: &str,
         skip_session: Option<u32>,
-    ) {
+    ) -> Placed {
         let me = self.cfg.shard_id;
         let online = self.shared_local_counts(group, filter).online;
         let Some(target) = self
@@ -209,25 +267,28 @@ impl Shard {
             .and_then(|g| g.pick_shard(me, online, None))
         else {
             self.stats.dropped_shared += 1;
-            return;
+            return Placed::NoMember;
         };
         if target == me {
-            self.deliver_shared_here(msg, group, filter, 0, false, skip_session);
-        } else {
-            let seq = self.shared_seq(target, msg, skip_session.is_some());
-            self.mesh_out.push((
-                target,
-                MeshMsg::SharedPublish {
-                    msg: Box::new((**msg).clone()),
-                    share: share_name(group, filter),
-                    hops: 1,
-                    seq,
-                },
-            ));
+            return self.deliver_shared_here(msg, group, filter, 0, false, skip_session);
         }
+        let seq = self.shared_seq(target, msg, skip_session.is_some());
+        self.mesh_out.push((
+            target,
+            MeshMsg::SharedPublish {
+                msg: Box::new((**msg).clone()),
+                share: share_name(group, filter),
+                hops: 1,
+                seq,
+            },
+        ));
+        Placed::Sent { peer: target, seq }
     }
 
-    /// A message for a group from another shard.
+    /// A message for a group from another shard. A numbered copy this shard cannot take is never confirmed as
+    /// taken: a re-dispatched one (no publisher) goes back to its shard (`SharedRefused`), which keeps it; a
+    /// publisher's copy with no member left here is refused to its publisher (`LogRefused`: v5 0x97, as a full
+    /// session refuses a plain copy). Both are sent before this round's confirmation (channels are FIFO).
     pub(super) fn on_shared_publish(
         &mut self,
         from: u16,
@@ -237,12 +298,31 @@ impl Shard {
         seq: u64,
     ) {
         let m = Rc::new(msg);
-        let before = (self.stats.persist_errors, self.dur.appends());
-        match parse_shared(share) {
+        let before = (self.refusals(), self.dur.appends());
+        let placed = match parse_shared(share) {
             Ok(Some((group, filter))) => {
                 self.deliver_shared_here(&m, group, filter, hops, seq != 0, None)
             }
-            _ => self.stats.dropped_shared += 1,
+            _ => {
+                self.stats.dropped_shared += 1;
+                Placed::NoMember
+            }
+        };
+        if seq != 0 {
+            match (placed, m.origin) {
+                (Placed::Declined | Placed::NoMember, None) => {
+                    self.mesh_out.push((from, MeshMsg::SharedRefused { seq }))
+                }
+                // A full session's refusal or drop follows `persistent_queue_full` (see `peer_msg_done`).
+                (Placed::NoMember, Some(o)) => self.mesh_out.push((
+                    from,
+                    MeshMsg::LogRefused {
+                        conn: o.conn,
+                        packet_id: o.packet_id,
+                    },
+                )),
+                _ => {}
+            }
         }
         self.peer_msg_done(from, seq, m.origin, before);
     }
@@ -253,6 +333,9 @@ impl Shard {
     /// usual overflow policy, so a full member holds its publisher back instead of losing the message). The
     /// same holds on the publisher's own shard for a message its PUBACK covers: forwarding only there (not from
     /// the peers) would skew the spread towards the shards with more members.
+    /// A message a departing member gave up (`returnable`: re-dispatched here, or numbered by the shard it came
+    /// from) goes only to an online member with room for it (`member_has_room`): otherwise it stays with the member
+    /// that left (`NoMember`), rather than being dropped by a full queue or held by an offline member.
     fn deliver_shared_here(
         &mut self,
         msg: &Rc<Message>,
@@ -261,11 +344,12 @@ impl Shard {
         hops: u8,
         waited: bool,
         skip_session: Option<u32>,
-    ) {
+    ) -> Placed {
         let me = self.cfg.shard_id;
         // A copy the publisher's acknowledgement covers (numbered for a peer, or written here in the publisher's
         // round) stays on the shard the weighted pick chose.
         let pinned = waited || (hops == 0 && self.peer_seq_wanted(msg));
+        let returnable = msg.origin.is_none() && (waited || skip_session.is_some());
         let mut groups = std::mem::take(&mut self.shared);
         let picked = groups.get_mut(group, filter).and_then(|g| {
             if let Some(m) =
@@ -278,6 +362,11 @@ impl Shard {
                 if let Some(t) = g.pick_shard(me, 0, Some(me)) {
                     return Some(Err(t));
                 }
+            }
+            if returnable {
+                return g
+                    .pick_local(|m| Some(m.session) != skip_session && self.member_has_room(m, msg))
+                    .map(Ok);
             }
             g.pick_local(|m| Some(m.session) != skip_session)
                 .or_else(|| g.pick_local(|_| true))
@@ -295,9 +384,14 @@ impl Shard {
                         m.sub_id.into_iter().collect(),
                     )
                 };
-                self.enqueue(m.session, q, msg.origin);
+                let queued = self.enqueue(m.session, q, msg.origin);
                 self.pump(m.session);
                 self.log_pending_enqueues(m.session);
+                if queued {
+                    Placed::Here
+                } else {
+                    Placed::Declined
+                }
             }
             Some(Err(t)) => {
                 // Only messages nobody waits for get here (see `pinned`), or a re-dispatched one at hop 0: that
@@ -316,12 +410,20 @@ impl Shard {
                         seq,
                     },
                 ));
+                Placed::Sent { peer: t, seq }
             }
-            None => self.stats.dropped_shared += 1,
+            None => {
+                if !returnable {
+                    self.stats.dropped_shared += 1;
+                }
+                Placed::NoMember
+            }
         }
     }
 
     /// A member went offline: its queued messages and unacknowledged PUBLISHes go to the rest of its groups.
+    /// What no other member can take now stays with it (in its queue and its log), counted in `shared_kept`,
+    /// and is tried again every tick while another member is online (`redispatch_restored`).
     pub(super) fn redispatch_shared(&mut self, sidx: u32) {
         let s = self.session_mut(sidx);
         if !s
@@ -334,12 +436,16 @@ impl Shard {
         let mut moved = Vec::new();
         let queue = std::mem::take(&mut s.queue);
         for mut q in queue {
-            // Restored from the log: whether it came through the group is known once its body is read.
-            if q.restored && !self.load_body(sidx, &mut q) {
+            // Restored from the log, or given back while offline: the body is read back (and, if restored,
+            // whether it came through the group is known once it is).
+            if q.msg.is_none()
+                && (q.restored || q.shared.is_some())
+                && !self.load_body(sidx, &mut q)
+            {
                 continue;
             }
             if q.shared.is_some() && q.msg.is_some() {
-                moved.push(q);
+                moved.push((q, None));
             } else {
                 self.session_mut(sidx).queue.push_back(q);
             }
@@ -349,13 +455,14 @@ impl Shard {
         for f in inflight {
             // After PUBREC the QoS 2 message is the client's: only the PUBREL is left, it stays.
             if f.q.shared.is_some() && f.q.msg.is_some() && f.state != InflightState::AwaitPubComp {
-                moved.push(f.q);
+                moved.push((f.q, Some((f.packet_id, f.state))));
             } else {
                 s.inflight.push_back(f);
             }
         }
         self.shared_presence_changed(sidx);
-        for q in moved {
+        let mut kept = false;
+        for (q, sent) in moved {
             let (Some(name), Some(msg)) = (q.shared.as_deref().cloned(), q.msg.clone()) else {
                 self.persist_done(sidx, &q);
                 continue;
@@ -364,28 +471,149 @@ impl Shard {
                 self.persist_done(sidx, &q);
                 continue;
             };
-            self.stats.shared_redispatched += 1;
             // A fresh message with no publisher: the publisher's acknowledgement is long gone.
             let msg = Rc::new(Message {
                 origin: None,
                 ..(*msg).clone()
             });
-            self.shared_forwarded = None;
-            self.dispatch_shared(&msg, group, filter, Some(sidx));
-            // Taken here: new entry and acknowledgement are in one log group (atomic). Taken by a peer: the
-            // acknowledgement waits for the peer's confirmation.
-            match self.shared_forwarded.take() {
-                Some((peer, seq)) if !q.log_pending && q.msg_id != 0 => {
-                    self.unaccount(sidx, &q);
-                    let client_id = self.session(sidx).client_id.clone();
+            match self.dispatch_shared(&msg, group, filter, Some(sidx)) {
+                // Taken here: new entry and acknowledgement are in one log group (atomic).
+                Placed::Here => {
+                    self.stats.shared_redispatched += 1;
+                    self.persist_done(sidx, &q);
+                }
+                // Taken by a peer: the acknowledgement waits for the peer's confirmation.
+                Placed::Sent { peer, seq } if seq != 0 => {
+                    self.stats.shared_redispatched += 1;
+                    let in_log = !q.log_pending && q.msg_id != 0;
+                    if in_log {
+                        self.unaccount(sidx, &q);
+                    } else {
+                        self.persist_done(sidx, &q);
+                    }
                     self.shared_acks.push(DeferredAck {
                         peer,
                         seq,
-                        client_id,
-                        msg_id: q.msg_id,
+                        session: Some(sidx),
+                        q,
+                        sent,
+                        in_log,
                     });
                 }
-                _ => self.persist_done(sidx, &q),
+                Placed::Sent { .. } => {
+                    self.stats.shared_redispatched += 1;
+                    self.persist_done(sidx, &q);
+                }
+                // A clean session ends now: nobody is left to keep it for.
+                Placed::Declined | Placed::NoMember if self.session(sidx).is_clean() => {
+                    self.stats.dropped_shared += 1;
+                    self.persist_done(sidx, &q);
+                }
+                Placed::Declined | Placed::NoMember => {
+                    self.stats.shared_kept += 1;
+                    self.give_back(sidx, q, sent);
+                    kept = true;
+                }
+            }
+        }
+        if kept {
+            self.retry_later(sidx);
+        }
+    }
+
+    /// An entry the group could not place goes back to the member that gave it up, as it was (in flight with its
+    /// packet id while that is free and the member offline, else queued). Nothing changes in the log.
+    fn give_back(&mut self, sidx: u32, q: Queued, sent: Option<(u16, InflightState)>) {
+        let s = self.session_mut(sidx);
+        match sent {
+            Some((packet_id, state))
+                if s.conn.is_none() && !s.inflight.iter().any(|f| f.packet_id == packet_id) =>
+            {
+                s.inflight.push_back(Inflight {
+                    packet_id,
+                    state,
+                    q,
+                    deferred: false,
+                })
+            }
+            _ => s.queue.push_back(q),
+        }
+    }
+
+    /// Try the group again for this offline member's kept messages on a later tick.
+    fn retry_later(&mut self, sidx: u32) {
+        if !self.shared_restored.contains(&sidx) {
+            self.shared_restored.push(sidx);
+        }
+    }
+
+    /// A peer could not take a re-dispatched message we numbered `seq` for it: the member that gave it up keeps
+    /// it (its log entry was never acknowledged), to be tried again; if that session is gone, a member here
+    /// takes it, else it is dropped (counted in `dropped_shared`, logged).
+    pub(super) fn on_shared_refused(&mut self, from: u16, seq: u64) {
+        let Some(i) = self
+            .shared_acks
+            .iter()
+            .position(|a| a.peer == from && a.seq == seq)
+        else {
+            return;
+        };
+        let a = self.shared_acks.swap_remove(i);
+        self.stats.shared_kept += 1;
+        match a.session {
+            Some(sidx) if a.in_log => {
+                self.account(sidx, a.q.log_bytes);
+                self.give_back(sidx, a.q, a.sent);
+                if self.session(sidx).conn.is_some() {
+                    self.pump(sidx);
+                } else {
+                    self.retry_later(sidx);
+                }
+            }
+            Some(sidx) => {
+                // Its old entry was not in the log (or already let go): queued again as a new one.
+                let q = Queued {
+                    msg_id: 0,
+                    log_pending: false,
+                    log_bytes: 0,
+                    ..a.q
+                };
+                self.enqueue(sidx, q, None);
+                self.pump(sidx);
+                self.log_pending_enqueues(sidx);
+                self.retry_later(sidx);
+            }
+            None => {
+                let (Some(name), Some(msg)) = (a.q.shared.as_deref(), a.q.msg.as_ref()) else {
+                    return;
+                };
+                let placed = match parse_shared(name) {
+                    Ok(Some((group, filter))) => {
+                        let (group, filter) = (group.to_owned(), filter.to_owned());
+                        self.deliver_shared_here(
+                            &msg.clone(),
+                            &group,
+                            &filter,
+                            u8::MAX,
+                            false,
+                            None,
+                        )
+                    }
+                    _ => Placed::NoMember,
+                };
+                if placed != Placed::Here {
+                    tracing::warn!(shard = self.cfg.shard_id, group = %name,
+                        "a re-dispatched shared message whose member is gone was refused by the other shard and no member here can take it: dropped");
+                }
+            }
+        }
+    }
+
+    /// A session is destroyed: messages it gave up that wait for a peer's confirmation no longer belong to it.
+    pub(super) fn forget_handovers(&mut self, sidx: u32) {
+        for a in self.shared_acks.iter_mut() {
+            if a.session == Some(sidx) {
+                a.session = None;
             }
         }
     }
@@ -396,18 +624,13 @@ impl Shard {
     }
 
     /// Sequence number for a `SharedPublish` to `peer`: the publisher's (`peer_seq`), or for a re-dispatched
-    /// message whose old entry is in our log, one of our own (its acknowledgement waits for it). Noted in
-    /// `shared_forwarded`.
+    /// message, one of our own (the old entry's acknowledgement waits for it).
     fn shared_seq(&mut self, peer: u16, msg: &Message, redispatch: bool) -> u64 {
-        let seq = if redispatch && self.store.is_some() && msg.qos != QoS::AtMostOnce {
+        if redispatch && self.store.is_some() && msg.qos != QoS::AtMostOnce {
             self.dur.next_seq(peer)
         } else {
             self.peer_seq(peer, msg)
-        };
-        if seq != 0 {
-            self.shared_forwarded = Some((peer, seq));
         }
-        seq
     }
 
     /// Write the acknowledgements of re-dispatched messages whose peer confirmed them.
@@ -420,9 +643,8 @@ impl Shard {
                 self.shared_acks.push(a);
                 continue;
             }
-            let sidx = self.by_client.get(&self.sessions, &a.client_id).copied();
-            if let Some(sidx) = sidx.filter(|&s| self.session(s).persisted) {
-                self.persist_ack(sidx, a.msg_id);
+            if let Some(sidx) = a.session.filter(|&s| a.in_log && self.session(s).persisted) {
+                self.persist_ack(sidx, a.q.msg_id);
             }
         }
     }
@@ -450,7 +672,7 @@ impl Shard {
             let Some(s) = self.sessions.get(sidx as usize).and_then(Option::as_ref) else {
                 continue;
             };
-            if s.conn.is_some() || s.queue.is_empty() {
+            if s.conn.is_some() || s.backlog() == 0 {
                 // Online again: it takes them itself (and gives them up if it leaves).
                 continue;
             }

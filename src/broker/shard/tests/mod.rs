@@ -14,5 +14,7 @@ mod queue_full;
 mod receive_max;
 mod shared;
 mod shared_log;
+mod shared_refused;
 mod sys;
 mod v5;
+mod v5_connect;

@@ -22,7 +22,13 @@ pub(super) fn id_on(prefix: &str, shard: u16) -> String {
         .unwrap()
 }
 
-fn connect_v(shard: &mut Shard, io: u64, id: &str, clean: bool, v: ProtocolVersion) -> ConnKey {
+pub(super) fn connect_v(
+    shard: &mut Shard,
+    io: u64,
+    id: &str,
+    clean: bool,
+    v: ProtocolVersion,
+) -> ConnKey {
     let key = shard.accept(io);
     let c = Connect {
         protocol: v,
@@ -394,4 +400,37 @@ fn a_shard_whose_members_are_full_forwards_to_another_member_shard() {
     shuttle(a, b);
     assert!(payloads(&output(&mut s[0], x, V)).is_empty());
     assert_eq!(payloads(&output(&mut s[1], y, V)), ["m3"]);
+}
+
+/// Offline members are skipped while another member is online: a persistent member that went away gets nothing
+/// queued, wherever the publisher is.
+#[test]
+fn offline_members_are_skipped() {
+    let mut s = [shard_of(0, None), shard_of(1, None)];
+    let away = connect(&mut s[0], 1, &id_on("away", 0), false);
+    s[0].on_bytes(away, &mut subscribe("$share/g/o", QoS::AtLeastOnce, V));
+    let here = connect(&mut s[1], 2, &id_on("here", 1), true);
+    s[1].on_bytes(here, &mut subscribe("$share/g/o", QoS::AtLeastOnce, V));
+    let p = connect(&mut s[0], 3, &id_on("p", 0), true);
+    let [a, b] = &mut s;
+    shuttle(a, b);
+    s[0].on_io_closed(away);
+    s[0].release(away);
+    let [a, b] = &mut s;
+    shuttle(a, b);
+    output(&mut s[1], here, V);
+    for i in 0..6u16 {
+        s[0].on_bytes(
+            p,
+            &mut publish("o", QoS::AtLeastOnce, i + 1, &i.to_string(), false),
+        );
+    }
+    let [a, b] = &mut s;
+    shuttle(a, b);
+    assert_eq!(payloads(&output(&mut s[1], here, V)).len(), 6);
+    let sidx = *s[0]
+        .by_client
+        .get(&s[0].sessions, &id_on("away", 0))
+        .unwrap();
+    assert_eq!(s[0].session(sidx).backlog(), 0);
 }

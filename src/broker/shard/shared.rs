@@ -36,7 +36,8 @@
 //!   overflow policy (backpressure by default). So with persistence on a QoS 1/2 message makes at most the one
 //!   hop of the weighted pick, and skipping full members works within a shard; only messages nobody waits for
 //!   (QoS 0, or persistence off) are forwarded to other member shards.
-//! - Re-dispatch of a departing member's messages: taken on the same shard, the new entry and the old one's
+//! - Re-dispatch of a departing member's messages (its queue, and its QoS 1 in flight; a QoS 2 PUBLISH already
+//!   sent stays with that member, as the spec requires): taken on the same shard, the new entry and the old one's
 //!   acknowledgement are in one log group (atomic across a crash). Taken by a peer, the old entry's
 //!   acknowledgement is written only once the peer confirmed the copy (`DeferredAck`): a crash in between leaves
 //!   it with both members (at worst delivered twice), never lost. A departing member's message goes only to an
@@ -453,8 +454,10 @@ impl Shard {
         let s = self.session_mut(sidx);
         let inflight = std::mem::take(&mut s.inflight);
         for f in inflight {
-            // After PUBREC the QoS 2 message is the client's: only the PUBREL is left, it stays.
-            if f.q.shared.is_some() && f.q.msg.is_some() && f.state != InflightState::AwaitPubComp {
+            // Only QoS 1 in flight moves. A QoS 2 PUBLISH that was sent is the member's until its exchange
+            // completes: the member may already hold it, so it is finished with that member when it reconnects
+            // and never sent to another, even if the session ends first [MQTT-4.8.2-4], [MQTT-4.8.2-5].
+            if f.q.shared.is_some() && f.q.msg.is_some() && f.state == InflightState::AwaitPubAck {
                 moved.push((f.q, Some((f.packet_id, f.state))));
             } else {
                 s.inflight.push_back(f);

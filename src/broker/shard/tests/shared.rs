@@ -434,3 +434,54 @@ fn offline_members_are_skipped() {
         .unwrap();
     assert_eq!(s[0].session(sidx).backlog(), 0);
 }
+
+/// [MQTT-4.8.2-4/5]: a QoS 2 PUBLISH sent to a member that leaves before its PUBREC is that member's: finished
+/// with it when it reconnects, never sent to another member (it may already hold it), while its QoS 1 would move.
+#[test]
+fn a_leaving_members_sent_qos2_stays_with_it_and_is_resent_on_reconnect() {
+    let mut s = [shard_of(0, None), shard_of(1, None)];
+    let (leaver_id, stayer_id) = (id_on("q2-leaver", 0), id_on("q2-stayer", 0));
+    let leaver = connect(&mut s[0], 1, &leaver_id, false);
+    let stayer = connect(&mut s[0], 2, &stayer_id, false);
+    for k in [leaver, stayer] {
+        s[0].on_bytes(k, &mut subscribe("$share/g/t/+", QoS::ExactlyOnce, V));
+    }
+    let publisher = connect(&mut s[0], 3, &id_on("q2-pub", 0), true);
+    let [a, b] = &mut s;
+    shuttle(a, b);
+    for k in [leaver, stayer, publisher] {
+        output(&mut s[0], k, V);
+    }
+    for i in 0..4u16 {
+        let mut p = publish("t/x", QoS::ExactlyOnce, i + 1, &format!("m{i}"), false);
+        s[0].on_bytes(publisher, &mut p);
+    }
+    let [a, b] = &mut s;
+    shuttle(a, b);
+    let held = payloads(&output(&mut s[0], leaver, V));
+    assert_eq!(held.len(), 2, "round-robin: half each");
+    assert_eq!(payloads(&output(&mut s[0], stayer, V)).len(), 2);
+    // Gone before any PUBREC.
+    s[0].on_io_closed(leaver);
+    let [a, b] = &mut s;
+    shuttle(a, b);
+    assert!(
+        payloads(&output(&mut s[0], stayer, V)).is_empty(),
+        "a sent QoS 2 message must not go to another member"
+    );
+    // Back: the same messages again, with DUP, for it to finish.
+    let back = connect(&mut s[0], 4, &leaver_id, false);
+    let [a, b] = &mut s;
+    shuttle(a, b);
+    let again: Vec<Packet> = output(&mut s[0], back, V);
+    let resent: Vec<String> = again
+        .iter()
+        .filter_map(|p| match p {
+            Packet::Publish(p) if p.dup && p.qos == QoS::ExactlyOnce => {
+                Some(String::from_utf8(p.payload.to_vec()).unwrap())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(resent, held, "{again:?}");
+}

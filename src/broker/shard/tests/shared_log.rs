@@ -11,7 +11,8 @@ fn pubacks(got: &[Packet]) -> usize {
         .count()
 }
 
-fn logged_queue(shard: &Shard, client: &str) -> usize {
+/// Queue length of `client`'s session in `shard`'s log.
+pub(super) fn logged_queue(shard: &Shard, client: &str) -> usize {
     let state = shard.store.as_ref().unwrap().snapshot();
     state
         .sessions
@@ -21,7 +22,7 @@ fn logged_queue(shard: &Shard, client: &str) -> usize {
 }
 
 /// One round of `shard` on its own: commit and sync its log, keep what it sends to the other shard.
-fn own_round(shard: &mut Shard) -> Vec<(u16, MeshMsg)> {
+pub(super) fn own_round(shard: &mut Shard) -> Vec<(u16, MeshMsg)> {
     shard.end_round();
     shard.sync_log();
     let mut msgs = Vec::new();
@@ -38,6 +39,22 @@ fn on_log(dir: &std::path::Path, id: u16, max_queued: usize) -> Shard {
 /// m2 is shard 1's turn: the publisher's PUBACK waits until shard 1 has the copy in its log, not only until
 /// shard 0's own log is durable. m3 is x's turn while x (on the publisher's shard) is full: it is not forwarded
 /// to y (a copy the PUBACK covers stays where the weighted pick put it), it waits for x.
+/// Persistent member `a` on shard 1 (the group's only member) is sent "m1" from publisher `p` on its shard and
+/// holds it unacknowledged. Returns (a's client id, a, p).
+pub(super) fn a_holds_m1(s: &mut [Shard; 2]) -> (String, ConnKey, ConnKey) {
+    let a_id = id_on("a", 1);
+    let a = connect(&mut s[1], 1, &a_id, false);
+    s[1].on_bytes(a, &mut subscribe("$share/g/f", QoS::AtLeastOnce, V));
+    let p = connect(&mut s[1], 2, &id_on("p", 1), true);
+    let [x, y] = s;
+    shuttle(x, y);
+    s[1].on_bytes(p, &mut publish("f", QoS::AtLeastOnce, 1, "m1", false));
+    let [x, y] = s;
+    shuttle(x, y);
+    assert_eq!(payloads(&output(&mut s[1], a, V)), ["m1"]);
+    (a_id, a, p)
+}
+
 #[test]
 fn a_copy_on_another_member_shard_is_covered_by_the_publishers_puback() {
     let dir = tempfile::tempdir().unwrap();
@@ -156,16 +173,7 @@ fn a_copy_the_publisher_waits_for_is_not_forwarded_again() {
 fn redispatch_to_another_shard_acknowledges_the_old_entry_after_the_new_one_is_safe() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = [on_log(dir.path(), 0, 1000), on_log(dir.path(), 1, 1000)];
-    let a_id = id_on("a", 1);
-    let a = connect(&mut s[1], 1, &a_id, false);
-    s[1].on_bytes(a, &mut subscribe("$share/g/f", QoS::AtLeastOnce, V));
-    let p = connect(&mut s[1], 2, &id_on("p", 1), true);
-    let [x, y] = &mut s;
-    shuttle(x, y);
-    s[1].on_bytes(p, &mut publish("f", QoS::AtLeastOnce, 1, "m1", false));
-    let [x, y] = &mut s;
-    shuttle(x, y);
-    assert_eq!(payloads(&output(&mut s[1], a, V)), ["m1"]);
+    let (a_id, a, _p) = a_holds_m1(&mut s);
     assert_eq!(logged_queue(&s[1], &a_id), 1);
     // Now b joins on shard 0; then a goes away unacknowledged.
     let b_id = id_on("b", 0);

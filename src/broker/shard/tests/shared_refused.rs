@@ -4,29 +4,12 @@
 use super::shared::{
     connect, connect_v, frame, id_on, output, payloads, publish, shard_of, shuttle, subscribe, V,
 };
+use super::shared_log::{a_holds_m1, logged_queue, own_round};
 use super::*;
 use crate::codec::{Packet, PubResp, Publish};
 
-fn logged_queue(shard: &Shard, client: &str) -> usize {
-    let state = shard.store.as_ref().unwrap().snapshot();
-    state
-        .sessions
-        .iter()
-        .find(|s| s.client_id == client)
-        .map_or(0, |s| s.queue.len())
-}
-
 fn on_log(dir: &std::path::Path, id: u16) -> Shard {
     shard_of(id, Some(&dir.join(id.to_string())))
-}
-
-/// One round of `shard` on its own: commit and sync its log, keep what it sends to the other shard.
-fn own_round(shard: &mut Shard) -> Vec<(u16, MeshMsg)> {
-    shard.end_round();
-    shard.sync_log();
-    let mut msgs = Vec::new();
-    shard.take_mesh(&mut msgs);
-    msgs
 }
 
 fn deliver(to: &mut Shard, from: u16, msgs: Vec<(u16, MeshMsg)>) {
@@ -55,16 +38,7 @@ fn puback(packet_id: u16) -> BytesMut {
 /// shard 0. Returns (shards, a's client id, b's connection).
 fn a_holds_m1_then_b_joins(dir: &std::path::Path) -> ([Shard; 2], String, ConnKey, ConnKey) {
     let mut s = [on_log(dir, 0), on_log(dir, 1)];
-    let a_id = id_on("a", 1);
-    let a = connect(&mut s[1], 1, &a_id, false);
-    s[1].on_bytes(a, &mut subscribe("$share/g/f", QoS::AtLeastOnce, V));
-    let p = connect(&mut s[1], 2, &id_on("p", 1), true);
-    let [x, y] = &mut s;
-    shuttle(x, y);
-    s[1].on_bytes(p, &mut publish("f", QoS::AtLeastOnce, 1, "m1", false));
-    let [x, y] = &mut s;
-    shuttle(x, y);
-    assert_eq!(payloads(&output(&mut s[1], a, V)), ["m1"]);
+    let (a_id, a, _p) = a_holds_m1(&mut s);
     assert_eq!(logged_queue(&s[1], &a_id), 1);
     let b = connect(&mut s[0], 3, &id_on("b", 0), true);
     s[0].on_bytes(b, &mut subscribe("$share/g/f", QoS::AtLeastOnce, V));
@@ -207,16 +181,7 @@ fn a_redispatched_message_a_full_local_member_cannot_take_stays_with_the_member_
     let mut s = [on_log(dir.path(), 0), on_log(dir.path(), 1)];
     s[1].cfg.max_queued_messages = 1;
     s[1].cfg.max_in_transit = 0;
-    let a_id = id_on("a", 1);
-    let a = connect(&mut s[1], 1, &a_id, false);
-    s[1].on_bytes(a, &mut subscribe("$share/g/f", QoS::AtLeastOnce, V));
-    let p = connect(&mut s[1], 2, &id_on("p", 1), true);
-    let [x, y] = &mut s;
-    shuttle(x, y);
-    s[1].on_bytes(p, &mut publish("f", QoS::AtLeastOnce, 1, "m1", false));
-    let [x, y] = &mut s;
-    shuttle(x, y);
-    assert_eq!(payloads(&output(&mut s[1], a, V)), ["m1"]);
+    let (a_id, a, p) = a_holds_m1(&mut s);
     let c = connect(&mut s[1], 3, &id_on("c", 1), true);
     s[1].on_bytes(c, &mut subscribe("$share/g/f", QoS::AtLeastOnce, V));
     s[1].on_bytes(c, &mut subscribe("busy", QoS::AtLeastOnce, V));

@@ -2,14 +2,16 @@
 //! a topic seen a moment ago costs one hash of the topic and one comparison instead of a walk with a hash and a
 //! string comparison per level (the walk was a quarter of the shard's CPU on 100 QoS 0 pairs).
 //!
-//! Bounded: a fixed number of slots, each holding one topic and at most `MAX_NODES` matching nodes (a topic
-//! matching more filters is not cached). Entries are stamped with the trie's generation, which changes whenever a
+//! Bounded: a fixed number of slots, each holding one topic of at most `MAX_TOPIC` bytes and at most `MAX_NODES`
+//! matching nodes (a longer topic, or one matching more filters, is not cached). Entries are stamped with the trie's generation, which changes whenever a
 //! filter gains or loses its value, so a stale entry is a miss, never a wrong answer. A topic is stored on its
 //! second miss in a slot, so a stream of distinct topics (a fleet where every device publishes to its own) costs
 //! a hash per publish and no allocation.
 
 /// Matching nodes one entry holds.
 pub const MAX_NODES: usize = 4;
+/// Longest topic kept: topic names may be 64 KiB, and the slots must not hold that much each.
+pub const MAX_TOPIC: usize = 256;
 
 #[derive(Debug, Default)]
 struct Slot {
@@ -59,6 +61,9 @@ impl MatchCache {
     /// After a miss: keep `nodes` (the walk's result) for `topic` if it missed in this slot just before.
     pub fn offer(&mut self, hash: u64, topic: &str, gen: u32, nodes: &[u32]) {
         debug_assert!(nodes.len() <= MAX_NODES);
+        if topic.len() > MAX_TOPIC {
+            return;
+        }
         let s = &mut self.slots[hash as usize & self.mask];
         if s.seen != hash {
             s.seen = hash;

@@ -60,6 +60,9 @@
 use super::*;
 use crate::broker::shared_group::{Counts, Member};
 
+/// Bodies `redispatch_restored` reads back from the log per call, for offline members' queues.
+const REDISPATCH_PER_TICK: usize = 4096;
+
 /// Forwards of one message between shards when the chosen shard's members cannot take it.
 const MAX_HOPS: u8 = 4;
 
@@ -426,28 +429,47 @@ impl Shard {
     /// What no other member can take now stays with it (in its queue and its log), counted in `shared_kept`,
     /// and is tried again every tick while another member is online (`redispatch_restored`).
     pub(super) fn redispatch_shared(&mut self, sidx: u32) {
+        self.redispatch_shared_within(sidx, usize::MAX);
+    }
+
+    /// `redispatch_shared` reading at most `budget` bodies back from the log (an offline queue may hold a
+    /// million): entries past it that need one stay as they are, in order, for a later call. Returns the bodies
+    /// read and whether any entry was left for later; an offline member keeps only references to what stays
+    /// (the log has the bodies). A body read once tells whether the entry is the group's, so it is not read
+    /// again unless the entry is the group's and was kept.
+    fn redispatch_shared_within(&mut self, sidx: u32, budget: usize) -> (usize, bool) {
         let s = self.session_mut(sidx);
         if !s
             .subs
             .iter()
             .any(|x| x.filter.starts_with(codec::topic::SHARE_PREFIX))
         {
-            return;
+            return (0, false);
         }
+        let offline = s.conn.is_none();
         let mut moved = Vec::new();
+        let (mut reads, mut left) = (0, false);
         let queue = std::mem::take(&mut s.queue);
         for mut q in queue {
             // Restored from the log, or given back while offline: the body is read back (and, if restored,
             // whether it came through the group is known once it is).
-            if q.msg.is_none()
-                && (q.restored || q.shared.is_some())
-                && !self.load_body(sidx, &mut q)
-            {
-                continue;
+            if q.msg.is_none() && (q.restored || q.shared.is_some()) {
+                if reads == budget {
+                    left = true;
+                    self.session_mut(sidx).queue.push_back(q);
+                    continue;
+                }
+                reads += 1;
+                if !self.load_body(sidx, &mut q) {
+                    continue;
+                }
             }
             if q.shared.is_some() && q.msg.is_some() {
                 moved.push((q, None));
             } else {
+                if offline && q.msg_id != 0 {
+                    q.msg = None;
+                }
                 self.session_mut(sidx).queue.push_back(q);
             }
         }
@@ -522,12 +544,17 @@ impl Shard {
         if kept {
             self.retry_later(sidx);
         }
+        (reads, left)
     }
 
     /// An entry the group could not place goes back to the member that gave it up, as it was (in flight with its
     /// packet id while that is free and the member offline, else queued). Nothing changes in the log.
-    fn give_back(&mut self, sidx: u32, q: Queued, sent: Option<(u16, InflightState)>) {
+    fn give_back(&mut self, sidx: u32, mut q: Queued, sent: Option<(u16, InflightState)>) {
         let s = self.session_mut(sidx);
+        if s.conn.is_none() && sent.is_none() && q.msg_id != 0 {
+            // Offline, a queued entry's body lives in the log (in-flight ones stay for replay).
+            q.msg = None;
+        }
         match sent {
             Some((packet_id, state))
                 if s.conn.is_none() && !s.inflight.iter().any(|f| f.packet_id == packet_id) =>
@@ -671,7 +698,13 @@ impl Shard {
         if self.shared_restored.is_empty() {
             return;
         }
+        let mut budget = REDISPATCH_PER_TICK;
         for sidx in std::mem::take(&mut self.shared_restored) {
+            if budget == 0 {
+                // Next tick.
+                self.shared_restored.push(sidx);
+                continue;
+            }
             let Some(s) = self.sessions.get(sidx as usize).and_then(Option::as_ref) else {
                 continue;
             };
@@ -685,12 +718,10 @@ impl Shard {
                 .filter_map(|x| parse_shared(&x.filter).ok().flatten())
                 .any(|(g, f)| self.group_has_online(g, f));
             if others_online {
-                self.redispatch_shared(sidx);
-                // Offline, the log holds the bodies of what stayed (as after a disconnect).
-                for q in self.session_mut(sidx).queue.iter_mut() {
-                    if q.msg_id != 0 {
-                        q.msg = None;
-                    }
+                let (reads, left) = self.redispatch_shared_within(sidx, budget);
+                budget -= reads.min(budget);
+                if left {
+                    self.retry_later(sidx);
                 }
             } else {
                 self.shared_restored.push(sidx);

@@ -61,7 +61,7 @@ use super::*;
 use crate::broker::shared_group::{Counts, Member};
 
 /// Bodies `redispatch_restored` reads back from the log per call, for offline members' queues.
-const REDISPATCH_PER_TICK: usize = 4096;
+pub(super) const REDISPATCH_PER_TICK: usize = 4096;
 
 /// Forwards of one message between shards when the chosen shard's members cannot take it.
 const MAX_HOPS: u8 = 4;

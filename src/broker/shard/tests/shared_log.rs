@@ -239,3 +239,59 @@ fn messages_restored_after_a_restart_are_still_the_groups() {
     assert_eq!(logged_queue(&s[1], &a_id), 0);
     assert_eq!(s[1].stats.shared_redispatched, 1);
 }
+
+/// The retry of a restored member's backlog reads at most `REDISPATCH_PER_TICK` bodies from the log per call
+/// (on a tick, or when a peer announces members); the rest waits in place for the next one, none lost.
+#[test]
+fn a_restored_backlog_is_redispatched_a_bounded_number_per_tick() {
+    use super::super::shared::REDISPATCH_PER_TICK;
+    let n = REDISPATCH_PER_TICK + 100;
+    let dir = tempfile::tempdir().unwrap();
+    let a_id = id_on("a", 1);
+    {
+        let mut s = [
+            on_log(dir.path(), 0, 100_000),
+            on_log(dir.path(), 1, 100_000),
+        ];
+        let a = connect(&mut s[1], 1, &a_id, false);
+        s[1].on_bytes(a, &mut subscribe("$share/g/f", QoS::AtLeastOnce, V));
+        let [x, y] = &mut s;
+        shuttle(x, y);
+        s[1].on_io_closed(a);
+        s[1].release(a);
+        let p = connect(&mut s[0], 2, &id_on("p", 0), true);
+        for i in 0..n {
+            let id = (i % 60_000 + 1) as u16;
+            s[0].on_bytes(
+                p,
+                &mut publish("f", QoS::AtLeastOnce, id, &format!("m{i}"), false),
+            );
+            if i % 500 == 499 {
+                let [x, y] = &mut s;
+                shuttle(x, y);
+                output(&mut s[0], p, V);
+            }
+        }
+        let [x, y] = &mut s;
+        shuttle(x, y);
+        assert_eq!(logged_queue(&s[1], &a_id), n);
+    }
+    let mut s = [
+        on_log(dir.path(), 0, 100_000),
+        on_log(dir.path(), 1, 100_000),
+    ];
+    let names = s[1].shared_names();
+    s[0].add_peer_interest(1, &names);
+    let b = connect(&mut s[0], 3, &id_on("b", 0), true);
+    s[0].on_bytes(b, &mut subscribe("$share/g/f", QoS::AtLeastOnce, V));
+    // b's arrival, announced to shard 1, starts the retry: one call's worth.
+    let [x, y] = &mut s;
+    shuttle(x, y);
+    assert_eq!(s[1].stats.shared_redispatched, REDISPATCH_PER_TICK as u64);
+    // The next tick takes the rest.
+    s[1].tick(1);
+    assert_eq!(s[1].stats.shared_redispatched, n as u64);
+    let [x, y] = &mut s;
+    shuttle(x, y);
+    assert_eq!(logged_queue(&s[1], &a_id), 0);
+}

@@ -4,12 +4,6 @@ use crate::codec::{SubscribeFilter, SubscriptionOptions};
 
 const V: ProtocolVersion = ProtocolVersion::V3_1_1;
 
-fn frame(p: &Packet) -> BytesMut {
-    let mut b = BytesMut::new();
-    codec::encode(p, V, &mut b).unwrap();
-    b
-}
-
 fn connect(shard: &mut Shard, io: u64, id: &str, bridge: bool) -> ConnKey {
     let key = shard.accept(io);
     let c = Connect {

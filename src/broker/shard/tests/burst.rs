@@ -6,12 +6,6 @@ use crate::codec::{SubscribeFilter, SubscriptionOptions};
 const V: ProtocolVersion = ProtocolVersion::V3_1_1;
 const BURST: u32 = 3_000;
 
-fn frame(p: &Packet) -> BytesMut {
-    let mut b = BytesMut::new();
-    codec::encode(p, V, &mut b).unwrap();
-    b
-}
-
 fn publish(i: u32) -> Publish {
     Publish {
         dup: false,

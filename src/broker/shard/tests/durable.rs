@@ -8,12 +8,6 @@ use std::time::Duration;
 
 const V: ProtocolVersion = ProtocolVersion::V3_1_1;
 
-pub(super) fn frame(p: &Packet) -> BytesMut {
-    let mut b = BytesMut::new();
-    codec::encode(p, V, &mut b).unwrap();
-    b
-}
-
 /// Accept a connection and feed it a CONNECT (v3.1.1, or v5 with a session expiry when `v5_expiry` is set).
 pub(super) fn connect_as(
     shard: &mut Shard,

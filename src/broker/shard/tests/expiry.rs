@@ -8,9 +8,7 @@ use crate::store::{FsyncPolicy, StoreConfig};
 const V5: ProtocolVersion = ProtocolVersion::V5;
 
 fn frame(p: &Packet) -> BytesMut {
-    let mut b = BytesMut::new();
-    codec::encode(p, V5, &mut b).unwrap();
-    b
+    frame_v(p, V5)
 }
 
 fn connect(shard: &mut Shard, io: u64, id: &str, clean: bool, expiry: u32) -> ConnKey {

@@ -1,10 +1,6 @@
 use super::*;
 
-fn frame(p: &Packet, v: ProtocolVersion) -> BytesMut {
-    let mut b = BytesMut::new();
-    codec::encode(p, v, &mut b).unwrap();
-    b
-}
+use super::frame_v as frame;
 
 /// A client that publishes QoS 1 but never reads: its PUBACKs must not pile up without bound. Reading stops
 /// at twice `max_out_buffer` and resumes once the output is written.

@@ -7,11 +7,7 @@ use crate::store::{FsyncPolicy, StoreConfig};
 
 const V5: ProtocolVersion = ProtocolVersion::V5;
 
-fn frame(p: &Packet, v: ProtocolVersion) -> BytesMut {
-    let mut b = BytesMut::new();
-    codec::encode(p, v, &mut b).unwrap();
-    b
-}
+use super::frame_v as frame;
 
 fn connect_v(
     shard: &mut Shard,

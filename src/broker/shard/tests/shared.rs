@@ -9,11 +9,7 @@ use std::time::Duration;
 
 pub(super) const V: ProtocolVersion = ProtocolVersion::V3_1_1;
 
-pub(super) fn frame(p: &Packet, v: ProtocolVersion) -> BytesMut {
-    let mut b = BytesMut::new();
-    codec::encode(p, v, &mut b).unwrap();
-    b
-}
+pub(super) use super::frame_v as frame;
 
 pub(super) fn id_on(prefix: &str, shard: u16) -> String {
     (0..)

@@ -1,11 +1,7 @@
 use super::*;
 use crate::codec::{SubscribeFilter, SubscriptionOptions};
 
-fn frame(p: &Packet, v: ProtocolVersion) -> BytesMut {
-    let mut b = BytesMut::new();
-    codec::encode(p, v, &mut b).unwrap();
-    b
-}
+use super::frame_v as frame;
 
 fn connect(shard: &mut Shard, io: u64, id: &str, v: ProtocolVersion) -> ConnKey {
     let key = shard.accept(io);

@@ -5,11 +5,7 @@ use crate::codec::{SubscribeFilter, SubscriptionOptions, Will};
 
 const V5: ProtocolVersion = ProtocolVersion::V5;
 
-fn frame(p: &Packet, v: ProtocolVersion) -> BytesMut {
-    let mut b = BytesMut::new();
-    codec::encode(p, v, &mut b).unwrap();
-    b
-}
+use super::frame_v as frame;
 
 fn connect_packet(id: &str, clean: bool, props: Properties, will: Option<Will>) -> Packet {
     Packet::Connect(Box::new(Connect {
